@@ -1,0 +1,43 @@
+"""The one exceptions module. Each error's first line names what failed and where."""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README: 0 ok, 1 failure, 2 usage or config error.
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class MlenvError(Exception):
+    """Base class: `str()` is the message shown to the user, first line first."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(MlenvError):
+    """The `[tool.mlenv]` spec (or the file holding it) is missing or invalid."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: object, key: str | None, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class LockfileError(MlenvError):
+    """An existing lockfile cannot be read: corrupted, truncated, unknown version."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: object, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+class SolveError(MlenvError):
+    """The specs cannot be satisfied; the message carries the solver's explanation."""
+
+
+class StaleLockError(MlenvError):
+    """`mlenv lock --check` found the lock missing, stale or unsatisfiable."""

@@ -1,0 +1,220 @@
+"""The lock stage: spec in, conda-lock.yml out, and the checks that decide whether to solve.
+
+`lock()` solves only when the lock is missing, stale (the spec hash changed) or
+unsatisfiable (someone edited it by hand); otherwise it reports `fresh` and
+touches nothing. A failed lock leaves the previous file byte-identical: the
+new file is rendered in memory and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from hatch_mlenv import __version__
+from hatch_mlenv.errors import ConfigError, LockfileError
+from hatch_mlenv.lockfile import (
+    META_BASE_IMAGE,
+    META_NAME,
+    META_SPEC_HASH,
+    META_TOOL,
+    META_VARIABLES,
+    Lock,
+    LockedPackage,
+    atomic_write,
+    read_lock,
+    render_lockfile,
+)
+from hatch_mlenv.spec import Spec, public_variables
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What `lock()` did: `fresh` (nothing to do), `locked` (new or changed file) or `unchanged`."""
+
+    status: str
+    lock: Lock
+    reason: str | None = None
+
+
+def staleness(spec: Spec, lock: Lock | None = None) -> str | None:
+    """Why the lock no longer represents the spec, in one line; None when it does.
+
+    Decided without solving: the spec hash recorded at lock time, then whether
+    every requested spec is still matched by a locked package on every platform.
+    """
+    if lock is None:
+        if not spec.lockfile.exists():
+            return f"{_rel(spec, spec.lockfile)} does not exist"
+        lock = read_lock(spec.lockfile)
+    if lock.spec_hash is None:
+        return f"{_rel(spec, spec.lockfile)} was not written by hatch-mlenv (no spec hash); run `mlenv lock`"
+    if lock.spec_hash != spec.hash():
+        return f"[tool.mlenv] in {_rel(spec, spec.pyproject)} changed since {_rel(spec, spec.lockfile)} was written"
+    return unsatisfied(spec, lock)
+
+
+def unsatisfied(spec: Spec, lock: Lock) -> str | None:
+    """The first requested spec not matched by the lock (a hand-edited lock), or None."""
+    import rattler
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    for platform in spec.platforms:
+        packages = lock.for_platform(platform)
+        if not packages:
+            return f"{_rel(spec, spec.lockfile)} has no packages for {platform}"
+        conda = {p.name: p for p in packages if p.manager == "conda"}
+        for text in spec.conda_specs:
+            match_spec = rattler.MatchSpec(text, strict=False)
+            name = match_spec.name.normalized if hasattr(match_spec.name, "normalized") else str(match_spec.name)
+            locked = conda.get(name)
+            if locked is None or not match_spec.matches(_record(locked)):
+                found = f"{locked.version} {locked.build}" if locked else "nothing"
+                return f"{_rel(spec, spec.lockfile)}: {text!r} is not satisfied on {platform} (locked: {found})"
+        for package in conda.values():
+            for dep in package.dependencies:
+                if not dep.startswith("__") and dep not in conda:
+                    return (
+                        f"{_rel(spec, spec.lockfile)}: {package.name} needs {dep}, "
+                        f"which is not locked for {platform}"
+                    )
+        provided = {canonicalize_name(p.name): p.version for p in packages}
+        for text in spec.pip:
+            requirement = Requirement(text)
+            version = provided.get(canonicalize_name(requirement.name))
+            if version is None or (requirement.specifier and not requirement.specifier.contains(version, prereleases=True)):
+                return f"{_rel(spec, spec.lockfile)}: pip requirement {text!r} is not satisfied on {platform}"
+    return None
+
+
+def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> LockOutcome:
+    """Bring `spec.lockfile` up to date with `spec`; see the module docstring."""
+    previous = _existing(spec)
+    if not update and not force and previous is not None:
+        reason = staleness(spec, previous)
+        if reason is None:
+            return LockOutcome("fresh", previous)
+    else:
+        reason = None
+    if update:
+        if previous is None:
+            raise LockfileError(spec.lockfile, "cannot --update: there is no lockfile yet; run `mlenv lock` first")
+        _check_update_names(spec, previous, update)
+
+    spec.check_match_specs()
+    preload = _preload_writer()
+    packages = solve_spec(spec, previous, update)
+    preload.join()
+    text = render(spec, packages)
+    if spec.lockfile.exists() and spec.lockfile.read_text(encoding="utf-8") == text:
+        return LockOutcome("unchanged", read_lock(spec.lockfile), reason)
+    atomic_write(spec.lockfile, text)
+    return LockOutcome("locked", read_lock(spec.lockfile), reason)
+
+
+def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list[LockedPackage]:
+    """Solve conda for every platform, then pip against each platform's python."""
+    from hatch_mlenv import plugins
+    from hatch_mlenv.solve import SolveRequest
+
+    preferred: tuple[LockedPackage, ...] = ()
+    if update and previous is not None:
+        names = {n.lower() for n in update}
+        preferred = tuple(p for p in previous.packages if p.name.lower() not in names)
+    available = plugins.solvers()
+    solver = available["rattler"]
+    request = SolveRequest(
+        channels=tuple(c.url for c in spec.channels),
+        specs=tuple(spec.conda_specs),
+        platforms=spec.platforms,
+        virtual_packages=spec.virtual_packages,
+        preferred=preferred,
+    )
+    conda = solver.solve(request)
+    packages: list[LockedPackage] = []
+    for platform in spec.platforms:
+        packages.extend(conda[platform])
+    if spec.pip:
+        from hatch_mlenv.pip import resolve_pip
+
+        for platform in spec.platforms:
+            packages.extend(
+                resolve_pip(spec, platform, conda[platform], [p for p in preferred if p.manager == "pip"])
+            )
+    return packages
+
+
+def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
+    """The lockfile text for `packages`: deterministic, no timestamps."""
+    import json
+
+    spec_hash = spec.hash()
+    custom = {
+        META_NAME: spec.name,
+        META_SPEC_HASH: spec_hash,
+        META_VARIABLES: json.dumps(public_variables(spec.variables), sort_keys=True),
+        META_TOOL: f"hatch-mlenv {__version__}",
+    }
+    if spec.docker.base_image:
+        custom[META_BASE_IMAGE] = spec.docker.base_image
+    return render_lockfile(
+        packages,
+        platforms=spec.platforms,
+        channels=[c.url for c in spec.channels],
+        content_hash={p: hashlib.sha256(f"{spec_hash}:{p}".encode()).hexdigest() for p in spec.platforms},
+        custom=custom,
+        sources=[os.path.relpath(spec.pyproject, spec.lockfile.parent)],
+        file_name=spec.lockfile.name,
+    )
+
+
+def _existing(spec: Spec) -> Lock | None:
+    if not spec.lockfile.exists():
+        return None
+    return read_lock(spec.lockfile)
+
+
+def _check_update_names(spec: Spec, previous: Lock, update: Sequence[str]) -> None:
+    locked = {p.name.lower() for p in previous.packages}
+    for name in update:
+        if name.lower() not in locked:
+            raise ConfigError(
+                spec.lockfile, None, f"cannot --update {name!r}: it is not in the lock"
+            )
+
+
+def _record(package: LockedPackage):  # -> rattler.PackageRecord
+    import rattler
+
+    return rattler.PackageRecord(
+        name=package.name,
+        version=package.version,
+        build=rattler.BuildString(package.build or ""),
+        build_number=0,
+        subdir=package.platform,
+    )
+
+
+def _preload_writer() -> threading.Thread:
+    """Import conda-lock's models while rattler solves (it releases the GIL): ~0.3 s saved."""
+
+    def load() -> None:
+        try:
+            import conda_lock.lockfile  # noqa: F401
+        except Exception:  # the real import, later, reports any problem
+            pass
+
+    thread = threading.Thread(target=load, name="mlenv-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _rel(spec: Spec, path: os.PathLike[str] | str) -> str:
+    try:
+        return os.path.relpath(path, spec.project_dir) if str(path).startswith(str(spec.project_dir)) else str(path)
+    except ValueError:
+        return str(path)

@@ -1,0 +1,266 @@
+"""conda-lock.yml on disk: a light reader, the digest, and an atomic writer.
+
+Reading uses PyYAML's C loader into small frozen values, because `mlenv show`
+and the no-op `mlenv lock` must not pay for importing conda-lock (about half
+a second). Writing always goes through conda-lock's own models and writer, so
+whatever we write is what conda-lock itself would write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from hatch_mlenv.errors import LockfileError
+
+# Keys of conda-lock's `metadata.custom_metadata` (a str -> str mapping).
+META_NAME = "mlenv.name"
+META_SPEC_HASH = "mlenv.spec-hash"
+META_VARIABLES = "mlenv.variables"
+META_BASE_IMAGE = "mlenv.base-image"
+META_TOOL = "mlenv.tool"
+
+SUPPORTED_VERSIONS = (1,)
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    """One conda or pip package pinned for one platform."""
+
+    platform: str
+    manager: str
+    name: str
+    version: str
+    url: str
+    md5: str | None = None
+    sha256: str | None = None
+    build: str | None = None
+    dependencies: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    category: str = "main"
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.platform, self.manager, self.name)
+
+    def canonical(self) -> list[Any]:
+        return [self.platform, self.manager, self.name, self.version, self.build, self.url, self.md5, self.sha256]
+
+
+@dataclass(frozen=True)
+class Lock:
+    """The content of one conda-lock.yml, as far as hatch-mlenv needs it."""
+
+    packages: tuple[LockedPackage, ...]
+    platforms: tuple[str, ...]
+    channels: tuple[str, ...]
+    custom: dict[str, str] = field(default_factory=dict, hash=False)
+    content_hash: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def name(self) -> str | None:
+        return self.custom.get(META_NAME)
+
+    @property
+    def spec_hash(self) -> str | None:
+        return self.custom.get(META_SPEC_HASH)
+
+    @property
+    def variables(self) -> dict[str, str | None]:
+        raw = self.custom.get(META_VARIABLES)
+        return json.loads(raw) if raw else {}
+
+    @property
+    def base_image(self) -> str | None:
+        return self.custom.get(META_BASE_IMAGE) or None
+
+    def for_platform(self, platform: str) -> list[LockedPackage]:
+        return [p for p in self.packages if p.platform == platform]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Package counts per platform and manager: {"linux-64": {"conda": 12, "pip": 2}}."""
+        counter = Counter((p.platform, p.manager) for p in self.packages)
+        return {
+            plat: {mgr: counter[(plat, mgr)] for mgr in ("conda", "pip")} for plat in sorted(self.platforms)
+        }
+
+    def digest(self) -> str:
+        """sha256 of the canonical content; see `lock_digest`."""
+        return lock_digest(self.packages, self.variables, self.base_image)
+
+
+def lock_digest(
+    packages: Iterable[LockedPackage], variables: dict[str, str | None], base_image: str | None
+) -> str:
+    """The environment's identity: same digest, same environment.
+
+    Sorted packages (platform, manager, name, version, build, url, hashes), the
+    variables' names and non-secret values, and the base image. Formatting,
+    ordering and comments of the file play no part.
+    """
+    payload = {
+        "packages": sorted(p.canonical() for p in packages),
+        "variables": sorted(variables.items()),
+        "base-image": base_image,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_lock(path: Path) -> Lock:
+    """Read a conda-lock.yml (format v1, as conda-lock writes it) or raise LockfileError."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LockfileError(path, "lockfile not found; run `mlenv lock` to create it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LockfileError(path, f"cannot read lockfile: {exc}") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        document = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise LockfileError(path, f"corrupted lockfile: not valid YAML{where}") from None
+    return lock_from_document(document, path)
+
+
+def lock_from_document(document: Any, path: Path) -> Lock:
+    """Validate a parsed lockfile document; errors name the file and the key."""
+    if not isinstance(document, dict):
+        raise LockfileError(path, "corrupted lockfile: expected a mapping with `version`, `metadata` and `package`")
+    version = document.get("version")
+    if version is None:
+        raise LockfileError(path, "corrupted lockfile: missing `version`")
+    if version not in SUPPORTED_VERSIONS:
+        raise LockfileError(
+            path,
+            f"unsupported lockfile version {version!r} (hatch-mlenv reads conda-lock format "
+            f"version {', '.join(map(str, SUPPORTED_VERSIONS))})",
+        )
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        raise LockfileError(path, "corrupted lockfile: `metadata` is missing or not a mapping")
+    platforms = metadata.get("platforms")
+    if not isinstance(platforms, list) or not all(isinstance(p, str) for p in platforms):
+        raise LockfileError(path, "corrupted lockfile: `metadata.platforms` must be a list of platforms")
+    raw_packages = document.get("package")
+    if not isinstance(raw_packages, list):
+        raise LockfileError(path, "corrupted lockfile: `package` is missing or not a list")
+    channels = []
+    for entry in metadata.get("channels") or []:
+        channels.append(entry.get("url", "") if isinstance(entry, dict) else str(entry))
+    custom = metadata.get("custom_metadata") or {}
+    content_hash = metadata.get("content_hash") or {}
+    if not isinstance(custom, dict) or not isinstance(content_hash, dict):
+        raise LockfileError(path, "corrupted lockfile: `metadata.custom_metadata` must be a mapping")
+
+    packages = []
+    for index, raw in enumerate(raw_packages):
+        packages.append(_package(raw, index, path))
+    return Lock(
+        packages=tuple(packages),
+        platforms=tuple(platforms),
+        channels=tuple(channels),
+        custom={str(k): str(v) for k, v in custom.items()},
+        content_hash={str(k): str(v) for k, v in content_hash.items()},
+    )
+
+
+def _package(raw: Any, index: int, path: Path) -> LockedPackage:
+    where = f"package[{index}]"
+    if not isinstance(raw, dict):
+        raise LockfileError(path, f"corrupted lockfile: `{where}` is not a mapping")
+    for key in ("name", "version", "manager", "platform", "url"):
+        if not isinstance(raw.get(key), str):
+            raise LockfileError(path, f"corrupted lockfile: `{where}.{key}` is missing or not a string")
+    if raw["manager"] not in ("conda", "pip"):
+        raise LockfileError(path, f"corrupted lockfile: `{where}.manager` must be conda or pip")
+    hashes = raw.get("hash") or {}
+    if not isinstance(hashes, dict):
+        raise LockfileError(path, f"corrupted lockfile: `{where}.hash` is not a mapping")
+    if raw["manager"] == "conda" and not hashes.get("md5"):
+        raise LockfileError(path, f"corrupted lockfile: `{where}.hash.md5` is missing (conda packages need md5)")
+    deps = raw.get("dependencies") or {}
+    build = raw.get("build")
+    return LockedPackage(
+        platform=raw["platform"],
+        manager=raw["manager"],
+        name=raw["name"],
+        version=str(raw["version"]),
+        url=raw["url"],
+        md5=hashes.get("md5"),
+        sha256=hashes.get("sha256"),
+        build=None if build is None else str(build),
+        dependencies={str(k): str(v) for k, v in deps.items()} if isinstance(deps, dict) else {},
+        category=str(raw.get("category", "main")),
+    )
+
+
+def render_lockfile(
+    packages: Iterable[LockedPackage],
+    *,
+    platforms: Iterable[str],
+    channels: Iterable[str],
+    content_hash: dict[str, str],
+    custom: dict[str, str],
+    sources: Iterable[str],
+    file_name: str,
+) -> str:
+    """The text of a conda-lock.yml, produced by conda-lock's models and writer."""
+    from conda_lock.lockfile import write_conda_lock_file
+    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency, Lockfile, LockMeta
+    model = Lockfile(
+        package=[
+            LockedDependency(
+                name=p.name,
+                version=p.version,
+                manager=p.manager,
+                platform=p.platform,
+                dependencies=dict(p.dependencies),
+                url=p.url,
+                hash=HashModel(md5=p.md5, sha256=p.sha256),
+                category=p.category,
+                build=p.build,
+            )
+            for p in packages
+        ],
+        metadata=LockMeta(
+            content_hash=dict(sorted(content_hash.items())),
+            channels=list(channels),
+            platforms=sorted(platforms),
+            sources=list(sources),
+            custom_metadata=dict(sorted(custom.items())),
+        ),
+    )
+    # conda-lock's writer only writes to a path; give it one named like the
+    # real file (its help text quotes the name) inside a private directory.
+    with tempfile.TemporaryDirectory(prefix="mlenv-render-") as scratch:
+        target = Path(scratch) / file_name
+        write_conda_lock_file(model, target, metadata_choices=None, include_help_text=True)
+        return target.read_text(encoding="utf-8")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace `path` with `text` in one rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,33 @@
+"""The plugin manager: built-in plugins first, then those installed under the `mlenv` entry point."""
+
+from __future__ import annotations
+
+import functools
+
+import pluggy
+
+from hatch_mlenv import hookspecs
+
+DEFAULT_PLUGINS = ("hatch_mlenv.solve",)
+
+
+@functools.lru_cache(maxsize=None)
+def plugin_manager() -> pluggy.PluginManager:
+    import importlib
+
+    manager = pluggy.PluginManager("mlenv")
+    manager.add_hookspecs(hookspecs)
+    for name in DEFAULT_PLUGINS:
+        manager.register(importlib.import_module(name), name)
+    manager.load_setuptools_entrypoints("mlenv")
+    return manager
+
+
+def solvers() -> dict:
+    """All registered solvers by name; an installed plugin may replace a built-in one."""
+    found: dict = {}
+    # pluggy calls the most recently registered plugin first: entry points before built-ins.
+    for batch in plugin_manager().hook.mlenv_register_solvers():
+        for solver in batch or ():
+            found.setdefault(solver.name, solver)
+    return found

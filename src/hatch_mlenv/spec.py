@@ -1,0 +1,537 @@
+"""The spec stage: read and validate `[tool.mlenv]` from pyproject.toml into a typed `Spec`.
+
+Loading a spec must stay cheap (it runs on every command, including the no-op
+`mlenv lock`), so this module imports only the standard library and
+`packaging`; match specs are checked with rattler by `Spec.check_match_specs`
+just before a solve.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import platform as _platform
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from hatch_mlenv.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+PYPROJECT = "pyproject.toml"
+DEFAULT_CHANNELS = ("conda-forge",)
+DEFAULT_LOCKFILE = "conda-lock.yml"
+DEFAULT_PREFIX = "/opt/env"
+CONDA_CHANNEL_ALIAS = "https://conda.anaconda.org"
+
+KNOWN_PLATFORMS = (
+    "linux-32",
+    "linux-64",
+    "linux-aarch64",
+    "linux-armv6l",
+    "linux-armv7l",
+    "linux-ppc64le",
+    "linux-s390x",
+    "linux-riscv64",
+    "osx-64",
+    "osx-arm64",
+    "win-32",
+    "win-64",
+    "win-arm64",
+    "emscripten-wasm32",
+    "wasi-wasm32",
+    "zos-z",
+)
+
+# The same defaults conda-lock assumes when it solves without a real machine
+# (conda_lock.virtual_package.default_virtual_package_repodata): a CUDA 11.4,
+# glibc 2.28 Linux and a recent macOS.
+_DEFAULT_VIRTUAL_PACKAGES: dict[str, dict[str, tuple[str, str]]] = {
+    "linux": {
+        "__unix": ("0", "0"),
+        "__linux": ("5.10", "0"),
+        "__glibc": ("2.28", "0"),
+        "__cuda": ("11.4", "0"),
+    },
+    "osx": {"__unix": ("0", "0"), "__osx": ("13.0", "0")},
+    "win": {"__win": ("0", "0"), "__cuda": ("11.4", "0")},
+}
+_ARCHSPEC = {
+    "64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "arm64",
+    "ppc64le": "ppc64le",
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PYTHON_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+
+_TOP_KEYS = (
+    "name",
+    "channels",
+    "platforms",
+    "python",
+    "conda",
+    "pip",
+    "include-project-dependencies",
+    "pip-index-url",
+    "pip-extra-index-urls",
+    "lockfile",
+    "variables",
+    "virtual-packages",
+    "docker",
+)
+_DOCKER_KEYS = ("base-image", "registry", "repository", "prefix")
+_VARIABLE_KEYS = ("value", "secret")
+
+
+def current_platform() -> str:
+    """The conda platform of this machine, without importing rattler."""
+    system = {"Linux": "linux", "Darwin": "osx", "Windows": "win"}.get(_platform.system(), "linux")
+    machine = _platform.machine().lower()
+    arch = {
+        "x86_64": "64",
+        "amd64": "64",
+        "aarch64": "aarch64",
+        "arm64": "arm64" if system == "osx" else "aarch64",
+        "ppc64le": "ppc64le",
+        "s390x": "s390x",
+    }.get(machine, "64")
+    return f"{system}-{arch}"
+
+
+def default_virtual_packages(platform: str) -> dict[str, tuple[str, str]]:
+    """conda-lock's default virtual packages for `platform`: name -> (version, build)."""
+    system, _, arch = platform.partition("-")
+    packages = dict(_DEFAULT_VIRTUAL_PACKAGES.get(system, {}))
+    if system == "win" and arch != "64":
+        packages.pop("__cuda", None)
+    if arch in _ARCHSPEC:
+        packages["__archspec"] = ("1", _ARCHSPEC[arch])
+    if system == "osx" and arch == "arm64":
+        packages["__osx"] = ("13.0", "0")
+    return packages
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A conda channel as written in the spec and as the URL the solver reads."""
+
+    raw: str
+    url: str
+
+    @property
+    def local_path(self) -> Path | None:
+        if self.url.startswith("file://"):
+            return Path(urlparse(self.url).path)
+        return None
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    value: str | None
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class DockerSpec:
+    base_image: str | None = None
+    registry: str | None = None
+    repository: str | None = None
+    prefix: str = DEFAULT_PREFIX
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the user asked for: one validated `[tool.mlenv]` table."""
+
+    pyproject: Path
+    project_name: str
+    project_version: str | None
+    name: str
+    channels: tuple[Channel, ...]
+    platforms: tuple[str, ...]
+    python: str | None
+    conda: tuple[str, ...]
+    pip: tuple[str, ...]
+    pip_index_url: str | None
+    pip_extra_index_urls: tuple[str, ...]
+    lockfile: Path
+    variables: tuple[Variable, ...]
+    virtual_packages: dict[str, dict[str, tuple[str, str]]] = field(hash=False)
+    docker: DockerSpec = DockerSpec()
+
+    @property
+    def project_dir(self) -> Path:
+        return self.pyproject.parent
+
+    @property
+    def conda_specs(self) -> list[str]:
+        """The match specs handed to the solver: the `python` shorthand first."""
+        specs = list(self.conda)
+        if self.python is not None:
+            specs.insert(0, python_match_spec(self.python))
+        return specs
+
+    def key_for_conda_spec(self, index: int) -> str:
+        """The spec key that produced `conda_specs[index]`, for error messages."""
+        if self.python is not None:
+            if index == 0:
+                return "tool.mlenv.python"
+            index -= 1
+        return f"tool.mlenv.conda[{index}]"
+
+    def check_match_specs(self) -> None:
+        """Parse every conda spec with rattler; raise ConfigError naming the first bad one."""
+        from rattler import MatchSpec
+
+        for index, text in enumerate(self.conda_specs):
+            try:
+                MatchSpec(text)
+            except Exception as exc:  # rattler raises its own InvalidMatchSpecError
+                raise ConfigError(
+                    self.pyproject,
+                    self.key_for_conda_spec(index),
+                    f"invalid match spec {text!r}: {_first_line(exc)}",
+                ) from None
+
+    def hash(self) -> str:
+        """sha256 of everything that decides the lock's content, order-insensitive.
+
+        Reordering or reformatting the spec keeps the hash; changing a package,
+        channel (as resolved), platform, index, variable or base image changes it.
+        """
+        payload = {
+            "format": 1,
+            "name": self.name,
+            "channels": [c.url for c in self.channels],  # order is priority: keep it
+            "platforms": sorted(self.platforms),
+            "conda": sorted(_normalize_spec(s) for s in self.conda_specs),
+            "pip": sorted(_normalize_spec(s) for s in self.pip),
+            "pip-index-url": self.pip_index_url,
+            "pip-extra-index-urls": list(self.pip_extra_index_urls),
+            "virtual-packages": {
+                p: sorted(self.virtual_packages[p].items()) for p in sorted(self.platforms)
+            },
+            "variables": public_variables(self.variables),
+            "base-image": self.docker.base_image,
+        }
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def public_variables(variables: tuple[Variable, ...]) -> dict[str, str | None]:
+    """Variables as they may be written to files: a secret keeps its name, never its value."""
+    return {v.name: (None if v.secret else v.value) for v in sorted(variables, key=lambda v: v.name)}
+
+
+def python_match_spec(python: str) -> str:
+    """`"3.11"` -> `"python 3.11.*"`; a constraint such as `">=3.10,<3.12"` is kept."""
+    if _PYTHON_RE.match(python):
+        return f"python {python}.*" if python.count(".") < 2 else f"python =={python}"
+    return f"python {python}"
+
+
+def _normalize_spec(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_spec(project_dir: Path | str) -> Spec:
+    """Read `<project_dir>/pyproject.toml` and return its validated spec."""
+    pyproject = Path(project_dir).resolve() / PYPROJECT
+    if not pyproject.is_file():
+        raise ConfigError(pyproject, None, "file not found (is this a Python project directory?)")
+    try:
+        document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(pyproject, None, f"invalid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(pyproject, None, f"cannot read: {exc}") from None
+    return parse_spec(document, pyproject)
+
+
+def parse_spec(document: dict[str, Any], pyproject: Path) -> Spec:
+    """Validate a parsed pyproject document; every error names `pyproject` and a key path."""
+    reader = _Reader(pyproject)
+    project = document.get("project", {})
+    if not isinstance(project, dict):
+        raise ConfigError(pyproject, "project", "must be a table")
+    table = document.get("tool", {}).get("mlenv")
+    if table is None:
+        raise ConfigError(pyproject, "tool.mlenv", "missing table (add a [tool.mlenv] section)")
+    if not isinstance(table, dict):
+        raise ConfigError(pyproject, "tool.mlenv", f"must be a table, not {_type_name(table)}")
+    reader.check_keys(table, "tool.mlenv", _TOP_KEYS)
+
+    project_name = project.get("name")
+    if project_name is not None and not isinstance(project_name, str):
+        raise ConfigError(pyproject, "project.name", "must be a string")
+    project_version = project.get("version")
+    if project_version is not None and not isinstance(project_version, str):
+        raise ConfigError(pyproject, "project.version", "must be a string")
+
+    name = reader.string(table, "name", project_name)
+    if name is None:
+        raise ConfigError(pyproject, "tool.mlenv.name", "missing (and there is no project.name to default to)")
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            pyproject, "tool.mlenv.name", f"invalid name {name!r}: use letters, digits, '.', '_' and '-'"
+        )
+
+    channels = tuple(
+        _parse_channel(pyproject, f"tool.mlenv.channels[{i}]", raw)
+        for i, raw in enumerate(reader.string_list(table, "channels", list(DEFAULT_CHANNELS)))
+    )
+    if not channels:
+        raise ConfigError(pyproject, "tool.mlenv.channels", "must name at least one channel")
+
+    platforms = reader.string_list(table, "platforms", [current_platform()])
+    if not platforms:
+        raise ConfigError(pyproject, "tool.mlenv.platforms", "must name at least one platform")
+    for i, plat in enumerate(platforms):
+        if plat not in KNOWN_PLATFORMS:
+            raise ConfigError(
+                pyproject,
+                f"tool.mlenv.platforms[{i}]",
+                f"unknown platform {plat!r}{_suggest(plat, KNOWN_PLATFORMS)}",
+            )
+    platforms = list(dict.fromkeys(platforms))
+
+    python = reader.string(table, "python", None)
+    if python is not None and not python.strip():
+        raise ConfigError(pyproject, "tool.mlenv.python", "must not be empty")
+
+    conda = reader.string_list(table, "conda", [])
+    for i, text in enumerate(conda):
+        if not text.strip():
+            raise ConfigError(pyproject, f"tool.mlenv.conda[{i}]", "invalid match spec: empty")
+
+    pip = reader.string_list(table, "pip", [])
+    for i, text in enumerate(pip):
+        _check_requirement(pyproject, f"tool.mlenv.pip[{i}]", text)
+    if reader.boolean(table, "include-project-dependencies", False):
+        deps = project.get("dependencies", [])
+        if "dependencies" in project.get("dynamic", []):
+            raise ConfigError(
+                pyproject,
+                "tool.mlenv.include-project-dependencies",
+                "project.dependencies is dynamic; list the pip requirements in tool.mlenv.pip instead",
+            )
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            raise ConfigError(pyproject, "project.dependencies", "must be an array of strings")
+        for i, text in enumerate(deps):
+            _check_requirement(pyproject, f"project.dependencies[{i}]", text)
+        pip = pip + [d for d in deps if d not in pip]
+
+    pip_index_url = reader.string(table, "pip-index-url", None)
+    extra_urls = reader.string_list(table, "pip-extra-index-urls", [])
+    for key, url in [("pip-index-url", pip_index_url)] + [
+        (f"pip-extra-index-urls[{i}]", u) for i, u in enumerate(extra_urls)
+    ]:
+        if url is not None and urlparse(url).scheme not in ("http", "https", "file"):
+            raise ConfigError(pyproject, f"tool.mlenv.{key}", f"not an http(s) or file URL: {url!r}")
+
+    lockfile_name = reader.string(table, "lockfile", DEFAULT_LOCKFILE)
+    if not lockfile_name.strip():
+        raise ConfigError(pyproject, "tool.mlenv.lockfile", "must not be empty")
+    lockfile = (pyproject.parent / lockfile_name).resolve()
+
+    variables = _parse_variables(reader, table)
+    virtual_packages = _parse_virtual_packages(reader, table, platforms)
+    docker = _parse_docker(reader, table)
+
+    return Spec(
+        pyproject=pyproject,
+        project_name=project_name or name,
+        project_version=project_version,
+        name=name,
+        channels=channels,
+        platforms=tuple(platforms),
+        python=python,
+        conda=tuple(conda),
+        pip=tuple(pip),
+        pip_index_url=pip_index_url,
+        pip_extra_index_urls=tuple(extra_urls),
+        lockfile=lockfile,
+        variables=variables,
+        virtual_packages=virtual_packages,
+        docker=docker,
+    )
+
+
+def _parse_channel(pyproject: Path, key: str, raw: str) -> Channel:
+    text = raw.strip()
+    if not text:
+        raise ConfigError(pyproject, key, "channel must not be empty")
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        path = Path(parsed.path)
+    elif parsed.scheme in ("http", "https", "s3", "gcs", "oci"):
+        return Channel(raw, text.rstrip("/"))
+    elif text.startswith((".", "/", "~")) or "/" in text or "\\" in text:
+        path = (pyproject.parent / Path(text).expanduser()).resolve()
+    else:
+        if not _NAME_RE.match(text):
+            raise ConfigError(pyproject, key, f"invalid channel name {text!r}")
+        return Channel(raw, f"{CONDA_CHANNEL_ALIAS}/{text}")
+    if not path.is_dir():
+        raise ConfigError(pyproject, key, f"channel directory {str(path)!r} does not exist")
+    return Channel(raw, path.resolve().as_uri())
+
+
+def _check_requirement(pyproject: Path, key: str, text: str) -> None:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        Requirement(text)
+    except InvalidRequirement as exc:
+        raise ConfigError(pyproject, key, f"invalid PEP 508 requirement {text!r}: {_first_line(exc)}") from None
+
+
+def _parse_variables(reader: _Reader, table: dict[str, Any]) -> tuple[Variable, ...]:
+    raw = reader.table(table, "variables")
+    variables = []
+    for name, value in raw.items():
+        key = f"tool.mlenv.variables.{name}"
+        if not _VARIABLE_RE.match(name):
+            raise ConfigError(reader.path, key, "invalid environment variable name")
+        if isinstance(value, str):
+            variables.append(Variable(name, value))
+        elif isinstance(value, dict):
+            reader.check_keys(value, key, _VARIABLE_KEYS)
+            secret = reader.boolean(value, "secret", False, key)
+            text = reader.string(value, "value", None, key)
+            if text is None and not secret:
+                raise ConfigError(reader.path, f"{key}.value", "missing (only a secret may omit its value)")
+            variables.append(Variable(name, text, secret))
+        else:
+            raise ConfigError(
+                reader.path, key, f"must be a string or a table {{ value = ..., secret = true }}, not {_type_name(value)}"
+            )
+    return tuple(variables)
+
+
+def _parse_virtual_packages(
+    reader: _Reader, table: dict[str, Any], platforms: list[str]
+) -> dict[str, dict[str, tuple[str, str]]]:
+    overrides = reader.table(table, "virtual-packages")
+    for plat in overrides:
+        if plat not in KNOWN_PLATFORMS:
+            raise ConfigError(
+                reader.path,
+                f"tool.mlenv.virtual-packages.{plat}",
+                f"unknown platform {plat!r}{_suggest(plat, KNOWN_PLATFORMS)}",
+            )
+    result = {}
+    for plat in platforms:
+        packages = default_virtual_packages(plat)
+        base = f"tool.mlenv.virtual-packages.{plat}"
+        for name, value in reader.table(overrides, plat, "tool.mlenv.virtual-packages").items():
+            key = f"{base}.{name}"
+            if not name.startswith("__"):
+                raise ConfigError(reader.path, key, "virtual package names start with '__' (e.g. __cuda)")
+            if value is False:  # `__cuda = false`: this platform has no such thing
+                packages.pop(name, None)
+            elif isinstance(value, str) and value.strip():
+                version, _, build = value.strip().partition("=")
+                packages[name] = (version, build or "0")
+            else:
+                raise ConfigError(reader.path, key, "must be a version string such as \"12.2\" (or false to remove it)")
+        result[plat] = dict(sorted(packages.items()))
+    return result
+
+
+def _parse_docker(reader: _Reader, table: dict[str, Any]) -> DockerSpec:
+    docker = reader.table(table, "docker")
+    key = "tool.mlenv.docker"
+    reader.check_keys(docker, key, _DOCKER_KEYS)
+    prefix = reader.string(docker, "prefix", DEFAULT_PREFIX, key)
+    if not prefix.startswith("/"):
+        raise ConfigError(reader.path, f"{key}.prefix", f"must be an absolute path, not {prefix!r}")
+    return DockerSpec(
+        base_image=reader.string(docker, "base-image", None, key),
+        registry=reader.string(docker, "registry", None, key),
+        repository=reader.string(docker, "repository", None, key),
+        prefix=prefix.rstrip("/") or "/",
+    )
+
+
+def _type_name(value: object) -> str:
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+class _Reader:
+    """Typed getters that name the file and the key path in every error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def check_keys(self, table: dict[str, Any], base: str, allowed: tuple[str, ...]) -> None:
+        for key in table:
+            if key not in allowed:
+                raise ConfigError(self.path, f"{base}.{key}", f"unknown key{_suggest(key, allowed)}")
+
+    def _get(self, table: dict[str, Any], key: str, base: str) -> tuple[str, Any]:
+        return f"{base}.{key}", table.get(key)
+
+    def string(self, table: dict[str, Any], key: str, default: Any, base: str = "tool.mlenv") -> Any:
+        path, value = self._get(table, key, base)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise ConfigError(self.path, path, f"must be a string, not {_type_name(value)}")
+        return value
+
+    def boolean(self, table: dict[str, Any], key: str, default: bool, base: str = "tool.mlenv") -> bool:
+        path, value = self._get(table, key, base)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(self.path, path, f"must be true or false, not {_type_name(value)}")
+        return value
+
+    def string_list(self, table: dict[str, Any], key: str, default: list[str], base: str = "tool.mlenv") -> list[str]:
+        path, value = self._get(table, key, base)
+        if value is None:
+            return list(default)
+        if not isinstance(value, list):
+            raise ConfigError(self.path, path, f"must be an array of strings, not {_type_name(value)}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(self.path, f"{path}[{i}]", f"must be a string, not {_type_name(item)}")
+        return list(value)
+
+    def table(self, table: dict[str, Any], key: str, base: str = "tool.mlenv") -> dict[str, Any]:
+        path, value = self._get(table, key, base)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(self.path, path, f"must be a table, not {_type_name(value)}")
+        return value
