@@ -105,6 +105,7 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
             raise LockfileError(spec.lockfile, "cannot --update: there is no lockfile yet; run `mlenv lock` first")
         _check_update_names(spec, previous, update)
 
+    spec.check_channels()
     spec.check_match_specs()
     preload = _preload_writer()
     packages = solve_spec(spec, previous, update)

@@ -128,12 +128,21 @@ class Channel:
 
     raw: str
     url: str
+    key: str = "tool.mlenv.channels"
 
     @property
     def local_path(self) -> Path | None:
         if self.url.startswith("file://"):
             return Path(urlparse(self.url).path)
         return None
+
+    @property
+    def identity(self) -> str:
+        """What the spec hash sees: a project-relative path as written, so that the
+        unpacked sdist (or a moved checkout) still matches its lock; URLs as URLs."""
+        if self.local_path is not None and not self.raw.startswith(("/", "file:", "~")):
+            return Path(self.raw).as_posix().rstrip("/")
+        return self.url
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,13 @@ class Spec:
             index -= 1
         return f"tool.mlenv.conda[{index}]"
 
+    def check_channels(self) -> None:
+        """Local channel directories must exist before a solve (not before a fresh no-op)."""
+        for channel in self.channels:
+            path = channel.local_path
+            if path is not None and not path.is_dir():
+                raise ConfigError(self.pyproject, channel.key, f"channel directory {str(path)!r} does not exist")
+
     def check_match_specs(self) -> None:
         """Parse every conda spec with rattler; raise ConfigError naming the first bad one."""
         from rattler import MatchSpec
@@ -214,7 +230,7 @@ class Spec:
         payload = {
             "format": 1,
             "name": self.name,
-            "channels": [c.url for c in self.channels],  # order is priority: keep it
+            "channels": [c.identity for c in self.channels],  # order is priority: keep it
             "platforms": sorted(self.platforms),
             "conda": sorted(_normalize_spec(s) for s in self.conda_specs),
             "pip": sorted(_normalize_spec(s) for s in self.pip),
@@ -382,16 +398,14 @@ def _parse_channel(pyproject: Path, key: str, raw: str) -> Channel:
     if parsed.scheme == "file":
         path = Path(parsed.path)
     elif parsed.scheme in ("http", "https", "s3", "gcs", "oci"):
-        return Channel(raw, text.rstrip("/"))
+        return Channel(raw, text.rstrip("/"), key)
     elif text.startswith((".", "/", "~")) or "/" in text or "\\" in text:
         path = (pyproject.parent / Path(text).expanduser()).resolve()
     else:
         if not _NAME_RE.match(text):
             raise ConfigError(pyproject, key, f"invalid channel name {text!r}")
-        return Channel(raw, f"{CONDA_CHANNEL_ALIAS}/{text}")
-    if not path.is_dir():
-        raise ConfigError(pyproject, key, f"channel directory {str(path)!r} does not exist")
-    return Channel(raw, path.resolve().as_uri())
+        return Channel(raw, f"{CONDA_CHANNEL_ALIAS}/{text}", key)
+    return Channel(raw, path.resolve().as_uri(), key)
 
 
 def _check_requirement(pyproject: Path, key: str, text: str) -> None:

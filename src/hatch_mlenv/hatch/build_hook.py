@@ -1,0 +1,100 @@
+"""The `mlenv` build hook: lock (or check) on `hatch build`, ship the lock and the manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+from hatch_mlenv.environment import MANIFEST_NAME, Environment
+from hatch_mlenv.errors import ConfigError, MlenvError
+
+LOCK_MODES = ("auto", "check")
+
+
+class MlenvBuildHook(BuildHookInterface):
+    """`[tool.hatch.build.hooks.mlenv]`.
+
+    Options:
+    - `lock`: `"auto"` (default) locks when the lock is missing or stale;
+      `"check"` fails the build instead, for CI.
+
+    The wheel gets `conda-lock.yml` and `mlenv.json` in
+    `.dist-info/extra_metadata/`; the sdist gets the lockfile at its project
+    path; when the output directory is the project's own `dist/`, the manifest
+    is also written as `dist/<project>-<version>.mlenv.json`.
+    """
+
+    PLUGIN_NAME = "mlenv"
+
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if self.target_name not in ("wheel", "sdist") or version == "editable":
+            return
+        try:
+            self._environment = self._locked_environment()
+        except MlenvError as exc:
+            # A one-line error instead of a traceback through hatchling.
+            print(f"mlenv: error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
+        env = self._environment
+        lock_relpath = os.path.relpath(env.spec.lockfile, self.root).replace(os.sep, "/")
+        if self.target_name == "sdist":
+            build_data["force_include"][str(env.spec.lockfile)] = lock_relpath
+            return
+        self._scratch = tempfile.mkdtemp(prefix="mlenv-build-")
+        manifest = Path(self._scratch) / MANIFEST_NAME
+        manifest.write_text(self._manifest_text(), encoding="utf-8")
+        build_data["extra_metadata"][str(env.spec.lockfile)] = env.spec.lockfile.name
+        build_data["extra_metadata"][str(manifest)] = MANIFEST_NAME
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        env = getattr(self, "_environment", None)
+        if env is None:
+            return
+        scratch = getattr(self, "_scratch", None)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if self._output_is_project_dist():
+            name = f"{self.metadata.core.name.replace('-', '_')}-{self.metadata.version}.{MANIFEST_NAME}"
+            from hatch_mlenv.lockfile import atomic_write
+
+            atomic_write(Path(self.directory) / name, self._manifest_text())
+
+    def _locked_environment(self) -> Environment:
+        from hatch_mlenv import lock as locking
+        from hatch_mlenv.spec import load_spec
+
+        mode = self.config.get("lock", "auto")
+        if mode not in LOCK_MODES:
+            raise ConfigError(
+                Path(self.root) / "pyproject.toml",
+                "tool.hatch.build.hooks.mlenv.lock",
+                f"must be one of {', '.join(map(repr, LOCK_MODES))}, not {mode!r}",
+            )
+        spec = load_spec(self.root)
+        if mode == "check":
+            reason = locking.staleness(spec)
+            if reason is not None:
+                raise MlenvError(f"{spec.lockfile.name} is stale: {reason} (lock = \"check\"; run `mlenv lock`)")
+            from hatch_mlenv.lockfile import read_lock
+
+            return Environment(spec, read_lock(spec.lockfile))
+        outcome = locking.lock(spec)
+        if outcome.status != "fresh":
+            self.app.display_info(f"mlenv: locked {spec.name} -> {spec.lockfile.name}")
+        return Environment(spec, outcome.lock)
+
+    def _manifest_text(self) -> str:
+        return json.dumps(self._environment.manifest(), indent=2, sort_keys=True) + "\n"
+
+    def _output_is_project_dist(self) -> bool:
+        try:
+            return Path(self.directory).resolve() == (Path(self.root) / "dist").resolve()
+        except OSError:
+            return False
