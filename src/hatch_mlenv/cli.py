@@ -124,8 +124,9 @@ def show(project: Path, as_json: bool) -> None:
 
 
 def _display(path: Path) -> str:
+    """Relative to the working directory when inside it, else absolute."""
     try:
-        return os.path.relpath(path)
+        return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
 

@@ -1,0 +1,3 @@
+from hatch_mlenv.cli import main
+
+main(prog_name="mlenv")
