@@ -26,7 +26,9 @@ META_VARIABLES = "mlenv.variables"
 META_BASE_IMAGE = "mlenv.base-image"
 META_TOOL = "mlenv.tool"
 
-SUPPORTED_VERSIONS = (1,)
+# 1 is conda-lock's format; 3 is the same shape as rattler-lock (early pixi) wrote it,
+# with dependencies as a list of match specs.
+SUPPORTED_VERSIONS = (1, 3)
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,10 @@ def read_lock(path: Path) -> Lock:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise LockfileError(path, "lockfile not found; run `mlenv lock` to create it") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LockfileError(path, f"cannot read lockfile: {exc}") from None
+    except UnicodeDecodeError:
+        raise LockfileError(path, "corrupted lockfile: not UTF-8 text") from None
+    except OSError as exc:
+        raise LockfileError(path, f"cannot read lockfile: {exc.strerror or exc}") from None
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         document = yaml.load(text, Loader=loader)
@@ -142,7 +146,7 @@ def lock_from_document(document: Any, path: Path) -> Lock:
         raise LockfileError(
             path,
             f"unsupported lockfile version {version!r} (hatch-mlenv reads conda-lock format "
-            f"version {', '.join(map(str, SUPPORTED_VERSIONS))})",
+            f"versions {' and '.join(map(str, SUPPORTED_VERSIONS))})",
         )
     metadata = document.get("metadata")
     if not isinstance(metadata, dict):
@@ -188,6 +192,8 @@ def _package(raw: Any, index: int, path: Path) -> LockedPackage:
     if raw["manager"] == "conda" and not hashes.get("md5"):
         raise LockfileError(path, f"corrupted lockfile: `{where}.hash.md5` is missing (conda packages need md5)")
     deps = raw.get("dependencies") or {}
+    if isinstance(deps, list):
+        deps = dict(split_dependency(str(d)) for d in deps)
     build = raw.get("build")
     return LockedPackage(
         platform=raw["platform"],
@@ -201,6 +207,12 @@ def _package(raw: Any, index: int, path: Path) -> LockedPackage:
         dependencies={str(k): str(v) for k, v in deps.items()} if isinstance(deps, dict) else {},
         category=str(raw.get("category", "main")),
     )
+
+
+def split_dependency(depend: str) -> tuple[str, str]:
+    """`"numpy >=1.21,<2"` -> `("numpy", ">=1.21,<2")`, the shape conda-lock writes."""
+    name, _, constraint = depend.strip().partition(" ")
+    return name, " ".join(constraint.split()) or "*"
 
 
 def render_lockfile(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.hookspecs import hookimpl
-from hatch_mlenv.lockfile import LockedPackage
+from hatch_mlenv.lockfile import LockedPackage, split_dependency
 
 if TYPE_CHECKING:
     import rattler
@@ -36,12 +36,6 @@ class Solver(Protocol):
 
     def solve(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
         """Pinned conda packages for every platform of the request, or raise SolveError."""
-
-
-def split_dependency(depend: str) -> tuple[str, str]:
-    """`"numpy >=1.21,<2"` -> `("numpy", ">=1.21,<2")`, the shape conda-lock writes."""
-    name, _, constraint = depend.strip().partition(" ")
-    return name, " ".join(constraint.split()) or "*"
 
 
 class RattlerSolver:
