@@ -143,9 +143,8 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
         from hatch_mlenv.pip import resolve_pip
 
         for platform in spec.platforms:
-            packages.extend(
-                resolve_pip(spec, platform, conda[platform], [p for p in preferred if p.manager == "pip"])
-            )
+            pip_preferred = [p for p in preferred if p.manager == "pip"]
+            packages.extend(resolve_pip(spec, platform, conda[platform], pip_preferred, update))
     return packages
 
 
