@@ -64,3 +64,20 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *nee
 def defaults_2018() -> Path:
     assert (DEFAULTS_2018 / "linux-64" / "repodata.json").is_file(), f"missing {DEFAULTS_2018}"
     return DEFAULTS_2018
+
+
+@pytest.fixture(scope="session")
+def channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real conda channel (linux-64, osx-arm64, noarch) built from package archives."""
+    from fixtures.conda_channel import make_default_channel
+
+    return make_default_channel(tmp_path_factory.mktemp("channel"), multi_platform=True)
+
+
+@pytest.fixture(scope="session")
+def pip_index(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[str]
+    """A PEP 503 index of small real wheels on 127.0.0.1; yields its /simple/ URL."""
+    from fixtures.pip_index import make_default_index, serve
+
+    with serve(make_default_index(tmp_path_factory.mktemp("pypi"))) as url:
+        yield url
