@@ -60,24 +60,37 @@ def measure(
     return Sample(result["seconds"], result["maxrss_kib"] / 1024)  # ru_maxrss is KiB on Linux
 
 
-def repeat(
-    runs: int,
-    argv: Sequence[str],
-    *,
-    before: Callable[[], None] | None = None,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    warmup: int = 1,
-) -> list[Sample]:
-    """`runs` measurements of `argv`, after `warmup` unmeasured ones; `before` runs ahead of each."""
-    samples = []
+@dataclass(frozen=True)
+class Command:
+    """One thing to measure: argv, plus what to do before each run (e.g. delete a lockfile)."""
+
+    argv: Sequence[str]
+    before: Callable[[], None] | None = None
+    cwd: Path | None = None
+    env: Mapping[str, str] | None = None
+
+
+def interleaved(runs: int, commands: Mapping[str, Command], *, warmup: int = 1) -> dict[str, list[Sample]]:
+    """`runs` samples of each command, taken round-robin (A B C A B C ...) after `warmup`
+    unmeasured rounds, so a burst of background load hits every command alike."""
+    samples: dict[str, list[Sample]] = {label: [] for label in commands}
     for index in range(warmup + runs):
-        if before is not None:
-            before()
-        sample = measure(argv, cwd=cwd, env=env)
-        if index >= warmup:
-            samples.append(sample)
+        for label, command in commands.items():
+            if command.before is not None:
+                command.before()
+            sample = measure(command.argv, cwd=command.cwd, env=command.env or bench_env())
+            if index >= warmup:
+                samples[label].append(sample)
     return samples
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """The environment for measured commands: bytecode cached as on a user's machine, but
+    under bench/results/ (never in the source tree), whatever PYTHONDONTWRITEBYTECODE says."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(RESULTS_DIR / "pycache")
+    env.update(extra)
+    return env
 
 
 def median_seconds(samples: Sequence[Sample]) -> float:
@@ -166,5 +179,12 @@ def scratch_dir(name: str) -> Path:
 
 
 def header(title: str) -> None:
-    cores = os.cpu_count()
-    print(f"# {title}  (python {sys.version.split()[0]}, {cores} cores, {time.strftime('%Y-%m-%d')})")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"# {title}")
+    print(f"  python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, load average {load}")
+    print(f"  bytecode cache: {RESULTS_DIR / 'pycache'} (PYTHONPYCACHEPREFIX)")
+
+
+def footer() -> None:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\n  load average at the end: {load} (above ~0.5 on this machine, other work shared the cores)")

@@ -28,13 +28,15 @@ from _common import (
     DEFAULTS_2018,
     PYTHON,
     RESULTS_DIR,
-    Sample,
+    Command,
+    bench_env,
     console_script,
+    footer,
     header,
+    interleaved,
     median_rss,
     median_seconds,
     print_table,
-    repeat,
     scratch_dir,
     verdict,
     write_project,
@@ -124,14 +126,10 @@ def lock_project(channel: Path, copies: int, root: Path) -> tuple[Path, list[str
     return write_project(root / channel.name, channel, specs), specs
 
 
-def cold_lock(project: Path, runs: int) -> list[Sample]:
+def cold_lock(project: Path) -> Command:
     lockfile = project / "conda-lock.yml"
-    samples = repeat(
-        runs,
-        [str(console_script("mlenv")), "lock", "--project", str(project)],
-        before=lambda: lockfile.unlink(missing_ok=True),
-    )
-    return samples
+    argv = [str(console_script("mlenv")), "lock", "--project", str(project)]
+    return Command(argv, before=lambda: lockfile.unlink(missing_ok=True))
 
 
 def check_locked(project: Path, names: list[str]) -> str:
@@ -141,13 +139,12 @@ def check_locked(project: Path, names: list[str]) -> str:
     return "ok" if not missing else f"MISSING {missing}"
 
 
-def bare_solve(channel: Path, specs: list[str], runs: int) -> list[Sample]:
-    argv = [PYTHON, "-c", BARE_SOLVE, channel.as_uri(), json.dumps(VIRTUAL_PACKAGES), PYTHON_SPEC, *specs]
-    return repeat(runs, argv)
+def bare_solve(channel: Path, specs: list[str]) -> Command:
+    return Command([PYTHON, "-c", BARE_SOLVE, channel.as_uri(), json.dumps(VIRTUAL_PACKAGES), PYTHON_SPEC, *specs])
 
 
-def json_load(channel: Path, runs: int) -> list[Sample]:
-    return repeat(runs, [PYTHON, "-c", JSON_LOAD, *(str(channel / s / "repodata.json") for s in SUBDIRS)])
+def json_load(channel: Path) -> Command:
+    return Command([PYTHON, "-c", JSON_LOAD, *(str(channel / s / "repodata.json") for s in SUBDIRS)])
 
 
 def import_costs(project: Path, top: int = 10) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
@@ -160,6 +157,7 @@ def import_costs(project: Path, top: int = 10) -> tuple[list[tuple[str, float]],
         stderr=subprocess.PIPE,
         text=True,
         check=True,
+        env=bench_env(),
     )
     cumulative, self_time = [], []
     for line in result.stderr.splitlines():
@@ -181,6 +179,7 @@ def phases(project: Path) -> dict[str, Any]:
         stderr=subprocess.PIPE,
         text=True,
         check=True,
+        env=bench_env(),
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -197,19 +196,21 @@ def main() -> None:
     for label, copies in SIZES.items():
         channel = channels[label]
         project, specs = lock_project(channel, copies, root)
-        lock = cold_lock(project, args.runs)
-        solve = bare_solve(channel, [s for s in specs], args.runs)
-        growth.append((label, copies, channel, project, specs, lock, solve))
+        commands = {"lock": cold_lock(project), "solve": bare_solve(channel, specs)}
+        if label == "300k":
+            commands["load"] = json_load(channel)
+        samples = interleaved(args.runs, commands)
+        growth.append((label, channel, project, specs, samples))
 
-    label, copies, channel, project, specs, lock, solve = growth[-1]
-    loaded = json_load(channel, args.runs)
+    label, channel, project, specs, samples = growth[-1]
+    lock, solve, loaded = samples["lock"], samples["solve"], samples["load"]
     big = records(channel)
     t_lock, t_load, t_solve = median_seconds(lock), median_seconds(loaded), median_seconds(solve)
     m_lock, m_load, m_solve = median_rss(lock), median_rss(loaded), median_rss(solve)
     print(f"\nchannel {channel.name}: {big['linux-64']} linux-64 + {big['noarch']} noarch records")
     print(f"specs: python 3.6, {', '.join(specs)}; copies locked: {check_locked(project, specs[-2:])}")
     print_table(
-        f"~{label} records, {args.runs} runs, medians",
+        f"~{label} records, {args.runs} runs each, medians",
         ["fresh process", "wall s", "peak RSS MiB", "lock / this (time)", "lock / this (RSS)"],
         [
             ["mlenv lock (cold)", t_lock, f"{m_lock:.0f}", "1.00", "1.00"],
@@ -222,7 +223,8 @@ def main() -> None:
     print(f"  target lock <= 1.2x (b) RSS:   {m_lock / m_solve:.2f}x  {verdict(m_lock / m_solve, 1.2)}")
 
     rows = []
-    for label, copies, channel, project, specs, lock, solve in growth:
+    for label, channel, project, specs, samples in growth:
+        lock, solve = samples["lock"], samples["solve"]
         n = records(channel)["linux-64"]
         rows.append([f"~{label}", n, ", ".join(specs[-2:]), median_seconds(lock), median_rss(lock), median_seconds(solve)])
     print_table(
@@ -236,7 +238,7 @@ def main() -> None:
     print(f"  records 300k/10k: {record_ratio:.1f}x; lock time: {time_ratio:.2f}x; bare solve time: {solve_ratio:.2f}x")
     print(f"  target sub-linear growth: {'met' if time_ratio < record_ratio else 'MISSED'}")
 
-    project = growth[-1][3]
+    project = growth[-1][2]
     print_table(
         "where a cold lock's time goes at ~300k (sequential phases in one fresh process)",
         ["phase", "s"],
@@ -250,6 +252,7 @@ def main() -> None:
         cumulative,
     )
     print_table("heaviest single modules (self time)", ["module", "self s"], self_time)
+    footer()
 
 
 if __name__ == "__main__":
