@@ -1,0 +1,109 @@
+"""No-op cost: `mlenv lock` on a fresh lock vs `mlenv --version` vs `python -c pass`.
+
+Targets: no-op lock <= 1.3x `mlenv --version`; `mlenv --version` <= 3x `python -c pass`.
+Measured with the installed console script (the real file in this interpreter's
+scripts dir) and with `python -m hatch_mlenv`; when `mlenv` on PATH is a pyenv
+shim, the shim is reported too (information only: the shim is not ours).
+
+Usage: python bench/noop.py [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+from pathlib import Path
+
+from _common import (
+    DEFAULTS_2018,
+    PYTHON,
+    Command,
+    bench_env,
+    console_script,
+    footer,
+    header,
+    interleaved,
+    measure,
+    median_rss,
+    median_seconds,
+    print_table,
+    scratch_dir,
+    verdict,
+    which,
+    write_project,
+)
+
+SPECS = ["numpy", "pandas", "scipy", "matplotlib"]
+
+
+def no_op_imports(argv: list[str], top: int = 8) -> list[tuple[str, float]]:
+    """Top-level imports of one run under `python -X importtime`, by cumulative seconds."""
+    result = subprocess.run(
+        [PYTHON, "-X", "importtime", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        check=True, env=bench_env(),
+    )
+    rows = []
+    for line in result.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S+)", line)  # no indent: top level
+        if match:
+            rows.append((match.group(2), int(match.group(1)) / 1e6))
+    return sorted(rows, key=lambda r: r[1], reverse=True)[:top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    header("noop: mlenv lock on a fresh lock vs mlenv --version vs python -c pass")
+
+    project = write_project(scratch_dir("noop") / "project", DEFAULTS_2018, SPECS)
+    script = str(console_script("mlenv"))
+    lock_args = ["lock", "--project", str(project)]
+    measure([script, *lock_args], env=bench_env())  # lock once; every measured run is then a no-op
+
+    commands = {
+        "python -c pass": Command([PYTHON, "-c", "pass"]),
+        "mlenv --version": Command([script, "--version"]),
+        "mlenv lock (no-op)": Command([script, *lock_args]),
+        "python -m hatch_mlenv --version": Command([PYTHON, "-m", "hatch_mlenv", "--version"]),
+        "python -m hatch_mlenv lock (no-op)": Command([PYTHON, "-m", "hatch_mlenv", *lock_args]),
+    }
+    shim = which("mlenv")
+    if shim != Path(script):
+        commands[f"{shim} --version"] = Command([str(shim), "--version"])
+        commands[f"{shim} lock (no-op)"] = Command([str(shim), *lock_args])
+    inherited = {k: v for k, v in bench_env().items() if k != "PYTHONPYCACHEPREFIX"}
+    inherited["PYTHONDONTWRITEBYTECODE"] = "1"
+    commands["mlenv lock (no-op), no bytecode cache"] = Command([script, *lock_args], env=inherited)
+
+    samples = interleaved(args.runs, commands)
+    base = median_seconds(samples["python -c pass"])
+    rows = [
+        [label, median_seconds(s), f"{median_rss(s):.0f}", f"{median_seconds(s) / base:.2f}"]
+        for label, s in samples.items()
+    ]
+    print(f"\nproject: {project} ({DEFAULTS_2018.name}, python 3.6 + {', '.join(SPECS)})")
+    print_table(
+        f"{args.runs} runs each, interleaved, medians",
+        ["fresh process", "wall s", "peak RSS MiB", "x python -c pass"],
+        rows,
+    )
+    version = median_seconds(samples["mlenv --version"])
+    noop = median_seconds(samples["mlenv lock (no-op)"])
+    m_version = median_seconds(samples["python -m hatch_mlenv --version"])
+    m_noop = median_seconds(samples["python -m hatch_mlenv lock (no-op)"])
+    print(f"  target no-op lock <= 1.3x --version (console script):  {noop / version:.2f}x  {verdict(noop / version, 1.3)}")
+    print(f"  target no-op lock <= 1.3x --version (python -m):       {m_noop / m_version:.2f}x  {verdict(m_noop / m_version, 1.3)}")
+    print(f"  target --version <= 3x python -c pass (console script): {version / base:.2f}x  {verdict(version / base, 3)}")
+    print(f"  target --version <= 3x python -c pass (python -m):      {m_version / base:.2f}x  {verdict(m_version / base, 3)}")
+
+    print_table("top-level imports of `mlenv --version` (-X importtime)", ["module", "cumulative s"],
+                no_op_imports([script, "--version"]))
+    print_table("top-level imports of a no-op `mlenv lock` (-X importtime)", ["module", "cumulative s"],
+                no_op_imports([script, *lock_args]))
+    footer()
+
+
+if __name__ == "__main__":
+    main()
