@@ -215,6 +215,23 @@ def split_dependency(depend: str) -> tuple[str, str]:
     return name, " ".join(constraint.split()) or "*"
 
 
+def to_conda_lock(package: LockedPackage):  # -> conda_lock's LockedDependency
+    """The same package as conda-lock's own model (imports conda-lock: not for hot paths)."""
+    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
+
+    return LockedDependency(
+        name=package.name,
+        version=package.version,
+        manager=package.manager,
+        platform=package.platform,
+        dependencies=dict(package.dependencies),
+        url=package.url,
+        hash=HashModel(md5=package.md5, sha256=package.sha256),
+        category=package.category,
+        build=package.build,
+    )
+
+
 def render_lockfile(
     packages: Iterable[LockedPackage],
     *,
@@ -227,22 +244,10 @@ def render_lockfile(
 ) -> str:
     """The text of a conda-lock.yml, produced by conda-lock's models and writer."""
     from conda_lock.lockfile import write_conda_lock_file
-    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency, Lockfile, LockMeta
+    from conda_lock.lockfile.v2prelim.models import Lockfile, LockMeta
+
     model = Lockfile(
-        package=[
-            LockedDependency(
-                name=p.name,
-                version=p.version,
-                manager=p.manager,
-                platform=p.platform,
-                dependencies=dict(p.dependencies),
-                url=p.url,
-                hash=HashModel(md5=p.md5, sha256=p.sha256),
-                category=p.category,
-                build=p.build,
-            )
-            for p in packages
-        ],
+        package=[to_conda_lock(p) for p in packages],
         metadata=LockMeta(
             content_hash=dict(sorted(content_hash.items())),
             channels=list(channels),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from hatch_mlenv.errors import ConfigError, SolveError
-from hatch_mlenv.lockfile import LockedPackage
+from hatch_mlenv.lockfile import LockedPackage, to_conda_lock
 
 if TYPE_CHECKING:
     from hatch_mlenv.spec import Spec
@@ -78,22 +78,9 @@ def resolve_pip(
         return []
 
     from conda_lock import lookup, pypi_solver
-    from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
     from conda_lock.models.lock_spec import VersionedDependency
     from conda_lock.models.pip_repository import PipRepository
     from conda_lock.pypi_solver import solve_pypi
-
-    def locked(package: LockedPackage) -> LockedDependency:
-        return LockedDependency(
-            name=package.name,
-            version=package.version,
-            manager=package.manager,
-            platform=package.platform,
-            dependencies=dict(package.dependencies),
-            url=package.url,
-            hash=HashModel(md5=package.md5, sha256=package.sha256),
-            build=package.build,
-        )
 
     pypi_solver._get_url = _url_without_credentials
     pip_specs = {
@@ -114,8 +101,8 @@ def resolve_pip(
             solved = solve_pypi(
                 pip_specs=pip_specs,
                 use_latest=list(update),
-                pip_locked={p.name: locked(p) for p in preferred if p.platform == platform},
-                conda_locked={p.name: locked(p) for p in conda},
+                pip_locked={p.name: to_conda_lock(p) for p in preferred if p.platform == platform},
+                conda_locked={p.name: to_conda_lock(p) for p in conda},
                 python_version=python.version,
                 platform=platform,
                 pip_repositories=[PipRepository.from_string(url) for url in indexes],
