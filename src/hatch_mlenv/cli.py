@@ -123,6 +123,233 @@ def show(project: Path, as_json: bool) -> None:
         console.print("variables " + ", ".join(names))
 
 
+registry_option = click.option(
+    "--registry",
+    "registry_url",
+    metavar="URL",
+    default=None,
+    help="local (default), sqlite:///PATH or oci://HOST[:PORT]/NAMESPACE; else $MLENV_REGISTRY, else [tool.mlenv] registry.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def _registry(url: str | None, project: Path | None = None):  # -> Registry
+    from hatch_mlenv.registry import open_registry, select_url
+
+    configured = None
+    if url is None and project is not None and (project / "pyproject.toml").is_file():
+        from hatch_mlenv.spec import load_spec
+
+        configured = load_spec(project).registry
+    return open_registry(select_url(url, configured))
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@main.command()
+@project_option
+@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Register this conda-lock.yml instead of the project's.")
+@click.option("--name", help="Environment name (required with --lockfile).")
+@click.option("--label", "labels", multiple=True, metavar="LABEL", help="Also point LABEL at the version (repeatable).")
+@registry_option
+@json_option
+def register(project: Path, lockfile: Path | None, name: str | None, labels: tuple[str, ...], registry_url: str | None, as_json: bool) -> None:
+    """Register the locked environment as a new version (or find its existing one)."""
+    from hatch_mlenv.registry import register_environment, register_lockfile
+
+    if lockfile is not None:
+        if not name:
+            raise click.UsageError("--lockfile needs --name")
+        registration = register_lockfile(_registry(registry_url), lockfile, name, labels=labels)
+    else:
+        if name:
+            raise click.UsageError("--name goes with --lockfile; the project's name is [tool.mlenv] name")
+        from hatch_mlenv import lock as locking
+        from hatch_mlenv.environment import Environment
+        from hatch_mlenv.lockfile import read_lock
+        from hatch_mlenv.spec import load_spec
+
+        spec = load_spec(project)
+        lock_ = read_lock(spec.lockfile)
+        reason = locking.staleness(spec, lock_)
+        if reason is not None:
+            raise MlenvError(f"{spec.lockfile} is stale: {reason}; run `mlenv lock` before registering")
+        registration = register_environment(_registry(registry_url, project), Environment(spec, lock_), labels=labels)
+    version = registration.version
+    if as_json:
+        _print_json(version.summary() | {"created": registration.created})
+        return
+    state = "new" if registration.created else "existing, nothing created"
+    click.echo(f"{version.ref} sha256:{version.digest} ({state})")
+
+
+@main.command(name="list")
+@click.option("--all", "include_archived", is_flag=True, help="Include environments whose versions are all archived.")
+@registry_option
+@json_option
+def list_(include_archived: bool, registry_url: str | None, as_json: bool) -> None:
+    """List environments: name, latest version, labels."""
+    summaries = _registry(registry_url).list(include_archived=include_archived)
+    if as_json:
+        _print_json([s.as_dict() for s in summaries])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "latest", "versions", "labels")
+    for s in summaries:
+        labels = ", ".join(f"{k}→{v}" for k, v in sorted(s.labels.items()))
+        table.add_row(s.name, str(s.latest or "-"), str(s.versions), labels)
+    Console(highlight=False).print(table)
+
+
+@main.command()
+@click.argument("name")
+@registry_option
+@json_option
+def history(name: str, registry_url: str | None, as_json: bool) -> None:
+    """Versions of NAME with time, git commit, digest and labels."""
+    versions = _registry(registry_url).history(name)
+    if as_json:
+        _print_json([v.summary() for v in versions])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("version", "created (UTC)", "commit", "digest", "labels")
+    for v in versions:
+        commit = (v.provenance.get("git_commit") or "-")[:10] + ("+dirty" if v.provenance.get("git_dirty") else "")
+        label = ", ".join(v.labels) + (" (archived)" if v.archived else "")
+        table.add_row(str(v.version), str(v.provenance.get("time") or "-"), commit, v.digest[:12], label)
+    Console(highlight=False).print(table)
+
+
+@main.command()
+@click.argument("reference")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), help="Directory to write conda-lock.yml and mlenv.json into (default ./NAME-vVERSION).")
+@registry_option
+@json_option
+def get(reference: str, output: Path | None, registry_url: str | None, as_json: bool) -> None:
+    """Write the lockfile and manifest of NAME[:VERSION|@LABEL]."""
+    from hatch_mlenv.lockfile import atomic_write
+    from hatch_mlenv.registry import parse_reference
+
+    ref = parse_reference(reference)
+    version = _registry(registry_url).get(ref)
+    target = output or Path(f"{version.name}-v{version.version}")
+    atomic_write(target / "conda-lock.yml", version.lockfile)
+    atomic_write(target / "mlenv.json", json.dumps(version.manifest_with_version(), indent=2, sort_keys=True) + "\n")
+    if as_json:
+        _print_json(version.summary() | {"output": str(target)})
+        return
+    click.echo(f"{version.ref} sha256:{version.digest} -> {_display(target.resolve())}")
+
+
+@main.command()
+@click.argument("reference")
+@click.argument("label")
+@registry_option
+def label(reference: str, label: str, registry_url: str | None) -> None:
+    """Point LABEL at NAME:VERSION (labels move; versions never change)."""
+    from hatch_mlenv.registry import parse_reference
+
+    ref = parse_reference(reference, require_version=True)
+    version = _registry(registry_url).label(ref.name, ref.version, label)
+    click.echo(f"{ref.name}@{label} -> {version.ref}")
+
+
+@main.command()
+@click.argument("reference")
+@registry_option
+def archive(reference: str, registry_url: str | None) -> None:
+    """Hide NAME:VERSION from `list` (still retrievable by number)."""
+    _set_archived(reference, registry_url, True)
+
+
+@main.command()
+@click.argument("reference")
+@registry_option
+def restore(reference: str, registry_url: str | None) -> None:
+    """Undo `archive` for NAME:VERSION."""
+    _set_archived(reference, registry_url, False)
+
+
+def _set_archived(reference: str, registry_url: str | None, archived: bool) -> None:
+    from hatch_mlenv.registry import parse_reference
+
+    ref = parse_reference(reference, require_version=True)
+    version = _registry(registry_url).set_archived(ref.name, ref.version, archived)
+    click.echo(f"{version.ref} {'archived' if archived else 'restored'}")
+
+
+@main.command()
+@click.argument("old")
+@click.argument("new")
+@registry_option
+@json_option
+def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
+    """Compare two environments: NAME:VERSION, NAME@LABEL or a lockfile path on each side."""
+    from hatch_mlenv.diff import diff_locks
+
+    lazy: list[Any] = []
+
+    def registry():  # opened only when a side is a registry reference
+        if not lazy:
+            lazy.append(_registry(registry_url))
+        return lazy[0]
+
+    result = diff_locks(_side(old, registry), _side(new, registry))
+    result = {"old": old, "new": new} | result
+    if as_json:
+        _print_json(result)
+        return
+    _print_diff(result)
+
+
+def _side(text: str, registry: Callable[[], Any]):  # -> Lock
+    from hatch_mlenv.lockfile import parse_lock, read_lock
+    from hatch_mlenv.registry import parse_reference
+
+    path = Path(text)
+    if path.suffix in (".yml", ".yaml") or path.is_file() or "/" in text:
+        return read_lock(path)
+    version = registry().get(parse_reference(text))
+    return parse_lock(version.lockfile, version.ref)
+
+
+def _print_diff(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    if result["identical"]:
+        console.print(f"{result['old']} and {result['new']} are the same environment")
+        return
+    table = Table("platform", "manager", "package", "change")
+    for platform, managers in result["packages"].items():
+        for manager, section in managers.items():
+            for p in section["added"]:
+                table.add_row(platform, manager, p["name"], f"+ {p['version']} {p['build'] or ''}".rstrip())
+            for p in section["removed"]:
+                table.add_row(platform, manager, p["name"], f"- {p['version']} {p['build'] or ''}".rstrip())
+            for p in section["changed"]:
+                old = f"{p['old']['version']} {p['old']['build'] or ''}".rstrip()
+                new = f"{p['new']['version']} {p['new']['build'] or ''}".rstrip()
+                table.add_row(platform, manager, p["name"], f"{old} → {new}")
+    if table.row_count:
+        console.print(table)
+    for kind, items in result["variables"].items():
+        for key, value in items.items():
+            console.print(f"variable {kind}: {key} {value}")
+    for kind in ("added", "removed"):
+        for platform in result["platforms"][kind]:
+            console.print(f"platform {kind}: {platform}")
+    if result["base_image"]:
+        console.print(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
+
+
 def _display(path: Path) -> str:
     """Relative to the working directory when inside it, else absolute."""
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from hatch_mlenv import __version__
 from hatch_mlenv.lockfile import Lock
-from hatch_mlenv.spec import Spec, public_variables
+from hatch_mlenv.spec import Spec
 
 MANIFEST_NAME = "mlenv.json"
 TAG_LENGTH = 12
@@ -34,30 +34,49 @@ class Environment:
     def manifest(self) -> dict[str, Any]:
         """The manifest (`mlenv.json`) shipped in wheels and written next to dist files."""
         spec = self.spec
-        return {
-            "name": self.name,
-            "digest": f"sha256:{self.digest}",
-            "image": self.image,
-            "platforms": sorted(self.lock.platforms),
-            "packages": self.lock.counts(),
-            "variables": {k: v for k, v in public_variables(spec.variables).items() if v is not None},
-            "secret_variables": sorted(v.name for v in spec.variables if v.secret),
-            "base_image": spec.docker.base_image,
-            "lockfile": spec.lockfile.name,
-            "spec_hash": self.lock.spec_hash,
-            "project": {"name": spec.project_name, "version": spec.project_version},
-            "hatch_mlenv": __version__,
-        }
+        return lock_manifest(
+            self.name,
+            self.lock,
+            image=self.image,
+            lockfile=spec.lockfile.name,
+            project={"name": spec.project_name, "version": spec.project_version},
+        )
 
 
-def repository_name(spec: Spec) -> str:
+def lock_manifest(
+    name: str, lock: Lock, *, image: str, lockfile: str = "conda-lock.yml", project: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest of a lock: everything in it is derived from the lock, the name and the image."""
+    variables = lock.variables
+    return {
+        "name": name,
+        "digest": f"sha256:{lock.digest()}",
+        "image": image,
+        "platforms": sorted(lock.platforms),
+        "packages": lock.counts(),
+        "variables": {k: v for k, v in variables.items() if v is not None},
+        "secret_variables": sorted(k for k, v in variables.items() if v is None),
+        "base_image": lock.base_image,
+        "lockfile": lockfile,
+        "spec_hash": lock.spec_hash,
+        "project": project or {},
+        "hatch_mlenv": __version__,
+    }
+
+
+def repository_name(name: str, repository: str | None = None, registry: str | None = None) -> str:
     """The image repository: `[tool.mlenv.docker] repository`, else the environment name, lowercased."""
-    repository = spec.docker.repository or re.sub(r"[^a-z0-9._/-]+", "-", spec.name.lower())
-    if spec.docker.registry:
-        repository = f"{spec.docker.registry.rstrip('/')}/{repository}"
+    repository = repository or re.sub(r"[^a-z0-9._/-]+", "-", name.lower())
+    if registry:
+        repository = f"{registry.rstrip('/')}/{repository}"
     return repository
 
 
 def image_reference(digest: str, spec: Spec) -> str:
     """`[registry/]repository:<first 12 hex of the digest>`: known before any daemon is asked."""
-    return f"{repository_name(spec)}:{digest[:TAG_LENGTH]}"
+    return f"{repository_name(spec.name, spec.docker.repository, spec.docker.registry)}:{digest[:TAG_LENGTH]}"
+
+
+def image_reference_for(name: str, digest: str) -> str:
+    """The image reference of a lock registered without a project: `name:<digest12>`."""
+    return f"{repository_name(name)}:{digest[:TAG_LENGTH]}"

@@ -41,3 +41,17 @@ class SolveError(MlenvError):
 
 class StaleLockError(MlenvError):
     """`mlenv lock --check` found the lock missing, stale or unsatisfiable."""
+
+
+class UsageError(MlenvError):
+    """A malformed argument: a reference, a label, an unknown registry URL."""
+
+    exit_code = EXIT_USAGE
+
+
+class RegistryError(MlenvError):
+    """A registry cannot be reached, refuses us, or holds a corrupted entry."""
+
+
+class NotFoundError(RegistryError):
+    """No such environment, version or label in the registry."""

@@ -115,8 +115,6 @@ def lock_digest(
 
 def read_lock(path: Path) -> Lock:
     """Read a conda-lock.yml (format v1, as conda-lock writes it) or raise LockfileError."""
-    import yaml
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -125,17 +123,24 @@ def read_lock(path: Path) -> Lock:
         raise LockfileError(path, "corrupted lockfile: not UTF-8 text") from None
     except OSError as exc:
         raise LockfileError(path, f"cannot read lockfile: {exc.strerror or exc}") from None
+    return parse_lock(text, path)
+
+
+def parse_lock(text: str, source: object) -> Lock:
+    """Parse lockfile text; `source` (a path or a registry reference) names it in errors."""
+    import yaml
+
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         document = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise LockfileError(path, f"corrupted lockfile: not valid YAML{where}") from None
-    return lock_from_document(document, path)
+        raise LockfileError(source, f"corrupted lockfile: not valid YAML{where}") from None
+    return lock_from_document(document, source)
 
 
-def lock_from_document(document: Any, path: Path) -> Lock:
+def lock_from_document(document: Any, path: object) -> Lock:
     """Validate a parsed lockfile document; errors name the file and the key."""
     if not isinstance(document, dict):
         raise LockfileError(path, "corrupted lockfile: expected a mapping with `version`, `metadata` and `package`")
@@ -177,7 +182,7 @@ def lock_from_document(document: Any, path: Path) -> Lock:
     )
 
 
-def _package(raw: Any, index: int, path: Path) -> LockedPackage:
+def _package(raw: Any, index: int, path: object) -> LockedPackage:
     where = f"package[{index}]"
     if not isinstance(raw, dict):
         raise LockfileError(path, f"corrupted lockfile: `{where}` is not a mapping")

@@ -8,7 +8,7 @@ import pluggy
 
 from hatch_mlenv import hookspecs
 
-DEFAULT_PLUGINS = ("hatch_mlenv.solve",)
+DEFAULT_PLUGINS = ("hatch_mlenv.solve", "hatch_mlenv.registry.local", "hatch_mlenv.registry.oci")
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,3 +31,8 @@ def solvers() -> dict:
         for solver in batch or ():
             found.setdefault(solver.name, solver)
     return found
+
+
+def registries() -> list:
+    """Registry backends, installed plugins first so that they may claim a URL scheme."""
+    return [backend for batch in plugin_manager().hook.mlenv_register_registries() for backend in batch or ()]

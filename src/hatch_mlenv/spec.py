@@ -89,6 +89,8 @@ _TOP_KEYS = (
     "variables",
     "virtual-packages",
     "docker",
+    "registry",
+    "description",
 )
 _DOCKER_KEYS = ("base-image", "registry", "repository", "prefix")
 _VARIABLE_KEYS = ("value", "secret")
@@ -179,6 +181,8 @@ class Spec:
     variables: tuple[Variable, ...]
     virtual_packages: dict[str, dict[str, tuple[str, str]]] = field(hash=False)
     docker: DockerSpec = DockerSpec()
+    registry: str | None = None
+    description: str | None = None
 
     @property
     def project_dir(self) -> Path:
@@ -387,6 +391,8 @@ def parse_spec(document: dict[str, Any], pyproject: Path) -> Spec:
         variables=variables,
         virtual_packages=virtual_packages,
         docker=docker,
+        registry=reader.string(table, "registry", None),
+        description=reader.string(table, "description", None),
     )
 
 

@@ -1,0 +1,48 @@
+"""Compare two locks: packages added, removed and changed per platform and manager,
+changed variables and base image."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hatch_mlenv.lockfile import Lock, LockedPackage
+
+
+def _entry(package: LockedPackage) -> dict[str, Any]:
+    return {"version": package.version, "build": package.build}
+
+
+def diff_locks(old: Lock, new: Lock) -> dict[str, Any]:
+    """A JSON-ready difference; empty sections are left out of `packages`."""
+    packages: dict[str, dict[str, Any]] = {}
+    for platform in sorted(set(old.platforms) | set(new.platforms)):
+        for manager in ("conda", "pip"):
+            before = {p.name: p for p in old.packages if p.platform == platform and p.manager == manager}
+            after = {p.name: p for p in new.packages if p.platform == platform and p.manager == manager}
+            section = {
+                "added": [{"name": n, **_entry(after[n])} for n in sorted(after.keys() - before.keys())],
+                "removed": [{"name": n, **_entry(before[n])} for n in sorted(before.keys() - after.keys())],
+                "changed": [
+                    {"name": n, "old": _entry(before[n]), "new": _entry(after[n])}
+                    for n in sorted(before.keys() & after.keys())
+                    if (before[n].version, before[n].build, before[n].url) != (after[n].version, after[n].build, after[n].url)
+                ],
+            }
+            if any(section.values()):
+                packages.setdefault(platform, {})[manager] = section
+    old_vars, new_vars = old.variables, new.variables
+    variables = {
+        "added": {k: new_vars[k] for k in sorted(new_vars.keys() - old_vars.keys())},
+        "removed": {k: old_vars[k] for k in sorted(old_vars.keys() - new_vars.keys())},
+        "changed": {k: [old_vars[k], new_vars[k]] for k in sorted(old_vars.keys() & new_vars.keys()) if old_vars[k] != new_vars[k]},
+    }
+    return {
+        "identical": old.digest() == new.digest(),
+        "platforms": {
+            "added": sorted(set(new.platforms) - set(old.platforms)),
+            "removed": sorted(set(old.platforms) - set(new.platforms)),
+        },
+        "packages": packages,
+        "variables": variables,
+        "base_image": None if old.base_image == new.base_image else [old.base_image, new.base_image],
+    }

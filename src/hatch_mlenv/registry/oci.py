@@ -1,0 +1,481 @@
+"""The `oci://host[:port]/namespace` registry: versions as OCI artifacts, with the oras SDK.
+
+Layout, for an environment NAME under `oci://host/ns`:
+
+- repository `ns/NAME` (lowercased, as OCI requires);
+- each version is an artifact (artifactType `application/vnd.mlenv.environment.v1`)
+  whose layers are the lockfile and the manifest and whose config holds the
+  provenance, tagged `v<N>` and `digest-<sha256 of the lock>`;
+- labels are tags (`latest`, `prod`, ...) on the same artifact manifest;
+- `mlenv-index` tags a small artifact holding what may change about a name
+  (its description and which versions are archived); `mlenv-lock` tags the
+  lease that serializes writers.
+
+Registries have no transactions, so writers take a lease: read the `mlenv-lock`
+tag; when it is free or expired, write it with a unique token, wait
+`MLENV_OCI_SETTLE_MS` (default 250 ms), and read it back: whoever's token is
+there holds the lease. Two writers both succeed in claiming it only if one of
+them takes longer than the settle time between reading "free" and writing its
+token; the settle time is there to make that window larger than any
+loopback or LAN round trip. Under the lease a writer reads the tags, reuses the
+version of an existing `digest-` tag (idempotent) or takes max(v<N>)+1, pushes
+and tags, then releases. A lease left by a killed writer expires after
+`MLENV_OCI_LEASE_SECONDS` (default 30).
+
+Credentials come from `MLENV_REGISTRY_USERNAME`/`MLENV_REGISTRY_PASSWORD` or the
+Docker config (`~/.docker/config.json`, `DOCKER_CONFIG`); they are never written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from hatch_mlenv.errors import NotFoundError, RegistryError, UsageError
+from hatch_mlenv.hookspecs import hookimpl
+from hatch_mlenv.registry import (
+    LATEST,
+    EnvironmentSummary,
+    Reference,
+    Registration,
+    Version,
+    check_label,
+    verify,
+)
+
+ARTIFACT_TYPE = "application/vnd.mlenv.environment.v1"
+CONFIG_MEDIA_TYPE = "application/vnd.mlenv.environment.config.v1+json"
+LOCKFILE_MEDIA_TYPE = "application/vnd.mlenv.lockfile.v1+yaml"
+MANIFEST_MEDIA_TYPE = "application/vnd.mlenv.manifest.v1+json"
+INDEX_ARTIFACT_TYPE = "application/vnd.mlenv.index.v1"
+INDEX_MEDIA_TYPE = "application/vnd.mlenv.index.v1+json"
+LEASE_ARTIFACT_TYPE = "application/vnd.mlenv.lease.v1"
+LEASE_MEDIA_TYPE = "application/vnd.mlenv.lease.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+INDEX_TAG = "mlenv-index"
+LEASE_TAG = "mlenv-lock"
+_VERSION_TAG = re.compile(r"^v(\d+)$")
+_RESERVED = re.compile(r"^(v\d+|digest-.*|mlenv-.*)$")
+
+
+def _settle_seconds() -> float:
+    return int(os.environ.get("MLENV_OCI_SETTLE_MS", "250")) / 1000
+
+
+def _lease_seconds() -> float:
+    return float(os.environ.get("MLENV_OCI_LEASE_SECONDS", "30"))
+
+
+@dataclass(frozen=True)
+class _Target:
+    host: str
+    namespace: str
+
+    def repository(self, name: str) -> str:
+        return f"{self.namespace}/{name.lower()}" if self.namespace else name.lower()
+
+
+class OciRegistry:
+    def __init__(self, url: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "oci" or not parsed.netloc:
+            raise UsageError(f"malformed registry URL {url!r}: use oci://HOST[:PORT]/NAMESPACE")
+        self.url = url
+        self.target = _Target(parsed.netloc, parsed.path.strip("/"))
+        host = parsed.hostname or ""
+        # Plain HTTP only on loopback, where test and local registries live.
+        self.insecure = host in ("127.0.0.1", "localhost", "::1") or os.environ.get("MLENV_REGISTRY_INSECURE") == "1"
+        self.scheme = "http" if self.insecure else "https"
+        self._client: Any = None
+
+    # -- HTTP through the oras SDK's client and auth backends ------------------------------
+    def _oras(self) -> Any:
+        """oras' Registry client, with the auth backend the registry asks for.
+
+        The registry is asked once, anonymously, which challenge it sends:
+        `Basic` (htpasswd, Artifactory) or `Bearer` (distribution's token auth,
+        Harbor, GHCR, ACR). Credentials: MLENV_REGISTRY_USERNAME/PASSWORD, else
+        the Docker config, loaded by oras.
+        """
+        if self._client is not None:
+            return self._client
+        import oras.provider
+        import requests
+
+        try:
+            probe = requests.get(f"{self.scheme}://{self.target.host}/v2/", timeout=10)
+        except requests.exceptions.RequestException:
+            raise RegistryError(f"registry {self.url} is unreachable (connection refused or no route)") from None
+        challenge = probe.headers.get("WWW-Authenticate", "").lower()
+        backend = "basic" if challenge.startswith("basic") else "token"
+        client = oras.provider.Registry(hostname=self.target.host, insecure=self.insecure, auth_backend=backend)
+        user, password = os.environ.get("MLENV_REGISTRY_USERNAME"), os.environ.get("MLENV_REGISTRY_PASSWORD")
+        if user and password:
+            client.auth.set_basic_auth(user, password)
+        else:
+            try:
+                client.auth.load_configs(client.get_container(f"{self.target.host}/{self.target.namespace or 'x'}/x"))
+            except Exception:  # an unreadable Docker config: go on anonymously
+                pass
+        if probe.status_code == 401 and not getattr(client.auth, "_basic_auth", None):
+            raise RegistryError(
+                f"registry {self.url} requires credentials; set MLENV_REGISTRY_USERNAME and "
+                "MLENV_REGISTRY_PASSWORD or log in with docker"
+            )
+        self._client = client
+        return client
+
+    def _request(self, method: str, path: str, **kwargs: Any):  # -> requests.Response
+        import oras.provider
+        import requests
+
+        client = self._oras()
+        # The undecorated method: oras retries every failure five times with
+        # pauses growing to 81 s, which turns "registry down" into minutes.
+        do_request = oras.provider.Registry.do_request.__wrapped__
+        url = f"{self.scheme}://{self.target.host}/v2/{path}"
+        try:
+            response = do_request(client, url, method, data=kwargs.get("data"), headers=dict(kwargs.get("headers", {})))
+        except requests.exceptions.ConnectionError:
+            raise RegistryError(f"registry {self.url} is unreachable (connection refused or no route)") from None
+        except requests.exceptions.RequestException as exc:
+            raise RegistryError(f"registry {self.url}: {type(exc).__name__}: {exc}") from None
+        except ValueError:  # oras: "Cannot respond to request for authentication."
+            raise RegistryError(f"registry {self.url} refused the credentials") from None
+        if response.status_code == 401:
+            raise RegistryError(
+                f"registry {self.url} refused the credentials (HTTP 401); check MLENV_REGISTRY_USERNAME and "
+                "MLENV_REGISTRY_PASSWORD or your docker login"
+            )
+        if response.status_code == 403:
+            raise RegistryError(f"registry {self.url} denied {method} {path} (HTTP 403)")
+        return response
+
+    def _check(self, response: Any, what: str) -> Any:
+        if response.status_code >= 400:
+            detail = response.text.strip().splitlines()[0][:200] if response.text else ""
+            raise RegistryError(f"registry {self.url}: {what} failed (HTTP {response.status_code}) {detail}".rstrip())
+        return response
+
+    # -- blobs and manifests -------------------------------------------------------------
+    def _push_blob(self, repo: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self._request("HEAD", f"{repo}/blobs/{digest}").status_code == 200:
+            return digest
+        start = self._check(self._request("POST", f"{repo}/blobs/uploads/"), "starting a blob upload")
+        location = start.headers["Location"]
+        separator = "&" if "?" in location else "?"
+        if location.startswith("/v2/"):
+            location = location[len("/v2/"):]
+        elif "://" in location:
+            location = location.split("/v2/", 1)[1]
+        self._check(
+            self._request(
+                "PUT",
+                f"{location}{separator}digest={digest}",
+                data=data,
+                headers={"Content-Type": "application/octet-stream"},
+            ),
+            "uploading a blob",
+        )
+        return digest
+
+    def _blob(self, repo: str, digest: str) -> bytes:
+        return self._check(self._request("GET", f"{repo}/blobs/{digest}"), f"reading blob {digest}").content
+
+    def _put_manifest(self, repo: str, tag: str, manifest: bytes) -> str:
+        self._check(
+            self._request("PUT", f"{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST}),
+            f"tagging {repo}:{tag}",
+        )
+        return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    def _manifest(self, repo: str, reference: str) -> tuple[bytes, dict[str, Any]] | None:
+        response = self._request("GET", f"{repo}/manifests/{reference}", headers={"Accept": OCI_MANIFEST})
+        if response.status_code == 404:
+            return None
+        self._check(response, f"reading {repo}:{reference}")
+        return response.content, response.json()
+
+    def _tags(self, repo: str) -> list[str]:
+        response = self._request("GET", f"{repo}/tags/list")
+        if response.status_code == 404:
+            return []
+        return self._check(response, f"listing tags of {repo}").json().get("tags") or []
+
+    def _artifact(self, repo: str, artifact_type: str, config_type: str, config: bytes,
+                  layers: list[tuple[str, str, bytes]], annotations: dict[str, str]) -> bytes:
+        config_digest = self._push_blob(repo, config)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": config_type, "digest": config_digest, "size": len(config)},
+            "layers": [
+                {
+                    "mediaType": media_type,
+                    "digest": self._push_blob(repo, data),
+                    "size": len(data),
+                    "annotations": {"org.opencontainers.image.title": title},
+                }
+                for title, media_type, data in layers
+            ],
+            "annotations": annotations,
+        }
+        return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+    # -- the lease -------------------------------------------------------------------------
+    def _acquire(self, repo: str) -> None:
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + max(60.0, _lease_seconds() * 2)
+        delay = 0.05
+        while time.monotonic() < deadline:
+            holder = self._lease(repo)
+            if holder is None or holder["expires"] < time.time() or holder.get("released"):
+                body = json.dumps({"token": token, "expires": time.time() + _lease_seconds()}).encode()
+                self._put_manifest(repo, LEASE_TAG, self._artifact(repo, LEASE_ARTIFACT_TYPE, LEASE_MEDIA_TYPE, body, [], {}))
+                time.sleep(_settle_seconds())
+                holder = self._lease(repo)
+                if holder is not None and holder["token"] == token:
+                    self._lease_token = token
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        raise RegistryError(f"registry {self.url}: timed out waiting for the lock of {repo} (tag {LEASE_TAG})")
+
+    def _release(self, repo: str) -> None:
+        body = json.dumps({"token": self._lease_token, "expires": 0, "released": True}).encode()
+        self._put_manifest(repo, LEASE_TAG, self._artifact(repo, LEASE_ARTIFACT_TYPE, LEASE_MEDIA_TYPE, body, [], {}))
+
+    def _lease(self, repo: str) -> dict[str, Any] | None:
+        found = self._manifest(repo, LEASE_TAG)
+        if found is None:
+            return None
+        return json.loads(self._blob(repo, found[1]["config"]["digest"]))
+
+    # -- the index: description and archived versions --------------------------------------
+    def _index(self, repo: str) -> dict[str, Any]:
+        found = self._manifest(repo, INDEX_TAG)
+        if found is None:
+            return {"description": None, "archived": []}
+        return json.loads(self._blob(repo, found[1]["config"]["digest"]))
+
+    def _write_index(self, repo: str, index: dict[str, Any]) -> None:
+        body = json.dumps(index, sort_keys=True).encode()
+        self._put_manifest(repo, INDEX_TAG, self._artifact(repo, INDEX_ARTIFACT_TYPE, INDEX_MEDIA_TYPE, body, [], {}))
+
+    # -- the Registry protocol -------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        lockfile: str,
+        manifest: dict[str, Any],
+        provenance: dict[str, Any],
+        *,
+        labels: tuple[str, ...] = (),
+        description: str | None = None,
+    ) -> Registration:
+        from hatch_mlenv.lockfile import parse_lock
+
+        digest = parse_lock(lockfile, f"lockfile for {name}").digest()
+        for label in labels:
+            self._check_label(label)
+        repo = self.target.repository(name)
+        self._acquire(repo)
+        try:
+            tags = self._tags(repo)
+            existing = self._manifest(repo, f"digest-{digest}") if f"digest-{digest}" in tags else None
+            if existing is not None:
+                number = int(existing[1]["annotations"]["io.mlenv.version"])
+                body, created = existing[0], False
+            else:
+                number = max((int(m[1]) for t in tags if (m := _VERSION_TAG.match(t))), default=0) + 1
+                config = json.dumps(
+                    {"name": name, "version": number, "digest": digest, "provenance": provenance}, sort_keys=True
+                ).encode()
+                body = self._artifact(
+                    repo,
+                    ARTIFACT_TYPE,
+                    CONFIG_MEDIA_TYPE,
+                    config,
+                    [
+                        ("conda-lock.yml", LOCKFILE_MEDIA_TYPE, lockfile.encode()),
+                        ("mlenv.json", MANIFEST_MEDIA_TYPE, json.dumps(manifest, sort_keys=True).encode()),
+                    ],
+                    {
+                        "io.mlenv.name": name,
+                        "io.mlenv.version": str(number),
+                        "io.mlenv.digest": f"sha256:{digest}",
+                        "org.opencontainers.image.created": str(provenance.get("time") or ""),
+                    },
+                )
+                self._put_manifest(repo, f"v{number}", body)
+                self._put_manifest(repo, f"digest-{digest}", body)
+                self._put_manifest(repo, LATEST, body)
+                created = True
+            for label in labels:
+                self._put_manifest(repo, label, body)
+            if description is not None:
+                index = self._index(repo)
+                if index.get("description") != description:
+                    self._write_index(repo, {**index, "description": description})
+        finally:
+            self._release(repo)
+        return Registration(self._version(name, number), created)
+
+    def _check_label(self, label: str) -> None:
+        check_label(label)
+        if _RESERVED.match(label):
+            raise UsageError(f"label {label!r} is reserved on OCI registries (v<N>, digest-*, mlenv-*)")
+
+    def _version(self, name: str, number: int, *, labels: tuple[str, ...] | None = None,
+                 archived: bool | None = None) -> Version:
+        repo = self.target.repository(name)
+        found = self._manifest(repo, f"v{number}")
+        if found is None:
+            self._require(name)
+            raise NotFoundError(f"{name} has no version {number}")
+        body, manifest = found
+        try:
+            config = json.loads(self._blob(repo, manifest["config"]["digest"]))
+            layers = {layer["annotations"]["org.opencontainers.image.title"]: layer for layer in manifest["layers"]}
+            lockfile = self._blob(repo, layers["conda-lock.yml"]["digest"]).decode()
+            env_manifest = json.loads(self._blob(repo, layers["mlenv.json"]["digest"]))
+        except (KeyError, ValueError, UnicodeDecodeError):
+            raise RegistryError(f"registry entry {name}:{number} is corrupted: not an mlenv artifact") from None
+        if labels is None:
+            labels = tuple(sorted(self._labels_of(repo, body)))
+        if archived is None:
+            archived = number in self._index(repo).get("archived", [])
+        return Version(name, number, config["digest"], lockfile, env_manifest, config.get("provenance", {}),
+                       labels, archived)
+
+    def _labels_of(self, repo: str, body: bytes) -> list[str]:
+        wanted = "sha256:" + hashlib.sha256(body).hexdigest()
+        result = []
+        for tag in self._tags(repo):
+            if _RESERVED.match(tag):
+                continue
+            head = self._request("HEAD", f"{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+            if head.headers.get("Docker-Content-Digest") == wanted:
+                result.append(tag)
+        return result
+
+    def _require(self, name: str) -> None:
+        if not any(_VERSION_TAG.match(t) for t in self._tags(self.target.repository(name))):
+            raise NotFoundError(f"no environment named {name!r} in {self.url}")
+
+    def get(self, ref: Reference) -> Version:
+        if ref.version is not None:
+            return verify(self._version(ref.name, ref.version))
+        label = ref.label or LATEST
+        repo = self.target.repository(ref.name)
+        found = self._manifest(repo, label)
+        if found is None or _RESERVED.match(label):
+            self._require(ref.name)
+            raise NotFoundError(f"{ref.name} has no label {label!r}")
+        number = int(found[1].get("annotations", {}).get("io.mlenv.version", 0))
+        return verify(self._version(ref.name, number))
+
+    def history(self, name: str) -> list[Version]:
+        repo = self.target.repository(name)
+        tags = self._tags(repo)
+        numbers = sorted(int(m[1]) for t in tags if (m := _VERSION_TAG.match(t)))
+        if not numbers:
+            raise NotFoundError(f"no environment named {name!r} in {self.url}")
+        archived = set(self._index(repo).get("archived", []))
+        by_digest: dict[str, list[str]] = {}
+        for tag in tags:
+            if not _RESERVED.match(tag):
+                head = self._request("HEAD", f"{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+                by_digest.setdefault(head.headers.get("Docker-Content-Digest", ""), []).append(tag)
+        versions = []
+        for number in numbers:
+            head = self._request("HEAD", f"{repo}/manifests/v{number}", headers={"Accept": OCI_MANIFEST})
+            labels = tuple(sorted(by_digest.get(head.headers.get("Docker-Content-Digest", ""), [])))
+            versions.append(self._version(name, number, labels=labels, archived=number in archived))
+        return versions
+
+    def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]:
+        response = self._check(self._request("GET", "_catalog"), "listing repositories")
+        prefix = f"{self.target.namespace}/" if self.target.namespace else ""
+        result = []
+        for repo in sorted(response.json().get("repositories") or []):
+            if not repo.startswith(prefix) or "/" in repo[len(prefix):]:
+                continue
+            tags = self._tags(repo)
+            numbers = [int(m[1]) for t in tags if (m := _VERSION_TAG.match(t))]
+            if not numbers:
+                continue
+            index = self._index(repo)
+            archived = set(index.get("archived", []))
+            visible = [n for n in numbers if include_archived or n not in archived]
+            if not visible:
+                continue
+            by_digest = {}
+            for n in numbers:
+                head = self._request("HEAD", f"{repo}/manifests/v{n}", headers={"Accept": OCI_MANIFEST})
+                by_digest[head.headers.get("Docker-Content-Digest")] = n
+            labels = {}
+            for tag in tags:
+                if not _RESERVED.match(tag):
+                    head = self._request("HEAD", f"{repo}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+                    number = by_digest.get(head.headers.get("Docker-Content-Digest"))
+                    if number is not None:
+                        labels[tag] = number
+            name = self._name_of(repo, max(numbers))
+            result.append(EnvironmentSummary(name, labels.get(LATEST), len(visible), labels, index.get("description")))
+        return result
+
+    def _name_of(self, repo: str, number: int) -> str:
+        found = self._manifest(repo, f"v{number}")
+        return (found[1].get("annotations") or {}).get("io.mlenv.name", repo.rsplit("/", 1)[-1]) if found else repo
+
+    def label(self, name: str, version: int, label: str) -> Version:
+        self._check_label(label)
+        repo = self.target.repository(name)
+        found = self._manifest(repo, f"v{version}")
+        if found is None:
+            self._require(name)
+            raise NotFoundError(f"{name} has no version {version}")
+        self._put_manifest(repo, label, found[0])
+        return self._version(name, version)
+
+    def set_archived(self, name: str, version: int, archived: bool) -> Version:
+        repo = self.target.repository(name)
+        if self._manifest(repo, f"v{version}") is None:
+            self._require(name)
+            raise NotFoundError(f"{name} has no version {version}")
+        self._acquire(repo)
+        try:
+            index = self._index(repo)
+            current = set(index.get("archived", []))
+            updated = current | {version} if archived else current - {version}
+            if updated != current:
+                self._write_index(repo, {**index, "archived": sorted(updated)})
+        finally:
+            self._release(repo)
+        return self._version(name, version)
+
+
+class OciBackend:
+    name = "oci"
+
+    def handles(self, url: str) -> bool:
+        return url.startswith("oci://")
+
+    def open(self, url: str) -> OciRegistry:
+        return OciRegistry(url)
+
+
+@hookimpl
+def mlenv_register_registries() -> list[OciBackend]:
+    return [OciBackend()]
