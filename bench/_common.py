@@ -178,6 +178,15 @@ def scratch_dir(name: str) -> Path:
     return path
 
 
+def run(main: Callable[[], None]) -> None:
+    """Run a benchmark's main; a command that fails is reported in a few lines, not a traceback."""
+    try:
+        main()
+    except CommandFailed as exc:
+        print(f"\nbenchmark aborted, a measured command failed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def header(title: str) -> None:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"# {title}")

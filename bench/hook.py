@@ -29,6 +29,7 @@ from _common import (
     median_rss,
     median_seconds,
     print_table,
+    run,
     scratch_dir,
     verdict,
     write_project,
@@ -79,10 +80,10 @@ def build(project: Path, **env: str) -> Command:
 def imports(command: Command) -> tuple[int, dict[str, tuple[float, int]]]:
     """Python processes one build starts, and each top-level import's summed
     cumulative seconds and process count (PYTHONPROFILEIMPORTTIME in every child)."""
-    assert command.before is not None and command.env is not None
-    command.before()
+    if command.before is not None:
+        command.before()
     result = subprocess.run(
-        command.argv, cwd=command.cwd, env={**command.env, "PYTHONPROFILEIMPORTTIME": "1"},
+        command.argv, cwd=command.cwd, env={**(command.env or bench_env()), "PYTHONPROFILEIMPORTTIME": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True,
     )
     totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -130,21 +131,28 @@ def main() -> None:
     ratio = median_seconds(samples["hatch build, mlenv hook"]) / base
     print(f"  target mlenv hook <= 1.2x no hooks: {ratio:.2f}x  {verdict(ratio, 1.2)}")
 
-    n_hook, with_hook = imports(commands["hatch build, mlenv hook"])
-    n_plain, without = imports(commands["hatch build, HATCH_BUILD_NO_HOOKS=true"])
-    print(f"\n  python processes per build: {n_hook} with the mlenv hook, {n_plain} without hooks")
+    counts: dict[str, int] = {}
+    found: dict[str, dict[str, tuple[float, int]]] = {}
+    for label, command in commands.items():
+        counts[label], found[label] = imports(command)
+    hooked, plain, ref = commands  # the three labels, in order
+    print("\n  python processes per build: " + ", ".join(f"{n} ({label})" for label, n in counts.items()))
     extra = sorted(
-        ((name, seconds, count) for name, (seconds, count) in with_hook.items() if name not in without),
+        (
+            (name, seconds, count, "yes" if name in found[ref] else "no")
+            for name, (seconds, count) in found[hooked].items()
+            if name not in found[plain]
+        ),
         key=lambda r: r[1],
         reverse=True,
     )
     print_table(
-        "top-level imports only the hooked build makes (summed over its processes)",
-        ["module", "cumulative s", "processes"],
+        "top-level imports only the mlenv-hooked build makes (summed over its processes)",
+        ["module", "cumulative s", "processes", "also with do-nothing hook"],
         [r for r in extra if r[1] >= 0.001][:10],
     )
     footer()
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

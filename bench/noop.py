@@ -2,8 +2,9 @@
 
 Targets: no-op lock <= 1.3x `mlenv --version`; `mlenv --version` <= 3x `python -c pass`.
 Measured with the installed console script (the real file in this interpreter's
-scripts dir) and with `python -m hatch_mlenv`; when `mlenv` on PATH is a pyenv
-shim, the shim is reported too (information only: the shim is not ours).
+scripts dir, which is what `shutil.which("mlenv")` finds under this interpreter)
+and with `python -m hatch_mlenv`; when a shell would run a pyenv shim instead,
+the shim is reported too (information only: its cost is pyenv's, not ours).
 
 Usage: python bench/noop.py [--runs N]
 """
@@ -11,6 +12,7 @@ Usage: python bench/noop.py [--runs N]
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -28,6 +30,7 @@ from _common import (
     median_rss,
     median_seconds,
     print_table,
+    run,
     scratch_dir,
     verdict,
     which,
@@ -51,6 +54,12 @@ def no_op_imports(argv: list[str], top: int = 8) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda r: r[1], reverse=True)[:top]
 
 
+def shims(script: Path) -> list[Path]:
+    """What a shell may run for `mlenv` instead of the script itself (e.g. a pyenv shim)."""
+    found = {which("mlenv"), Path(os.environ.get("PYENV_ROOT", "~/.pyenv")).expanduser() / "shims" / "mlenv"}
+    return sorted(p for p in found if p.is_file() and p.resolve() != script.resolve())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -69,8 +78,7 @@ def main() -> None:
         "python -m hatch_mlenv --version": Command([PYTHON, "-m", "hatch_mlenv", "--version"]),
         "python -m hatch_mlenv lock (no-op)": Command([PYTHON, "-m", "hatch_mlenv", *lock_args]),
     }
-    shim = which("mlenv")
-    if shim != Path(script):
+    for shim in shims(Path(script)):
         commands[f"{shim} --version"] = Command([str(shim), "--version"])
         commands[f"{shim} lock (no-op)"] = Command([str(shim), *lock_args])
     inherited = {k: v for k, v in bench_env().items() if k != "PYTHONPYCACHEPREFIX"}
@@ -106,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

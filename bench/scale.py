@@ -37,6 +37,7 @@ from _common import (
     median_rss,
     median_seconds,
     print_table,
+    run,
     scratch_dir,
     verdict,
     write_project,
@@ -208,7 +209,7 @@ def main() -> None:
     t_lock, t_load, t_solve = median_seconds(lock), median_seconds(loaded), median_seconds(solve)
     m_lock, m_load, m_solve = median_rss(lock), median_rss(loaded), median_rss(solve)
     print(f"\nchannel {channel.name}: {big['linux-64']} linux-64 + {big['noarch']} noarch records")
-    print(f"specs: python 3.6, {', '.join(specs)}; copies locked: {check_locked(project, specs[-2:])}")
+    print(f"specs: python 3.6, {', '.join(specs)}; copied packages in the lock: {check_locked(project, specs[-2:])}")
     print_table(
         f"~{label} records, {args.runs} runs each, medians",
         ["fresh process", "wall s", "peak RSS MiB", "lock / this (time)", "lock / this (RSS)"],
@@ -224,13 +225,15 @@ def main() -> None:
 
     rows = []
     for label, channel, project, specs, samples in growth:
-        lock, solve = samples["lock"], samples["solve"]
-        n = records(channel)["linux-64"]
-        rows.append([f"~{label}", n, ", ".join(specs[-2:]), median_seconds(lock), median_rss(lock), median_seconds(solve)])
+        t_lock, t_solve = median_seconds(samples["lock"]), median_seconds(samples["solve"])
+        rows.append([
+            f"~{label}", records(channel)["linux-64"], f"{', '.join(specs[-2:])}: {check_locked(project, specs[-2:])}",
+            t_lock, f"{median_rss(samples['lock']):.0f}", t_solve, t_lock - t_solve,
+        ])
     print_table(
-        "growth: cold mlenv lock (and bare solve) by channel size, medians",
-        ["channel", "linux-64 records", "copied specs", "lock s", "lock RSS MiB", "bare solve s"],
-        [[r[0], r[1], r[2], r[3], f"{r[4]:.0f}", r[5]] for r in rows],
+        "growth: cold mlenv lock and bare solve by channel size, medians",
+        ["channel", "linux-64 records", "copied specs: locked?", "lock s", "lock RSS MiB", "bare solve s", "lock - solve s"],
+        rows,
     )
     record_ratio = rows[-1][1] / rows[0][1]
     time_ratio = rows[-1][3] / rows[0][3]
@@ -256,4 +259,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

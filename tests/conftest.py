@@ -81,3 +81,22 @@ def pip_index(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[str]
 
     with serve(make_default_index(tmp_path_factory.mktemp("pypi"))) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own local registry (and so does every `mlenv` it runs)."""
+    home = tmp_path_factory.mktemp("mlenv-home")
+    monkeypatch.setenv("MLENV_HOME", str(home))
+    for name in ("MLENV_REGISTRY", "MLENV_REGISTRY_USERNAME", "MLENV_REGISTRY_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def oci_registry(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[RunningRegistry]
+    """Debian's docker-registry on 127.0.0.1 with htpasswd auth. Fails (never skips) when missing."""
+    from fixtures.oci_registry import run_registry
+
+    with run_registry(tmp_path_factory.mktemp("oci-registry")) as registry:
+        yield registry

@@ -8,12 +8,15 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 from hatch_mlenv.environment import MANIFEST_NAME, Environment
 from hatch_mlenv.errors import ConfigError, MlenvError
+
+if TYPE_CHECKING:
+    from hatch_mlenv.registry import Version
 
 LOCK_MODES = ("auto", "check")
 
@@ -24,6 +27,10 @@ class MlenvBuildHook(BuildHookInterface):
     Options:
     - `lock`: `"auto"` (default) locks when the lock is missing or stale;
       `"check"` fails the build instead, for CI.
+    - `register`: `true` (default) registers the locked environment in the
+      registry ([tool.mlenv] `registry`, `$MLENV_REGISTRY`, else the local
+      one); registering an existing digest creates nothing. The manifest
+      records the version.
 
     The wheel gets `conda-lock.yml` and `mlenv.json` in
     `.dist-info/extra_metadata/`; the sdist gets the lockfile at its project
@@ -38,6 +45,7 @@ class MlenvBuildHook(BuildHookInterface):
             return
         try:
             self._environment = self._locked_environment()
+            self._registration = self._register(self._environment)
         except MlenvError as exc:
             # A one-line error instead of a traceback through hatchling.
             print(f"mlenv: error: {exc}", file=sys.stderr)
@@ -90,8 +98,29 @@ class MlenvBuildHook(BuildHookInterface):
             self.app.display_info(f"mlenv: locked {spec.name} -> {spec.lockfile.name}")
         return Environment(spec, outcome.lock)
 
+    def _register(self, env: Environment) -> Version | None:
+        option = self.config.get("register", True)
+        if not isinstance(option, bool):
+            raise ConfigError(
+                Path(self.root) / "pyproject.toml", "tool.hatch.build.hooks.mlenv.register", "must be true or false"
+            )
+        if not option:
+            return None
+        from hatch_mlenv.registry import open_registry, register_environment, select_url
+
+        registry = open_registry(select_url(None, env.spec.registry))
+        registration = register_environment(registry, env)
+        self._registry_url = registry.url
+        if registration.created:
+            self.app.display_info(f"mlenv: registered {registration.version.ref}")
+        return registration.version
+
     def _manifest_text(self) -> str:
-        return json.dumps(self._environment.manifest(), indent=2, sort_keys=True) + "\n"
+        manifest = self._environment.manifest()
+        version = getattr(self, "_registration", None)
+        if version is not None:
+            manifest |= {"version": version.version, "registry_ref": version.ref, "registry": self._registry_url}
+        return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
     def _output_is_project_dist(self) -> bool:
         try:
