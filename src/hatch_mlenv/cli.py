@@ -76,12 +76,13 @@ def lock(project: Path, check: bool, update: tuple[str, ...], force: bool) -> No
         click.echo(f"{name} is fresh")
         return
     outcome = locking.lock(spec, update=update, force=force)
-    digest = outcome.lock.digest()
+    digest = outcome.digest
     if outcome.status == "fresh":
         click.echo(f"{name} is fresh (spec unchanged); not solving. digest sha256:{digest[:12]}")
         return
-    total = len(outcome.lock.packages)
-    platforms = ", ".join(sorted(outcome.lock.platforms))
+    written = outcome.load(spec)
+    total = len(written.packages)
+    platforms = ", ".join(sorted(written.platforms))
     verb = "locked" if outcome.status == "locked" else "re-solved, unchanged:"
     click.echo(f"{verb} {spec.name} for {platforms}: {total} packages -> {name}")
     click.echo(f"digest sha256:{digest}")

@@ -12,6 +12,7 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from hatch_mlenv import __version__
@@ -25,6 +26,7 @@ from hatch_mlenv.lockfile import (
     Lock,
     LockedPackage,
     atomic_write,
+    import_conda_lock_models,
     read_lock,
     render_lockfile,
 )
@@ -36,8 +38,12 @@ class LockOutcome:
     """What `lock()` did: `fresh` (nothing to do), `locked` (new or changed file) or `unchanged`."""
 
     status: str
-    lock: Lock
+    digest: str
+    lock: Lock | None = None  # None when a fresh lock was confirmed by its stamp, unread
     reason: str | None = None
+
+    def load(self, spec: Spec) -> Lock:
+        return self.lock if self.lock is not None else read_lock(spec.lockfile)
 
 
 def staleness(spec: Spec, lock: Lock | None = None) -> str | None:
@@ -49,12 +55,17 @@ def staleness(spec: Spec, lock: Lock | None = None) -> str | None:
     if lock is None:
         if not spec.lockfile.exists():
             return f"{_rel(spec, spec.lockfile)} does not exist"
+        if stamped_digest(spec) is not None:
+            return None
         lock = read_lock(spec.lockfile)
     if lock.spec_hash is None:
         return f"{_rel(spec, spec.lockfile)} was not written by hatch-mlenv (no spec hash); run `mlenv lock`"
     if lock.spec_hash != spec.hash():
         return f"[tool.mlenv] in {_rel(spec, spec.pyproject)} changed since {_rel(spec, spec.lockfile)} was written"
-    return unsatisfied(spec, lock)
+    reason = unsatisfied(spec, lock)
+    if reason is None:
+        _write_stamp(spec, lock)
+    return reason
 
 
 def unsatisfied(spec: Spec, lock: Lock) -> str | None:
@@ -93,11 +104,15 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
 
 def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> LockOutcome:
     """Bring `spec.lockfile` up to date with `spec`; see the module docstring."""
+    if not update and not force:
+        digest = stamped_digest(spec)
+        if digest is not None:
+            return LockOutcome("fresh", digest)
     previous = _existing(spec)
     if not update and not force and previous is not None:
         reason = staleness(spec, previous)
         if reason is None:
-            return LockOutcome("fresh", previous)
+            return LockOutcome("fresh", previous.digest(), previous)
     else:
         reason = None
     if update:
@@ -111,10 +126,67 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
     packages = solve_spec(spec, previous, update)
     preload.join()
     text = render(spec, packages)
-    if spec.lockfile.exists() and spec.lockfile.read_text(encoding="utf-8") == text:
-        return LockOutcome("unchanged", read_lock(spec.lockfile), reason)
-    atomic_write(spec.lockfile, text)
-    return LockOutcome("locked", read_lock(spec.lockfile), reason)
+    status = "unchanged"
+    if not spec.lockfile.exists() or spec.lockfile.read_text(encoding="utf-8") != text:
+        atomic_write(spec.lockfile, text)
+        status = "locked"
+    written = read_lock(spec.lockfile)
+    _write_stamp(spec, written)
+    return LockOutcome(status, written.digest(), written, reason)
+
+
+# A stamp records, outside the project (in the user cache), that this exact
+# lockfile (same inode, size and mtime) was found fresh for this spec hash, and
+# its digest: the next no-op `mlenv lock` answers without parsing YAML or
+# loading rattler. Any edit, checkout or rewrite of the file changes its stat
+# and brings back the full check.
+def _stamp_path(spec: Spec) -> Path:
+    home = os.environ.get("MLENV_HOME")
+    if home:
+        cache = Path(home) / "cache"
+    else:
+        from platformdirs import user_cache_path
+
+        cache = user_cache_path("hatch-mlenv", appauthor=False)
+    key = hashlib.sha256(str(spec.lockfile).encode()).hexdigest()[:32]
+    return cache / "lock-stamps" / f"{key}.json"
+
+
+def _file_identity(path: Path) -> list[int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def stamped_digest(spec: Spec) -> str | None:
+    """The digest of a lock known fresh for this spec, or None when that is not known."""
+    import json
+
+    identity = _file_identity(spec.lockfile)
+    if identity is None:
+        return None
+    try:
+        stamp = json.loads(_stamp_path(spec).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if stamp.get("file") == identity and stamp.get("spec_hash") == spec.hash() and stamp.get("lockfile") == str(spec.lockfile):
+        return stamp.get("digest")
+    return None
+
+
+def _write_stamp(spec: Spec, lock: Lock) -> None:
+    import json
+
+    identity = _file_identity(spec.lockfile)
+    if identity is None or lock.spec_hash != spec.hash():
+        return
+    stamp = {"lockfile": str(spec.lockfile), "file": identity, "spec_hash": lock.spec_hash, "digest": lock.digest()}
+    try:
+        atomic_write(_stamp_path(spec), json.dumps(stamp))
+    except OSError:  # a cache: never worth failing a command for
+        pass
 
 
 def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list[LockedPackage]:
@@ -200,11 +272,11 @@ def _record(package: LockedPackage):  # -> rattler.PackageRecord
 
 
 def _preload_writer() -> threading.Thread:
-    """Import conda-lock's models while rattler solves (it releases the GIL): ~0.3 s saved."""
+    """Import conda-lock's models while rattler solves (the solve runs outside the GIL)."""
 
     def load() -> None:
         try:
-            import conda_lock.lockfile  # noqa: F401
+            import_conda_lock_models()
         except Exception:  # the real import, later, reports any problem
             pass
 

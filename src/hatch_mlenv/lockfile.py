@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,8 +219,33 @@ def split_dependency(depend: str) -> tuple[str, str]:
     return name, " ".join(constraint.split()) or "*"
 
 
+def import_conda_lock_models() -> None:
+    """Import conda-lock's lockfile models without its command line.
+
+    `conda_lock/__init__.py` imports conda-lock's whole CLI (its solver, vendored
+    conda and poetry: ~0.5 s) only to re-export `main`. When nothing has imported
+    conda-lock yet, register the package without running that file; submodules
+    then import normally. `conda_lock.main` is the one name this leaves out.
+    """
+    import sys
+
+    if "conda_lock" not in sys.modules:
+        import importlib.util
+        import types
+
+        found = importlib.util.find_spec("conda_lock")
+        if found is not None and found.submodule_search_locations:
+            package = types.ModuleType("conda_lock")
+            package.__path__ = list(found.submodule_search_locations)
+            package.__file__ = found.origin
+            package.__spec__ = found
+            sys.modules["conda_lock"] = package
+    import conda_lock.lockfile  # noqa: F401
+
+
 def to_conda_lock(package: LockedPackage):  # -> conda_lock's LockedDependency
     """The same package as conda-lock's own model (imports conda-lock: not for hot paths)."""
+    import_conda_lock_models()
     from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
 
     return LockedDependency(
@@ -248,6 +272,7 @@ def render_lockfile(
     file_name: str,
 ) -> str:
     """The text of a conda-lock.yml, produced by conda-lock's models and writer."""
+    import_conda_lock_models()
     from conda_lock.lockfile import write_conda_lock_file
     from conda_lock.lockfile.v2prelim.models import Lockfile, LockMeta
 
@@ -261,6 +286,8 @@ def render_lockfile(
             custom_metadata=dict(sorted(custom.items())),
         ),
     )
+    import tempfile
+
     # conda-lock's writer only writes to a path; give it one named like the
     # real file (its help text quotes the name) inside a private directory.
     with tempfile.TemporaryDirectory(prefix="mlenv-render-") as scratch:
@@ -271,6 +298,8 @@ def render_lockfile(
 
 def atomic_write(path: Path, text: str) -> None:
     """Replace `path` with `text` in one rename: readers see the old file or the new one."""
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -7,7 +7,6 @@ third-party solver would use.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -45,10 +44,14 @@ class RattlerSolver:
     name = "rattler"
 
     def solve(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
+        import asyncio
+
         _settle_rattler_at_exit()
         return asyncio.run(self._solve_all(request))
 
     async def _solve_all(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
+        import asyncio
+
         import rattler
 
         gateway = rattler.Gateway()

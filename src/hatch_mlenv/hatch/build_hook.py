@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-from hatch_mlenv.environment import MANIFEST_NAME, Environment
 from hatch_mlenv.errors import ConfigError, MlenvError
 
 if TYPE_CHECKING:
+    from hatch_mlenv.environment import Environment
     from hatch_mlenv.registry import Version
+
+# hatch imports this module in a process of its own just to find the hook
+# class: everything else is imported when the hook runs.
 
 LOCK_MODES = ("auto", "check")
 
@@ -44,17 +47,21 @@ class MlenvBuildHook(BuildHookInterface):
         if self.target_name not in ("wheel", "sdist") or version == "editable":
             return
         try:
-            self._environment = self._locked_environment()
+            spec, outcome = self._lock()
+            if self.target_name == "sdist":
+                # The sdist ships the spec and the lock; the wheel carries the manifest.
+                lock_relpath = os.path.relpath(spec.lockfile, self.root).replace(os.sep, "/")
+                build_data["force_include"][str(spec.lockfile)] = lock_relpath
+                return
+            from hatch_mlenv.environment import MANIFEST_NAME, Environment
+
+            self._environment = Environment(spec, outcome.load(spec))
             self._registration = self._register(self._environment)
         except MlenvError as exc:
             # A one-line error instead of a traceback through hatchling.
             print(f"mlenv: error: {exc}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         env = self._environment
-        lock_relpath = os.path.relpath(env.spec.lockfile, self.root).replace(os.sep, "/")
-        if self.target_name == "sdist":
-            build_data["force_include"][str(env.spec.lockfile)] = lock_relpath
-            return
         self._scratch = tempfile.mkdtemp(prefix="mlenv-build-")
         manifest = Path(self._scratch) / MANIFEST_NAME
         manifest.write_text(self._manifest_text(), encoding="utf-8")
@@ -69,12 +76,14 @@ class MlenvBuildHook(BuildHookInterface):
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
         if self._output_is_project_dist():
+            from hatch_mlenv.environment import MANIFEST_NAME
+
             name = f"{self.metadata.core.name.replace('-', '_')}-{self.metadata.version}.{MANIFEST_NAME}"
             from hatch_mlenv.lockfile import atomic_write
 
             atomic_write(Path(self.directory) / name, self._manifest_text())
 
-    def _locked_environment(self) -> Environment:
+    def _lock(self):  # -> tuple[Spec, LockOutcome]
         from hatch_mlenv import lock as locking
         from hatch_mlenv.spec import load_spec
 
@@ -90,13 +99,11 @@ class MlenvBuildHook(BuildHookInterface):
             reason = locking.staleness(spec)
             if reason is not None:
                 raise MlenvError(f"{spec.lockfile.name} is stale: {reason} (lock = \"check\"; run `mlenv lock`)")
-            from hatch_mlenv.lockfile import read_lock
-
-            return Environment(spec, read_lock(spec.lockfile))
+            return spec, locking.LockOutcome("fresh", "")
         outcome = locking.lock(spec)
         if outcome.status != "fresh":
             self.app.display_info(f"mlenv: locked {spec.name} -> {spec.lockfile.name}")
-        return Environment(spec, outcome.lock)
+        return spec, outcome
 
     def _register(self, env: Environment) -> Version | None:
         option = self.config.get("register", True)
@@ -123,7 +130,7 @@ class MlenvBuildHook(BuildHookInterface):
         return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
     def _output_is_project_dist(self) -> bool:
-        try:
-            return Path(self.directory).resolve() == (Path(self.root) / "dist").resolve()
-        except OSError:
-            return False
+        """A project's own `dist/`: also under `python -m build`, whose wheel is built
+        from the unpacked sdist elsewhere but written to the project's dist/."""
+        directory = Path(self.directory)
+        return directory.name == "dist" and (directory.parent / "pyproject.toml").is_file()

@@ -135,7 +135,9 @@ class Registry(Protocol):
         *,
         labels: tuple[str, ...] = (),
         description: str | None = None,
-    ) -> Registration: ...
+        digest: str | None = None,
+    ) -> Registration:
+        """Store a version; `digest` may be given when the caller has just computed it."""
 
     def get(self, ref: Reference) -> Version: ...
 
@@ -237,11 +239,8 @@ def _git_state(directory: Path) -> tuple[str | None, bool | None]:
 
 def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...] = ()) -> Registration:
     """Register a project's locked `Environment` with its provenance."""
-    from hatch_mlenv.lockfile import parse_lock
-
     spec = env.spec
     text = spec.lockfile.read_text(encoding="utf-8")
-    parse_lock(text, spec.lockfile)  # the exact bytes we store must be a valid lock
     return registry.register(
         env.name,
         text,
@@ -253,6 +252,7 @@ def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...
         ),
         labels=labels,
         description=spec.description,
+        digest=env.digest,
     )
 
 
@@ -267,7 +267,12 @@ def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tupl
     text = path.read_text(encoding="utf-8")
     manifest = lock_manifest(name, lock, image=image_reference_for(name, lock.digest()), lockfile=path.name)
     return registry.register(
-        name, text, manifest, provenance(path.parent, spec_hash=lock.spec_hash, project=None), labels=labels
+        name,
+        text,
+        manifest,
+        provenance(path.parent, spec_hash=lock.spec_hash, project=None),
+        labels=labels,
+        digest=lock.digest(),
     )
 
 

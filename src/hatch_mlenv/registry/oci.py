@@ -282,10 +282,12 @@ class OciRegistry:
         *,
         labels: tuple[str, ...] = (),
         description: str | None = None,
+        digest: str | None = None,
     ) -> Registration:
-        from hatch_mlenv.lockfile import parse_lock
+        if digest is None:
+            from hatch_mlenv.lockfile import parse_lock
 
-        digest = parse_lock(lockfile, f"lockfile for {name}").digest()
+            digest = parse_lock(lockfile, f"lockfile for {name}").digest()
         for label in labels:
             self._check_label(label)
         repo = self.target.repository(name)
