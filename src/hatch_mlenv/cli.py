@@ -35,6 +35,9 @@ class _Group(click.Group):
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except click.UsageError as exc:
+            command = f"{ctx.command_path} {ctx.invoked_subcommand or ''}".strip()
+            _fail(f"{exc.format_message()} (see `{command} --help`)", EXIT_USAGE)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:  # a bug of ours: one line, the traceback only on request

@@ -122,9 +122,7 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
 
     spec.check_channels()
     spec.check_match_specs()
-    preload = _preload_writer()
     packages = solve_spec(spec, previous, update)
-    preload.join()
     text = render(spec, packages)
     status = "unchanged"
     if not spec.lockfile.exists() or spec.lockfile.read_text(encoding="utf-8") != text:
@@ -207,7 +205,11 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
         virtual_packages=spec.virtual_packages,
         preferred=preferred,
     )
-    conda = solver.solve(request)
+    preload = _preload_writer()
+    try:
+        conda = solver.solve(request)
+    finally:
+        preload.join()
     packages: list[LockedPackage] = []
     for platform in spec.platforms:
         packages.extend(conda[platform])
@@ -272,7 +274,18 @@ def _record(package: LockedPackage):  # -> rattler.PackageRecord
 
 
 def _preload_writer() -> threading.Thread:
-    """Import conda-lock's models while rattler solves (the solve runs outside the GIL)."""
+    """Import conda-lock's models while rattler solves (the solve runs outside the GIL).
+
+    Two threads importing at once can deadlock on module locks (urllib3's
+    vendored `six` importer defeats CPython's deadlock detection: seen here as a
+    hang, one run in ~30). So everything the solving thread imports is imported
+    here first, and the solve itself imports nothing.
+    """
+    import asyncio  # noqa: F401
+    import atexit  # noqa: F401
+
+    import rattler  # noqa: F401
+    import rattler.exceptions  # noqa: F401
 
     def load() -> None:
         try:
