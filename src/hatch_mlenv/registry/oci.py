@@ -121,8 +121,15 @@ class OciRegistry:
         if user and password:
             client.auth.set_basic_auth(user, password)
         else:
+            # oras reads ~/.docker/config.json; docker itself honours $DOCKER_CONFIG too.
+            configs = []
+            if os.environ.get("DOCKER_CONFIG"):
+                candidate = os.path.join(os.environ["DOCKER_CONFIG"], "config.json")
+                if os.path.isfile(candidate):
+                    configs.append(candidate)
             try:
-                client.auth.load_configs(client.get_container(f"{self.target.host}/{self.target.namespace or 'x'}/x"))
+                container = client.get_container(f"{self.target.host}/{self.target.namespace or 'x'}/x")
+                client.auth.load_configs(container, configs=configs or None)
             except Exception:  # an unreadable Docker config: go on anonymously
                 pass
         if probe.status_code == 401 and not getattr(client.auth, "_basic_auth", None):
