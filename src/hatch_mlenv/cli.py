@@ -354,6 +354,99 @@ def _print_diff(result: dict[str, Any]) -> None:
         console.print(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
 
 
+@main.group()
+def image() -> None:
+    """Docker images of the locked environment: tag, context, build, push."""
+
+
+def _environment(project: Path):  # -> Environment
+    from hatch_mlenv.environment import Environment
+    from hatch_mlenv.lockfile import read_lock
+    from hatch_mlenv.spec import load_spec
+
+    spec = load_spec(project)
+    return Environment(spec, read_lock(spec.lockfile))
+
+
+def _registered_version(env, registry_url: str | None, project: Path) -> int | None:  # noqa: ANN001
+    """The registered version of this lock in the selected registry, if any (for the `v<N>` tag)."""
+    return _registry(registry_url, project).find_digest(env.name, env.digest)
+
+
+@image.command(name="tag")
+@project_option
+@registry_option
+@json_option
+def image_tag(project: Path, registry_url: str | None, as_json: bool) -> None:
+    """Print the image reference (and the v<N> tag of a registered version)."""
+    from hatch_mlenv.image import plan_for
+
+    env = _environment(project)
+    plan = plan_for(env, _registered_version(env, registry_url, project))
+    if as_json:
+        _print_json({"reference": plan.reference, "repository": plan.repository, "tags": plan.tags})
+        return
+    for tag in plan.tags:
+        click.echo(f"{plan.repository}:{tag}")
+
+
+@image.command(name="context")
+@project_option
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("mlenv-image"),
+              show_default=True, help="Directory for the build context (must not exist or be empty).")
+@click.option("--strategy", type=click.Choice(["host", "dockerfile"]), default="host", show_default=True)
+@registry_option
+def image_context(project: Path, output: Path, strategy: str, registry_url: str | None) -> None:
+    """Write a Docker build context: `host` (installed prefix + Dockerfile) or `dockerfile` (micromamba)."""
+    from hatch_mlenv.image import write_context
+
+    env = _environment(project)
+    plan = write_context(env, output, strategy=strategy, version=_registered_version(env, registry_url, project))
+    click.echo(f"{_display(output.resolve())}: {strategy} context for {plan.reference}")
+
+
+@image.command(name="build")
+@project_option
+@click.option("--push", "also_push", is_flag=True, help="Also push to [tool.mlenv.docker] registry.")
+@registry_option
+def image_build(project: Path, also_push: bool, registry_url: str | None) -> None:
+    """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
+    from hatch_mlenv import image as images
+
+    env = _environment(project)
+    version = _registered_version(env, registry_url, project)
+    echo = _step_echo()
+    result = images.build(env, version=version, echo=echo)
+    click.echo(f"{result.reference} {result.status}")
+    if also_push:
+        reference, status = images.push(env, version=version, echo=echo)
+        click.echo(f"{reference} {status}")
+
+
+@image.command(name="push")
+@project_option
+@registry_option
+def image_push(project: Path, registry_url: str | None) -> None:
+    """Push the image to its registry (building it first if needed); reused when the registry has it."""
+    from hatch_mlenv import image as images
+
+    env = _environment(project)
+    reference, status = images.push(env, version=_registered_version(env, registry_url, project), echo=_step_echo())
+    click.echo(f"{reference} {status}")
+
+
+def _step_echo() -> Callable[[str], None]:
+    """Build output, streamed to stderr (stdout keeps the one-line result)."""
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def echo(line: str) -> None:
+        console.print(line, style="bold" if line.startswith("Step ") else "dim", markup=False)
+
+    return echo
+
+
 def _display(path: Path) -> str:
     """Relative to the working directory when inside it, else absolute."""
     try:

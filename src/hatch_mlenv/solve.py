@@ -46,7 +46,7 @@ class RattlerSolver:
     def solve(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
         import asyncio
 
-        _settle_rattler_at_exit()
+        settle_rattler_at_exit()
         return asyncio.run(self._solve_all(request))
 
     async def _solve_all(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
@@ -113,7 +113,7 @@ class RattlerSolver:
 
 
 @functools.lru_cache(maxsize=None)
-def _settle_rattler_at_exit() -> None:
+def settle_rattler_at_exit() -> None:
     """py-rattler's runtime threads can still hold the GIL machinery when the
     interpreter finalizes, which aborts the process ("PyGILState_Release") after
     a failed solve or an install. A short pause at exit lets them finish; measured

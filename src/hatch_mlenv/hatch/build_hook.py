@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # class: everything else is imported when the hook runs.
 
 LOCK_MODES = ("auto", "check")
+IMAGE_MODES = ("none", "build", "push")
 
 
 class MlenvBuildHook(BuildHookInterface):
@@ -34,6 +35,9 @@ class MlenvBuildHook(BuildHookInterface):
       registry ([tool.mlenv] `registry`, `$MLENV_REGISTRY`, else the local
       one); registering an existing digest creates nothing. The manifest
       records the version.
+    - `image`: `"none"` (default; the image reference is still computed and
+      written to the manifest), `"build"` (build or reuse the image) or
+      `"push"` (and push it to `[tool.mlenv.docker] registry`).
 
     The wheel gets `conda-lock.yml` and `mlenv.json` in
     `.dist-info/extra_metadata/`; the sdist gets the lockfile at its project
@@ -57,6 +61,7 @@ class MlenvBuildHook(BuildHookInterface):
 
             self._environment = Environment(spec, outcome.load(spec))
             self._registration = self._register(self._environment)
+            self._image()
         except MlenvError as exc:
             # A one-line error instead of a traceback through hatchling.
             print(f"mlenv: error: {exc}", file=sys.stderr)
@@ -121,6 +126,26 @@ class MlenvBuildHook(BuildHookInterface):
         if registration.created:
             self.app.display_info(f"mlenv: registered {registration.version.ref}")
         return registration.version
+
+    def _image(self) -> None:
+        mode = self.config.get("image", "none")
+        if mode not in IMAGE_MODES:
+            raise ConfigError(
+                Path(self.root) / "pyproject.toml",
+                "tool.hatch.build.hooks.mlenv.image",
+                f"must be one of {', '.join(map(repr, IMAGE_MODES))}, not {mode!r}",
+            )
+        if mode == "none":
+            return
+        from hatch_mlenv import image as images
+
+        version = self._registration.version if self._registration is not None else None
+        echo = self.app.display_info
+        result = images.build(self._environment, version=version, echo=echo)
+        self.app.display_info(f"mlenv: image {result.reference} {result.status}")
+        if mode == "push":
+            reference, status = images.push(self._environment, version=version, echo=echo)
+            self.app.display_info(f"mlenv: image {reference} {status}")
 
     def _manifest_text(self) -> str:
         manifest = self._environment.manifest()

@@ -141,6 +141,9 @@ class Registry(Protocol):
 
     def get(self, ref: Reference) -> Version: ...
 
+    def find_digest(self, name: str, digest: str) -> int | None:
+        """The version `name` registered for `digest`, if any."""
+
     def history(self, name: str) -> list[Version]: ...
 
     def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]: ...

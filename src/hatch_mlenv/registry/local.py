@@ -181,6 +181,10 @@ class LocalRegistry:
             raise RegistryError(f"registry entry {name}:{number} is corrupted: unreadable manifest") from None
         return Version(name, number, digest, lockfile, manifest_data, provenance_data, tuple(labels), bool(archived))
 
+    def find_digest(self, name: str, digest: str) -> int | None:
+        row = self._db.execute("SELECT version FROM versions WHERE name = ? AND digest = ?", (name, digest)).fetchone()
+        return row[0] if row else None
+
     def history(self, name: str) -> list[Version]:
         self._require_name(name)
         labels: dict[int, list[str]] = {}

@@ -394,6 +394,10 @@ class OciRegistry:
         number = int(found[1].get("annotations", {}).get("io.mlenv.version", 0))
         return verify(self._version(ref.name, number))
 
+    def find_digest(self, name: str, digest: str) -> int | None:
+        found = self._manifest(self.target.repository(name), f"digest-{digest}")
+        return int(found[1]["annotations"]["io.mlenv.version"]) if found else None
+
     def history(self, name: str) -> list[Version]:
         repo = self.target.repository(name)
         tags = self._tags(repo)
