@@ -63,16 +63,22 @@ def install_conda(
 
     import rattler
 
+    from rattler.package_cache import PackageCacheLayer, ValidationMode
+
     records = conda_records(lockfile, platform)
     packages = cache_dir() / "pkgs"
     packages.mkdir(parents=True, exist_ok=True)
+    # Full validation: every cached file is checked against the package's
+    # paths.json before it is linked, so a damaged cache entry is re-extracted
+    # from its (hash-checked) archive instead of being copied into a prefix.
+    cache = rattler.PackageCache.from_layers([PackageCacheLayer(packages).with_validation_mode(ValidationMode.full())])
     _settle_rattler()
     try:
         asyncio.run(
             rattler.install(
                 records,
                 target_prefix=prefix,
-                cache_dir=packages,
+                package_cache=cache,
                 platform=rattler.Subdir(platform),
                 alternative_target_prefix=target_prefix,
                 show_progress=False,
