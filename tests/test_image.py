@@ -252,3 +252,37 @@ def test_broken_archive_fails_and_a_broken_cache_heals(image_project: Path, chan
     (cached / "bin" / "mlenv-hello").write_text("#!/bin/sh\necho tampered\n")
     mlenv("image", "build", "--project", str(image_project), check=True)
     assert run(docker_client, _tag(image_project), "mlenv-hello").strip() == "hello from /opt/env"
+
+
+def test_build_hook_builds_the_image(image_project: Path, docker_client) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    pyproject = image_project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + """
+[build-system]
+requires = ["hatchling", "hatch-mlenv"]
+build-backend = "hatchling.build"
+[tool.hatch.build.targets.wheel]
+bypass-selection = true
+[tool.hatch.build.hooks.mlenv]
+image = "build"
+[tool.hatch.envs.hatch-build]
+system-packages = true
+""")
+    build = subprocess.Popen([sys.executable, "-m", "hatch", "build", "-t", "wheel"], cwd=image_project,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = build.communicate(timeout=600)
+    assert build.returncode == 0, err
+    tag = _tag(image_project)
+    manifest = json.loads(next((image_project / "dist").glob("*.mlenv.json")).read_text())
+    assert manifest["image"] == tag and manifest["version"] == 1
+    image = docker_client.images.get(tag)
+    assert image.labels["io.mlenv.version"] == "1"
+    assert docker_client.images.get(f"{tag.split(':')[0]}:v1").id == image.id
+
+    pyproject.write_text(pyproject.read_text().replace('image = "build"', 'image = "sometimes"'))
+    bad = subprocess.Popen([sys.executable, "-m", "hatch", "build", "-t", "wheel"], cwd=image_project,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = bad.communicate(timeout=600)
+    assert bad.returncode != 0 and "tool.hatch.build.hooks.mlenv.image: must be one of" in err
