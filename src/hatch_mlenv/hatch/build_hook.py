@@ -92,13 +92,7 @@ class MlenvBuildHook(BuildHookInterface):
         from hatch_mlenv import lock as locking
         from hatch_mlenv.spec import load_spec
 
-        mode = self.config.get("lock", "auto")
-        if mode not in LOCK_MODES:
-            raise ConfigError(
-                Path(self.root) / "pyproject.toml",
-                "tool.hatch.build.hooks.mlenv.lock",
-                f"must be one of {', '.join(map(repr, LOCK_MODES))}, not {mode!r}",
-            )
+        mode = self._option("lock", LOCK_MODES)
         spec = load_spec(self.root)
         if mode == "check":
             reason = locking.staleness(spec)
@@ -110,13 +104,18 @@ class MlenvBuildHook(BuildHookInterface):
             self.app.display_info(f"mlenv: locked {spec.name} -> {spec.lockfile.name}")
         return spec, outcome
 
-    def _register(self, env: Environment) -> Version | None:
-        option = self.config.get("register", True)
-        if not isinstance(option, bool):
+    def _option(self, key: str, choices: tuple[Any, ...]) -> Any:
+        """A hook option, one of `choices` (the first is the default); errors name the key."""
+        value = self.config.get(key, choices[0])
+        if type(value) is not type(choices[0]) or value not in choices:
+            allowed = "true or false" if isinstance(choices[0], bool) else f"one of {', '.join(map(repr, choices))}"
             raise ConfigError(
-                Path(self.root) / "pyproject.toml", "tool.hatch.build.hooks.mlenv.register", "must be true or false"
+                Path(self.root) / "pyproject.toml", f"tool.hatch.build.hooks.mlenv.{key}", f"must be {allowed}, not {value!r}"
             )
-        if not option:
+        return value
+
+    def _register(self, env: Environment) -> Version | None:
+        if not self._option("register", (True, False)):
             return None
         from hatch_mlenv.registry import open_registry, register_environment, select_url
 
@@ -128,13 +127,7 @@ class MlenvBuildHook(BuildHookInterface):
         return registration.version
 
     def _image(self) -> None:
-        mode = self.config.get("image", "none")
-        if mode not in IMAGE_MODES:
-            raise ConfigError(
-                Path(self.root) / "pyproject.toml",
-                "tool.hatch.build.hooks.mlenv.image",
-                f"must be one of {', '.join(map(repr, IMAGE_MODES))}, not {mode!r}",
-            )
+        mode = self._option("image", IMAGE_MODES)
         if mode == "none":
             return
         from hatch_mlenv import image as images
