@@ -354,6 +354,64 @@ def _print_diff(result: dict[str, Any]) -> None:
         console.print(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
 
 
+@main.command()
+@project_option
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Install here instead of .mlenv/envs/NAME.")
+def install(project: Path, prefix: Path | None) -> None:
+    """Install the lock for this platform into a prefix (rattler + installer); never solves."""
+    from hatch_mlenv.install import install_environment
+
+    env = _environment(project)
+    result = install_environment(env, prefix, show_progress=sys.stderr.isatty())
+    where = _display(result.prefix)
+    if result.status == "unchanged":
+        click.echo(f"{where} is up to date with sha256:{env.digest[:12]}; nothing to do")
+    else:
+        changed = f" ({len(result.changed)} packages changed)" if result.status == "updated" else ""
+        click.echo(f"{result.status} {env.name} sha256:{env.digest[:12]} into {where}{changed}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@project_option
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Use this prefix instead of .mlenv/envs/NAME.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(project: Path, prefix: Path | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside the installed environment (installing it first if needed): mlenv run -- CMD ARGS..."""
+    from hatch_mlenv.install import activation, install_environment
+
+    env = _environment(project)
+    result = install_environment(env, prefix)
+    variables, missing = activation(env, result.prefix, dict(os.environ))
+    for name in missing:
+        click.echo(f"mlenv: warning: secret variable {name} is not set in the environment", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], list(command), variables)
+    except OSError as exc:
+        raise MlenvError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+
+
+@main.command(name="export")
+@project_option
+@click.option("--format", "fmt", type=click.Choice(["environment-yml", "explicit", "requirements"]), required=True)
+@click.option("--platform", help="Platform to export (default: this machine's).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+def export_(project: Path, fmt: str, platform: str | None, output: Path | None) -> None:
+    """Export the lock as a pinned environment.yml, a conda explicit spec, or pip requirements with hashes."""
+    from hatch_mlenv.export import export
+    from hatch_mlenv.lockfile import atomic_write
+    from hatch_mlenv.spec import current_platform
+
+    env = _environment(project)
+    text = export(env.lock, env.name, platform or current_platform(), fmt)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write(output, text)
+        click.echo(f"wrote {_display(output.resolve())}", err=True)
+
+
 @main.group()
 def image() -> None:
     """Docker images of the locked environment: tag, context, build, push."""
