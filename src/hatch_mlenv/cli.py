@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from hatch_mlenv import __version__
-from hatch_mlenv.errors import EXIT_FAILURE, EXIT_USAGE, MlenvError
+from hatch_mlenv.errors import EXIT_FAILURE, EXIT_USAGE, MlenvError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,6 +22,11 @@ project_option = click.option(
     default=".",
     show_default=True,
     help="Project directory holding pyproject.toml.",
+)
+
+
+env_option = click.option(
+    "--env", "env", metavar="NAME", default=None, help="A named environment ([tool.mlenv.envs.NAME]); default: the top level."
 )
 
 
@@ -59,15 +64,16 @@ def main() -> None:
 
 @main.command()
 @project_option
+@env_option
 @click.option("--check", is_flag=True, help="Do not solve: exit 1 with the reason if the lock is stale or missing.")
 @click.option("--update", "update", multiple=True, metavar="NAME", help="Re-solve NAME, keeping other packages locked.")
 @click.option("--force", is_flag=True, help="Solve even when the lock is fresh.")
-def lock(project: Path, check: bool, update: tuple[str, ...], force: bool) -> None:
+def lock(project: Path, env: str | None, check: bool, update: tuple[str, ...], force: bool) -> None:
     """Lock the environment for every platform into conda-lock.yml."""
     from hatch_mlenv import lock as locking
     from hatch_mlenv.spec import load_spec
 
-    spec = load_spec(project)
+    spec = load_spec(project, env)
     name = _display(spec.lockfile)
     if check:
         if update or force:
@@ -93,15 +99,16 @@ def lock(project: Path, check: bool, update: tuple[str, ...], force: bool) -> No
 
 @main.command()
 @project_option
+@env_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(project: Path, as_json: bool) -> None:
+def show(project: Path, env: str | None, as_json: bool) -> None:
     """Show the environment: name, digest, platforms, packages, image, lock status."""
     from hatch_mlenv import lock as locking
     from hatch_mlenv.environment import Environment
     from hatch_mlenv.lockfile import read_lock
     from hatch_mlenv.spec import load_spec
 
-    spec = load_spec(project)
+    spec = load_spec(project, env)
     if not spec.lockfile.exists():
         raise MlenvError(f"{spec.lockfile}: lockfile not found; run `mlenv lock` first")
     lock_ = read_lock(spec.lockfile)
@@ -137,14 +144,10 @@ registry_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-def _registry(url: str | None, project: Path | None = None):  # -> Registry
+def _registry(url: str | None, configured: str | None = None):  # -> Registry
+    """`--registry`, then $MLENV_REGISTRY, then the spec's `registry`, then `local`."""
     from hatch_mlenv.registry import open_registry, select_url
 
-    configured = None
-    if url is None and project is not None and (project / "pyproject.toml").is_file():
-        from hatch_mlenv.spec import load_spec
-
-        configured = load_spec(project).registry
     return open_registry(select_url(url, configured))
 
 
@@ -154,12 +157,13 @@ def _print_json(data: Any) -> None:
 
 @main.command()
 @project_option
+@env_option
 @click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Register this conda-lock.yml instead of the project's.")
 @click.option("--name", help="Environment name (required with --lockfile).")
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="Also point LABEL at the version (repeatable).")
 @registry_option
 @json_option
-def register(project: Path, lockfile: Path | None, name: str | None, labels: tuple[str, ...], registry_url: str | None, as_json: bool) -> None:
+def register(project: Path, env: str | None, lockfile: Path | None, name: str | None, labels: tuple[str, ...], registry_url: str | None, as_json: bool) -> None:
     """Register the locked environment as a new version (or find its existing one)."""
     from hatch_mlenv.registry import register_environment, register_lockfile
 
@@ -175,12 +179,12 @@ def register(project: Path, lockfile: Path | None, name: str | None, labels: tup
         from hatch_mlenv.lockfile import read_lock
         from hatch_mlenv.spec import load_spec
 
-        spec = load_spec(project)
+        spec = load_spec(project, env)
         lock_ = read_lock(spec.lockfile)
         reason = locking.staleness(spec, lock_)
         if reason is not None:
             raise MlenvError(f"{spec.lockfile} is stale: {reason}; run `mlenv lock` before registering")
-        registration = register_environment(_registry(registry_url, project), Environment(spec, lock_), labels=labels)
+        registration = register_environment(_registry(registry_url, spec.registry), Environment(spec, lock_), labels=labels)
     version = registration.version
     if as_json:
         _print_json(version.summary() | {"created": registration.created})
@@ -356,12 +360,13 @@ def _print_diff(result: dict[str, Any]) -> None:
 
 @main.command()
 @project_option
+@env_option
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Install here instead of .mlenv/envs/NAME.")
-def install(project: Path, prefix: Path | None) -> None:
+def install(project: Path, env: str | None, prefix: Path | None) -> None:
     """Install the lock for this platform into a prefix (rattler + installer); never solves."""
     from hatch_mlenv.install import install_environment
 
-    env = _environment(project)
+    env = _environment(project, env)
     result = install_environment(env, prefix, show_progress=sys.stderr.isatty())
     where = _display(result.prefix)
     if result.status == "unchanged":
@@ -373,13 +378,14 @@ def install(project: Path, prefix: Path | None) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @project_option
+@env_option
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Use this prefix instead of .mlenv/envs/NAME.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(project: Path, prefix: Path | None, command: tuple[str, ...]) -> None:
+def run(project: Path, env: str | None, prefix: Path | None, command: tuple[str, ...]) -> None:
     """Run COMMAND inside the installed environment (installing it first if needed): mlenv run -- CMD ARGS..."""
     from hatch_mlenv.install import activation, install_environment
 
-    env = _environment(project)
+    env = _environment(project, env)
     result = install_environment(env, prefix)
     variables, missing = activation(env, result.prefix, dict(os.environ))
     for name in missing:
@@ -394,16 +400,17 @@ def run(project: Path, prefix: Path | None, command: tuple[str, ...]) -> None:
 
 @main.command(name="export")
 @project_option
+@env_option
 @click.option("--format", "fmt", type=click.Choice(["environment-yml", "explicit", "requirements"]), required=True)
 @click.option("--platform", help="Platform to export (default: this machine's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
-def export_(project: Path, fmt: str, platform: str | None, output: Path | None) -> None:
+def export_(project: Path, env: str | None, fmt: str, platform: str | None, output: Path | None) -> None:
     """Export the lock as a pinned environment.yml, a conda explicit spec, or pip requirements with hashes."""
     from hatch_mlenv.export import export
     from hatch_mlenv.lockfile import atomic_write
     from hatch_mlenv.spec import current_platform
 
-    env = _environment(project)
+    env = _environment(project, env)
     text = export(env.lock, env.name, platform or current_platform(), fmt)
     if output is None:
         click.echo(text, nl=False)
@@ -413,34 +420,71 @@ def export_(project: Path, fmt: str, platform: str | None, output: Path | None) 
 
 
 @main.group()
+def curated() -> None:
+    """Curated environments shipped with hatch-mlenv (use with extends = "curated:NAME")."""
+
+
+@curated.command(name="list")
+@json_option
+def curated_list(as_json: bool) -> None:
+    """Names and descriptions of the curated environments."""
+    from hatch_mlenv import curated as catalog
+
+    entries = [{"name": n, "description": catalog.read(n).get("description", "")} for n in catalog.names()]
+    if as_json:
+        _print_json(entries)
+        return
+    width = max(len(e["name"]) for e in entries)
+    for entry in entries:
+        click.echo(f"{entry['name']:<{width}}  {entry['description']}")
+
+
+@curated.command(name="show")
+@click.argument("name")
+def curated_show(name: str) -> None:
+    """Print the definition of a curated environment."""
+    from hatch_mlenv import curated as catalog
+
+    if name not in catalog.names():
+        import difflib
+
+        close = difflib.get_close_matches(name, catalog.names(), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(catalog.names())})"
+        raise UsageError(f"unknown curated environment {name!r}{hint}")
+    click.echo(f"# extends = \"curated:{name}\"")
+    click.echo(catalog.path(name).read_text(), nl=False)
+
+
+@main.group()
 def image() -> None:
     """Docker images of the locked environment: tag, context, build, push."""
 
 
-def _environment(project: Path):  # -> Environment
+def _environment(project: Path, env: str | None):  # -> Environment
     from hatch_mlenv.environment import Environment
     from hatch_mlenv.lockfile import read_lock
     from hatch_mlenv.spec import load_spec
 
-    spec = load_spec(project)
+    spec = load_spec(project, env)
     return Environment(spec, read_lock(spec.lockfile))
 
 
-def _registered_version(env, registry_url: str | None, project: Path) -> int | None:  # noqa: ANN001
+def _registered_version(env, registry_url: str | None) -> int | None:  # noqa: ANN001
     """The registered version of this lock in the selected registry, if any (for the `v<N>` tag)."""
-    return _registry(registry_url, project).find_digest(env.name, env.digest)
+    return _registry(registry_url, env.spec.registry).find_digest(env.name, env.digest)
 
 
 @image.command(name="tag")
 @project_option
+@env_option
 @registry_option
 @json_option
-def image_tag(project: Path, registry_url: str | None, as_json: bool) -> None:
+def image_tag(project: Path, env: str | None, registry_url: str | None, as_json: bool) -> None:
     """Print the image reference (and the v<N> tag of a registered version)."""
     from hatch_mlenv.image import plan_for
 
-    env = _environment(project)
-    plan = plan_for(env, _registered_version(env, registry_url, project))
+    env = _environment(project, env)
+    plan = plan_for(env, _registered_version(env, registry_url))
     if as_json:
         _print_json({"reference": plan.reference, "repository": plan.repository, "tags": plan.tags})
         return
@@ -450,29 +494,31 @@ def image_tag(project: Path, registry_url: str | None, as_json: bool) -> None:
 
 @image.command(name="context")
 @project_option
+@env_option
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("mlenv-image"),
               show_default=True, help="Directory for the build context (must not exist or be empty).")
 @click.option("--strategy", type=click.Choice(["host", "dockerfile"]), default="host", show_default=True)
 @registry_option
-def image_context(project: Path, output: Path, strategy: str, registry_url: str | None) -> None:
+def image_context(project: Path, env: str | None, output: Path, strategy: str, registry_url: str | None) -> None:
     """Write a Docker build context: `host` (installed prefix + Dockerfile) or `dockerfile` (micromamba)."""
     from hatch_mlenv.image import write_context
 
-    env = _environment(project)
-    plan = write_context(env, output, strategy=strategy, version=_registered_version(env, registry_url, project))
+    env = _environment(project, env)
+    plan = write_context(env, output, strategy=strategy, version=_registered_version(env, registry_url))
     click.echo(f"{_display(output.resolve())}: {strategy} context for {plan.reference}")
 
 
 @image.command(name="build")
 @project_option
+@env_option
 @click.option("--push", "also_push", is_flag=True, help="Also push to [tool.mlenv.docker] registry.")
 @registry_option
-def image_build(project: Path, also_push: bool, registry_url: str | None) -> None:
+def image_build(project: Path, env: str | None, also_push: bool, registry_url: str | None) -> None:
     """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
     from hatch_mlenv import image as images
 
-    env = _environment(project)
-    version = _registered_version(env, registry_url, project)
+    env = _environment(project, env)
+    version = _registered_version(env, registry_url)
     echo = _step_echo()
     result = images.build(env, version=version, echo=echo)
     click.echo(f"{result.reference} {result.status}")
@@ -483,13 +529,14 @@ def image_build(project: Path, also_push: bool, registry_url: str | None) -> Non
 
 @image.command(name="push")
 @project_option
+@env_option
 @registry_option
-def image_push(project: Path, registry_url: str | None) -> None:
+def image_push(project: Path, env: str | None, registry_url: str | None) -> None:
     """Push the image to its registry (building it first if needed); reused when the registry has it."""
     from hatch_mlenv import image as images
 
-    env = _environment(project)
-    reference, status = images.push(env, version=_registered_version(env, registry_url, project), echo=_step_echo())
+    env = _environment(project, env)
+    reference, status = images.push(env, version=_registered_version(env, registry_url), echo=_step_echo())
     click.echo(f"{reference} {status}")
 
 

@@ -91,7 +91,15 @@ _TOP_KEYS = (
     "docker",
     "registry",
     "description",
+    "extends",
+    "envs",
+    "managed",
+    "interpreter",
 )
+# Keys whose values extend the inherited ones (by package name) instead of replacing them.
+_LIST_MERGE_KEYS = ("conda", "pip")
+# Tables merged key by key.
+_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "docker")
 _DOCKER_KEYS = ("base-image", "registry", "repository", "prefix")
 _VARIABLE_KEYS = ("value", "secret")
 
@@ -183,6 +191,9 @@ class Spec:
     docker: DockerSpec = DockerSpec()
     registry: str | None = None
     description: str | None = None
+    env: str | None = None  # the [tool.mlenv.envs.NAME] this spec is, None for the default
+    managed: bool = True
+    interpreter: str | None = None
 
     @property
     def project_dir(self) -> Path:
@@ -245,6 +256,8 @@ class Spec:
             },
             "variables": public_variables(self.variables),
             "base-image": self.docker.base_image,
+            "managed": self.managed,
+            "interpreter": self.interpreter,
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -271,8 +284,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def load_spec(project_dir: Path | str) -> Spec:
-    """Read `<project_dir>/pyproject.toml` and return its validated spec."""
+def load_spec(project_dir: Path | str, env: str | None = None) -> Spec:
+    """Read `<project_dir>/pyproject.toml` and return the validated spec of `env`
+    (a `[tool.mlenv.envs.NAME]` table), or of the default environment."""
     pyproject = Path(project_dir).resolve() / PYPROJECT
     if not pyproject.is_file():
         raise ConfigError(pyproject, None, "file not found (is this a Python project directory?)")
@@ -282,10 +296,97 @@ def load_spec(project_dir: Path | str) -> Spec:
         raise ConfigError(pyproject, None, f"invalid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(pyproject, None, f"cannot read: {exc}") from None
-    return parse_spec(document, pyproject)
+    return parse_spec(document, pyproject, env)
 
 
-def parse_spec(document: dict[str, Any], pyproject: Path) -> Spec:
+def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """The merge rule of `extends` and named environments.
+
+    A key of `override` replaces the inherited one, except: `conda` and `pip`
+    extend the inherited lists (a spec for a package already there replaces
+    it, in place), and `variables`, `virtual-packages` and `docker` merge key
+    by key (per platform for `virtual-packages`).
+    """
+    merged = dict(base)
+    for key, value in override.items():
+        if key in _LIST_MERGE_KEYS and isinstance(value, list) and isinstance(base.get(key), list):
+            merged[key] = _merge_specs(base[key], value)
+        elif key in _TABLE_MERGE_KEYS and isinstance(value, dict) and isinstance(base.get(key), dict):
+            inner = dict(base[key])
+            for k, v in value.items():
+                inner[k] = {**inner[k], **v} if isinstance(v, dict) and isinstance(inner.get(k), dict) else v
+            merged[key] = inner
+        else:
+            merged[key] = value
+    return merged
+
+
+def _spec_name(text: Any) -> str:
+    if not isinstance(text, str):
+        return repr(text)
+    return re.split(r"[\s<>=!~\[;@(]", text.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _merge_specs(base: list[Any], extra: list[Any]) -> list[Any]:
+    result = list(base)
+    for item in extra:
+        names = [_spec_name(x) for x in result]
+        if _spec_name(item) in names:
+            result[names.index(_spec_name(item))] = item
+        else:
+            result.append(item)
+    return result
+
+
+def _resolve_extends(table: dict[str, Any], source: Path, key: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """Apply `extends` (a curated environment or another TOML file), recursively, refusing cycles."""
+    parent_ref = table.get("extends")
+    if parent_ref is None:
+        return table
+    if not isinstance(parent_ref, str) or not parent_ref.strip():
+        raise ConfigError(source, key, "must be \"curated:NAME\" or a path to a TOML file with [tool.mlenv]")
+    if parent_ref.startswith("curated:"):
+        from hatch_mlenv import curated
+
+        identity = parent_ref
+        parent_source, parent_table = curated.load(parent_ref[len("curated:"):], source, key)
+    else:
+        parent_path = (source.parent / parent_ref).resolve()
+        identity = str(parent_path)
+        parent_source, parent_table = parent_path, _read_mlenv_table(parent_path, source, key)
+    if identity in chain:
+        cycle = " -> ".join([*chain, identity])
+        raise ConfigError(source, key, f"extends cycle: {cycle}")
+    parent = _resolve_extends(parent_table, parent_source, "tool.mlenv.extends", (*chain, identity))
+    own = {k: v for k, v in table.items() if k != "extends"}
+    parent = {k: v for k, v in parent.items() if k not in ("extends", "envs", "name")}
+    return merge_tables(parent, own)
+
+
+def _read_mlenv_table(path: Path, source: Path, key: str) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, key, f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(source, key, f"cannot read {path}: {exc}") from None
+    table = document.get("tool", {}).get("mlenv")
+    if not isinstance(table, dict):
+        raise ConfigError(source, key, f"{path} has no [tool.mlenv] table")
+    return table
+
+
+def environment_names(pyproject: Path) -> list[str]:
+    """The named environments of a project, for listings and error messages."""
+    try:
+        document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return []
+    envs = document.get("tool", {}).get("mlenv", {}).get("envs", {})
+    return sorted(envs) if isinstance(envs, dict) else []
+
+
+def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None) -> Spec:
     """Validate a parsed pyproject document; every error names `pyproject` and a key path."""
     reader = _Reader(pyproject)
     project = document.get("project", {})
@@ -297,6 +398,28 @@ def parse_spec(document: dict[str, Any], pyproject: Path) -> Spec:
     if not isinstance(table, dict):
         raise ConfigError(pyproject, "tool.mlenv", f"must be a table, not {_type_name(table)}")
     reader.check_keys(table, "tool.mlenv", _TOP_KEYS)
+    envs = reader.table(table, "envs")
+    for env_name, env_table in envs.items():
+        env_key = f"tool.mlenv.envs.{env_name}"
+        if not _NAME_RE.match(env_name):
+            raise ConfigError(pyproject, env_key, "invalid environment name: use letters, digits, '.', '_' and '-'")
+        if not isinstance(env_table, dict):
+            raise ConfigError(pyproject, env_key, f"must be a table, not {_type_name(env_table)}")
+        reader.check_keys(env_table, env_key, tuple(k for k in _TOP_KEYS if k != "envs"))
+    base = _resolve_extends({k: v for k, v in table.items() if k != "envs"}, pyproject, "tool.mlenv.extends", ())
+    if env is not None:
+        if env not in envs:
+            known = ", ".join(sorted(envs)) or "none defined"
+            raise ConfigError(pyproject, f"tool.mlenv.envs.{env}", f"unknown environment (known: {known})"
+                              + _suggest(env, sorted(envs)).replace("; did", ". Did"))
+        own = _resolve_extends(envs[env], pyproject, f"tool.mlenv.envs.{env}.extends", ())
+        if "name" not in own:
+            own = {**own, "name": f"{base.get('name') or project.get('name')}-{env}"}
+        if "lockfile" not in own:
+            own = {**own, "lockfile": f"conda-lock.{env}.yml"}
+        table = merge_tables(base, own)
+    else:
+        table = base
 
     project_name = project.get("name")
     if project_name is not None and not isinstance(project_name, str):
@@ -371,6 +494,14 @@ def parse_spec(document: dict[str, Any], pyproject: Path) -> Spec:
         raise ConfigError(pyproject, "tool.mlenv.lockfile", "must not be empty")
     lockfile = (pyproject.parent / lockfile_name).resolve()
 
+    managed = reader.boolean(table, "managed", True)
+    interpreter = reader.string(table, "interpreter", None)
+    if not managed and interpreter is None:
+        raise ConfigError(pyproject, "tool.mlenv.interpreter", "missing: a user-managed environment (managed = false) "
+                          "names the python it records, e.g. interpreter = \"/usr/bin/python3\"")
+    if managed and interpreter is not None:
+        raise ConfigError(pyproject, "tool.mlenv.interpreter", "only for user-managed environments (managed = false)")
+
     variables = _parse_variables(reader, table)
     virtual_packages = _parse_virtual_packages(reader, table, platforms)
     docker = _parse_docker(reader, table)
@@ -393,6 +524,9 @@ def parse_spec(document: dict[str, Any], pyproject: Path) -> Spec:
         docker=docker,
         registry=reader.string(table, "registry", None),
         description=reader.string(table, "description", None),
+        env=env,
+        managed=managed,
+        interpreter=interpreter,
     )
 
 

@@ -1,0 +1,42 @@
+"""Curated environments shipped with hatch-mlenv, used by `extends = "curated:NAME"`.
+
+Each is a TOML file beside this module holding the keys of a `[tool.mlenv]`
+table. A project's own keys override and extend them (see `spec.merge_tables`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+from hatch_mlenv.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+HERE = Path(__file__).parent
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("*.toml"))
+
+
+def path(name: str) -> Path:
+    return HERE / f"{name}.toml"
+
+
+def read(name: str) -> dict[str, Any]:
+    return tomllib.loads(path(name).read_text(encoding="utf-8"))
+
+
+def load(name: str, source: Path, key: str) -> tuple[Path, dict[str, Any]]:
+    """The curated table `name`; an unknown name is a ConfigError naming `source` and `key`."""
+    if name not in names():
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(names())})"
+        raise ConfigError(source, key, f"unknown curated environment {name!r}{hint}")
+    return path(name), read(name)
