@@ -369,7 +369,9 @@ def install(project: Path, env: str | None, prefix: Path | None) -> None:
     env = _environment(project, env)
     result = install_environment(env, prefix, show_progress=sys.stderr.isatty())
     where = _display(result.prefix)
-    if result.status == "unchanged":
+    if result.status == "user-managed":
+        click.echo(f"{env.name} is user-managed (managed = false): nothing to install; it uses {env.spec.interpreter}")
+    elif result.status == "unchanged":
         click.echo(f"{where} is up to date with sha256:{env.digest[:12]}; nothing to do")
     else:
         changed = f" ({len(result.changed)} packages changed)" if result.status == "updated" else ""
@@ -417,6 +419,41 @@ def export_(project: Path, env: str | None, fmt: str, platform: str | None, outp
     else:
         atomic_write(output, text)
         click.echo(f"wrote {_display(output.resolve())}", err=True)
+
+
+@main.command(name="import")
+@project_option
+@env_option
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from-prefix", type=click.Path(file_okay=False, path_type=Path), help="Import an existing conda prefix.")
+def import_(project: Path, env: str | None, file: Path | None, from_prefix: Path | None) -> None:
+    """Write or merge [tool.mlenv] from an environment.yml, a requirements.txt or a conda prefix."""
+    import sys as _sys
+
+    from hatch_mlenv import importing
+    from hatch_mlenv.lockfile import atomic_write
+    from hatch_mlenv.spec import PYPROJECT, parse_spec, tomllib
+
+    if (file is None) == (from_prefix is None):
+        raise click.UsageError("give either FILE (environment.yml or requirements.txt) or --from-prefix PATH")
+    if from_prefix is not None:
+        imported = importing.from_prefix(from_prefix)
+    elif file.suffix in (".yml", ".yaml"):
+        imported = importing.from_environment_yml(file)
+    else:
+        imported = importing.from_requirements(file)
+    pyproject = project.resolve() / PYPROJECT
+    text = importing.merge_into_pyproject(pyproject, imported, env)
+    parse_spec(tomllib.loads(text), pyproject, env)  # the result must be a valid spec before it is written
+    atomic_write(pyproject, text)
+    target = f"[tool.mlenv.envs.{env}]" if env else "[tool.mlenv]"
+    click.echo(
+        f"imported {len(imported.conda) + bool(imported.python)} conda, {len(imported.pip)} pip packages and "
+        f"{len(imported.variables)} variables from {imported.source} into {_display(pyproject)} {target}"
+    )
+    for line in imported.unmapped:
+        click.echo(f"not mapped: {line}", err=True)
+    _sys.stdout.flush()
 
 
 @main.group()

@@ -199,6 +199,11 @@ def install_environment(env: Any, prefix: Path | None = None, *, show_progress: 
 
     from hatch_mlenv.spec import current_platform
 
+    if not env.spec.managed:
+        # User-managed: nothing is installed; "the prefix" is the interpreter's own.
+        interpreter = Path(env.spec.interpreter or "")
+        return InstallResult(interpreter.parent.parent if interpreter.parent.name == "bin" else interpreter.parent,
+                             "user-managed")
     platform = current_platform()
     lock = env.lock
     packages = lock.for_platform(platform)

@@ -62,10 +62,51 @@ def staleness(spec: Spec, lock: Lock | None = None) -> str | None:
         return f"{_rel(spec, spec.lockfile)} was not written by hatch-mlenv (no spec hash); run `mlenv lock`"
     if lock.spec_hash != spec.hash():
         return f"[tool.mlenv] in {_rel(spec, spec.pyproject)} changed since {_rel(spec, spec.lockfile)} was written"
-    reason = unsatisfied(spec, lock)
-    if reason is None:
+    reason = unsatisfied(spec, lock) if spec.managed else _snapshot_drift(spec, lock)
+    if reason is None and spec.managed:
         _write_stamp(spec, lock)
     return reason
+
+
+_SNAPSHOT = (
+    "import json, importlib.metadata as m; "
+    "print(json.dumps(sorted({(d.metadata['Name'] or '').lower(): d.version for d in m.distributions()}.items())))"
+)
+
+
+def snapshot(spec: Spec) -> list[LockedPackage]:
+    """A user-managed environment's lock: the distributions installed in its interpreter."""
+    import json
+    import subprocess
+
+    from hatch_mlenv.spec import current_platform
+
+    interpreter = spec.interpreter or ""
+    try:
+        # Popen, not subprocess.run: conda-lock, once imported, replaces run().
+        process = subprocess.Popen([interpreter, "-c", _SNAPSHOT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        out, err = process.communicate(timeout=120)
+    except OSError as exc:
+        raise ConfigError(spec.pyproject, "tool.mlenv.interpreter", f"cannot run {interpreter!r}: {exc.strerror or exc}") from None
+    if process.returncode != 0:
+        raise ConfigError(spec.pyproject, "tool.mlenv.interpreter",
+                          f"{interpreter!r} failed to list its packages: {err.strip().splitlines()[-1:]}")
+    platform = current_platform()
+    return [
+        LockedPackage(platform=platform, manager="pip", name=name, version=version,
+                      url=f"file://{interpreter}#{name}=={version}")
+        for name, version in json.loads(out) if name
+    ]
+
+
+def _snapshot_drift(spec: Spec, lock: Lock) -> str | None:
+    recorded = {(p.name, p.version) for p in lock.packages}
+    current = {(p.name, p.version) for p in snapshot(spec)}
+    if recorded != current:
+        changed = sorted({n for n, _ in recorded ^ current})
+        return f"the packages of {spec.interpreter} changed since the snapshot ({', '.join(changed[:5])}...)"
+    return None
 
 
 def unsatisfied(spec: Spec, lock: Lock) -> str | None:
@@ -120,9 +161,12 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
             raise LockfileError(spec.lockfile, "cannot --update: there is no lockfile yet; run `mlenv lock` first")
         _check_update_names(spec, previous, update)
 
-    spec.check_channels()
-    spec.check_match_specs()
-    packages = solve_spec(spec, previous, update)
+    if spec.managed:
+        spec.check_channels()
+        spec.check_match_specs()
+        packages = solve_spec(spec, previous, update)
+    else:
+        packages = snapshot(spec)
     text = render(spec, packages)
     status = "unchanged"
     if not spec.lockfile.exists() or spec.lockfile.read_text(encoding="utf-8") != text:
@@ -178,8 +222,8 @@ def _write_stamp(spec: Spec, lock: Lock) -> None:
     import json
 
     identity = _file_identity(spec.lockfile)
-    if identity is None or lock.spec_hash != spec.hash():
-        return
+    if identity is None or lock.spec_hash != spec.hash() or not spec.managed:
+        return  # a user-managed environment's freshness is its interpreter's, never cached
     stamp = {"lockfile": str(spec.lockfile), "file": identity, "spec_hash": lock.spec_hash, "digest": lock.digest()}
     try:
         atomic_write(_stamp_path(spec), json.dumps(stamp))
@@ -235,11 +279,16 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     }
     if spec.docker.base_image:
         custom[META_BASE_IMAGE] = spec.docker.base_image
+    from hatch_mlenv.spec import current_platform
+
     return render_lockfile(
         packages,
-        platforms=spec.platforms,
+        platforms=spec.platforms if spec.managed else (current_platform(),),
         channels=[c.url for c in spec.channels],
-        content_hash={p: hashlib.sha256(f"{spec_hash}:{p}".encode()).hexdigest() for p in spec.platforms},
+        content_hash={
+            p: hashlib.sha256(f"{spec_hash}:{p}".encode()).hexdigest()
+            for p in (spec.platforms if spec.managed else (current_platform(),))
+        },
         custom=custom,
         sources=[os.path.relpath(spec.pyproject, spec.lockfile.parent)],
         file_name=spec.lockfile.name,

@@ -310,7 +310,7 @@ def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     merged = dict(base)
     for key, value in override.items():
         if key in _LIST_MERGE_KEYS and isinstance(value, list) and isinstance(base.get(key), list):
-            merged[key] = _merge_specs(base[key], value)
+            merged[key] = merge_specs(base[key], value)
         elif key in _TABLE_MERGE_KEYS and isinstance(value, dict) and isinstance(base.get(key), dict):
             inner = dict(base[key])
             for k, v in value.items():
@@ -327,7 +327,7 @@ def _spec_name(text: Any) -> str:
     return re.split(r"[\s<>=!~\[;@(]", text.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
-def _merge_specs(base: list[Any], extra: list[Any]) -> list[Any]:
+def merge_specs(base: list[Any], extra: list[Any]) -> list[Any]:
     result = list(base)
     for item in extra:
         names = [_spec_name(x) for x in result]

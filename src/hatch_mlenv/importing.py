@@ -1,0 +1,233 @@
+"""Import an environment into `[tool.mlenv]`: from environment.yml, requirements.txt or a conda prefix.
+
+The result is merged into pyproject.toml with tomlkit, so everything else in
+the file (comments, order, formatting) stays byte for byte. What cannot be
+mapped is reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hatch_mlenv.errors import ConfigError
+
+# environment.yml sections we read, and those we know but do not map.
+_ENV_YML_KEYS = ("name", "channels", "dependencies", "variables")
+_ENV_YML_IGNORED = ("prefix",)
+
+
+@dataclass
+class Imported:
+    """What an import found, as [tool.mlenv] values, plus what it could not map."""
+
+    source: str
+    name: str | None = None
+    channels: list[str] = field(default_factory=list)
+    python: str | None = None
+    conda: list[str] = field(default_factory=list)
+    pip: list[str] = field(default_factory=list)
+    pip_index_url: str | None = None
+    pip_extra_index_urls: list[str] = field(default_factory=list)
+    variables: dict[str, str] = field(default_factory=dict)
+    unmapped: list[str] = field(default_factory=list)
+
+    def table(self) -> dict[str, Any]:
+        table: dict[str, Any] = {}
+        for key, value in (
+            ("channels", self.channels),
+            ("python", self.python),
+            ("conda", self.conda),
+            ("pip", self.pip),
+            ("pip-index-url", self.pip_index_url),
+            ("pip-extra-index-urls", self.pip_extra_index_urls),
+            ("variables", self.variables),
+        ):
+            if value:
+                table[key] = value
+        return table
+
+
+def _conda_spec(text: str) -> tuple[str | None, str]:
+    """A conda environment.yml dependency as a match spec; `python=3.11` also gives the python key."""
+    spec = text.strip()
+    match = re.match(r"^python\s*(?:=|==)?\s*([0-9][0-9.]*)\*?$", spec)
+    if match:
+        return match.group(1).rstrip("."), spec
+    return None, spec
+
+
+def from_environment_yml(path: Path) -> Imported:
+    import yaml
+
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(path, None, f"not a readable environment.yml: {str(exc).splitlines()[0]}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(path, None, "not an environment.yml: expected a mapping with `dependencies`")
+    for key in document:
+        if key not in _ENV_YML_KEYS + _ENV_YML_IGNORED:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), _ENV_YML_KEYS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(_ENV_YML_KEYS)})"
+            raise ConfigError(path, str(key), f"unknown environment.yml section{hint}")
+    result = Imported(str(path), name=document.get("name"))
+    if "prefix" in document:
+        result.unmapped.append(f"prefix: {document['prefix']} (machine-specific; environments live in .mlenv/envs)")
+    channels = document.get("channels") or []
+    if not isinstance(channels, list):
+        raise ConfigError(path, "channels", "must be a list")
+    for channel in channels:
+        if channel == "defaults":
+            result.unmapped.append("channels: defaults (name the channel explicitly, e.g. conda-forge)")
+        else:
+            result.channels.append(str(channel))
+    dependencies = document.get("dependencies") or []
+    if not isinstance(dependencies, list):
+        raise ConfigError(path, "dependencies", "must be a list")
+    for index, dependency in enumerate(dependencies):
+        if isinstance(dependency, dict) and set(dependency) == {"pip"}:
+            _pip_lines(dependency["pip"] or [], result, f"dependencies[{index}].pip", path)
+        elif isinstance(dependency, str):
+            python, spec = _conda_spec(dependency)
+            if python is not None:
+                result.python = python
+            else:
+                result.conda.append(spec)
+        else:
+            raise ConfigError(path, f"dependencies[{index}]", f"expected a match spec or a `pip:` list, not {dependency!r}")
+    variables = document.get("variables") or {}
+    if not isinstance(variables, dict):
+        raise ConfigError(path, "variables", "must be a mapping")
+    result.variables = {str(k): str(v) for k, v in variables.items()}
+    return result
+
+
+def from_requirements(path: Path) -> Imported:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot read: {exc}") from None
+    result = Imported(str(path))
+    _pip_lines(lines, result, None, path)
+    return result
+
+
+def _pip_lines(lines: list[Any], result: Imported, key: str | None, path: Path) -> None:
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for number, raw in enumerate(lines, 1):
+        line = str(raw).split(" #")[0].strip()
+        where = f"{key}[{number - 1}]" if key else f"line {number}"
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("-e", "--editable")) or re.match(r"^(git|hg|svn|bzr)\+", line) or " @ git+" in line:
+            raise ConfigError(path, where, f"editable or VCS requirement {line!r} cannot be locked; "
+                              "publish it to an index or build a wheel first")
+        if line.startswith(("--index-url", "-i ")):
+            result.pip_index_url = line.split(None, 1)[1].strip() if " " in line else line.split("=", 1)[1]
+            continue
+        if line.startswith("--extra-index-url"):
+            result.pip_extra_index_urls.append(line.split(None, 1)[1].strip() if " " in line else line.split("=", 1)[1])
+            continue
+        if line.startswith("-"):
+            result.unmapped.append(f"{where}: {line} (pip option)")
+            continue
+        try:
+            Requirement(line)
+        except InvalidRequirement as exc:
+            raise ConfigError(path, where, f"invalid requirement {line!r}: {str(exc).splitlines()[0]}") from None
+        result.pip.append(line)
+
+
+def from_prefix(prefix: Path) -> Imported:
+    """The packages of an existing conda prefix, pinned, from its conda-meta records."""
+    meta = prefix / "conda-meta"
+    if not meta.is_dir():
+        raise ConfigError(prefix, None, "not a conda prefix (no conda-meta directory)")
+    result = Imported(str(prefix), name=prefix.name)
+    pip_names: set[str] = set()
+    for record_path in sorted(meta.glob("*.json")):
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            name, version = record["name"], record["version"]
+        except (OSError, ValueError, KeyError):
+            result.unmapped.append(f"{record_path.name} (unreadable conda-meta record)")
+            continue
+        channel = (record.get("channel") or _channel_of(record.get("url") or "")).rstrip("/")
+        if channel and channel not in result.channels:
+            result.channels.append(channel)
+        if name == "python":
+            result.python = version
+        else:
+            result.conda.append(f"{name} =={version}")
+        pip_names.add(name.lower().replace("_", "-"))
+    for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
+        installer = dist_info / "INSTALLER"
+        if installer.is_file() and installer.read_text().strip() == "conda":
+            continue
+        metadata = dist_info / "METADATA"
+        if not metadata.is_file():
+            continue
+        fields = dict(
+            line.split(": ", 1) for line in metadata.read_text(errors="replace").splitlines()[:20] if ": " in line
+        )
+        name = fields.get("Name", "")
+        if name and name.lower().replace("_", "-") not in pip_names:
+            result.pip.append(f"{name}=={fields.get('Version', '')}")
+    return result
+
+
+def _channel_of(url: str) -> str:
+    """`https://host/chan/linux-64/pkg.conda` -> `https://host/chan` (rattler leaves `channel` empty)."""
+    parts = url.rsplit("/", 2)
+    return parts[0] if len(parts) == 3 and "://" in url else ""
+
+
+def merge_into_pyproject(pyproject: Path, imported: Imported, env: str | None = None) -> str:
+    """Merge `imported` into `[tool.mlenv]` (or `[tool.mlenv.envs.ENV]`); returns the new text."""
+    import tomlkit
+
+    from hatch_mlenv.spec import merge_specs
+
+    if pyproject.exists():
+        try:
+            document = tomlkit.parse(pyproject.read_text(encoding="utf-8"))
+        except Exception as exc:  # tomlkit's ParseError
+            raise ConfigError(pyproject, None, f"invalid TOML: {exc}") from None
+    else:
+        document = tomlkit.document()
+    tool = document.setdefault("tool", tomlkit.table(is_super_table=True))
+    table = tool.setdefault("mlenv", tomlkit.table())
+    if env is not None:
+        envs = table.setdefault("envs", tomlkit.table(is_super_table=True))
+        table = envs.setdefault(env, tomlkit.table())
+    new = imported.table()
+    if "name" not in table and imported.name and env is None and "name" not in document.get("project", {}):
+        table["name"] = re.sub(r"[^A-Za-z0-9._-]+", "-", imported.name)
+    for key, value in new.items():
+        if key in ("conda", "pip") and key in table:
+            table[key] = merge_specs(list(table[key]), value)
+        elif key == "channels" and key in table:
+            table[key] = list(table[key]) + [c for c in value if c not in table[key]]
+        elif key == "pip-extra-index-urls" and key in table:
+            table[key] = list(table[key]) + [u for u in value if u not in table[key]]
+        elif key == "variables" and key in table:
+            for name, text in value.items():
+                table[key][name] = text
+        elif key == "variables":
+            inline = tomlkit.inline_table()
+            inline.update(value)
+            table[key] = inline
+        else:
+            table[key] = value
+    return tomlkit.dumps(document)
