@@ -17,8 +17,8 @@ OCI: Debian's docker-registry on 127.0.0.1 with htpasswd auth (the test
 fixture). Push (register of one new version), idempotent push, pull (get of a
 version) `--oci-runs` times each, round-robin with an authenticated
 `requests.get` of /v2/ (the baseline); HTTP requests per operation are counted;
-`history` and `list` are timed and counted at 1 and at 21 versions, and `list`
-again with 102 names (the catalog endpoint pages at 100 repositories).
+`history` is timed and counted at 1 and at 2 x (runs + 1) versions, `list` at 2
+names and at 102 (distribution's catalog endpoint pages at 100 repositories).
 
 Nothing is asserted; figures are printed. Everything is written under
 bench/results/registry/.
@@ -29,7 +29,6 @@ Usage: python bench/registry.py [--ops N] [--big-ops N] [--cli-runs N] [--oci-ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sqlite3
@@ -154,7 +153,7 @@ def tag_of(name: str, version: int) -> str:
     return f"{name}-v{version}"
 
 
-def local_benchmark(root: Path, ops: int, big_ops: int) -> tuple[Path, dict[str, Any]]:
+def local_benchmark(root: Path, ops: int, big_ops: int) -> Path:
     path = root / "registry.sqlite3"
     registry = LocalRegistry(path)
     raw = sqlite3.connect(path)
@@ -314,11 +313,7 @@ def local_benchmark(root: Path, ops: int, big_ops: int) -> tuple[Path, dict[str,
     )
     registry.close()
     raw.close()
-    summary = {
-        "results": results, "big": big_samples, "build_time": build_time, "registrations": registrations,
-        "big_name": big_name, "small_size": len(small.entry("x", "x").text), "big_size": size,
-    }
-    return path, summary
+    return path
 
 
 def cli_benchmark(path: Path, root: Path, runs: int) -> None:
@@ -473,7 +468,7 @@ def main() -> None:
     header("registry: local SQLite registry at 100 -> 10,000 versions; loopback OCI push/pull")
     started = time.perf_counter()
     root = scratch_dir("registry")
-    path, _ = local_benchmark(root, args.ops, args.big_ops)
+    path = local_benchmark(root, args.ops, args.big_ops)
     cli_benchmark(path, root, args.cli_runs)
     oci_benchmark(root, args.oci_runs)
     print(f"\n  total {time.perf_counter() - started:.0f} s")
