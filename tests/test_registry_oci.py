@@ -179,3 +179,20 @@ def test_corrupted_artifact_is_never_served(oci: str, oci_registry, tmp_path: Pa
     result = mlenv("get", "tamper:1", "-o", str(tmp_path / "out"))
     assert_clean_error(result, 1, "registry entry tamper:1 is corrupted: digest mismatch")
     assert not (tmp_path / "out").exists()
+
+
+def test_listings_follow_pages(oci: str, tmp_path: Path) -> None:
+    from hatch_mlenv.registry import open_registry
+
+    for index in range(3):
+        lock = tmp_path / f"l{index}.yml"
+        lock.write_text(small_lock(str(index)))
+        mlenv("register", "--lockfile", str(lock), "--name", f"paged{index}", check=True)
+    registry = open_registry(oci)
+    namespace = oci.rsplit("/", 1)[1]
+    # one repository per page: every page is followed through the Link header
+    repositories = registry._paged("_catalog?n=1", "repositories", "listing repositories")
+    assert {f"{namespace}/paged{i}" for i in range(3)} <= set(repositories)
+    tags = registry._paged(f"{namespace}/paged0/tags/list?n=1", "tags", "listing tags")
+    assert {"v1", "latest"} <= set(tags)
+    assert [e["name"] for e in json.loads(mlenv("list", "--json", check=True).stdout)] == [f"paged{i}" for i in range(3)]

@@ -135,9 +135,8 @@ class Registry(Protocol):
         *,
         labels: tuple[str, ...] = (),
         description: str | None = None,
-        digest: str | None = None,
     ) -> Registration:
-        """Store a version; `digest` may be given when the caller has just computed it."""
+        """Store a version (its digest is computed from `lockfile`), or find the existing one."""
 
     def get(self, ref: Reference) -> Version: ...
 
@@ -255,7 +254,6 @@ def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...
         ),
         labels=labels,
         description=spec.description,
-        digest=env.digest,
     )
 
 
@@ -275,7 +273,6 @@ def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tupl
         manifest,
         provenance(path.parent, spec_hash=lock.spec_hash, project=None),
         labels=labels,
-        digest=lock.digest(),
     )
 
 

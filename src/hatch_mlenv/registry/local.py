@@ -54,7 +54,9 @@ CREATE TABLE IF NOT EXISTS labels (
     FOREIGN KEY (name, version) REFERENCES versions(name, version)
 );
 CREATE INDEX IF NOT EXISTS labels_by_version ON labels(name, version);
+CREATE INDEX IF NOT EXISTS versions_listing ON versions(name, archived, version);
 """
+SCHEMA_VERSION = 1
 
 
 def default_path() -> Path:
@@ -78,10 +80,14 @@ class LocalRegistry:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
-            with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+            # Only a new database takes the write lock to create the tables:
+            # readers of an existing one never wait behind a writer here.
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                with self._transaction():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise RegistryError(f"local registry {path}: cannot open: {exc}") from None
         except OSError as exc:
@@ -107,12 +113,11 @@ class LocalRegistry:
         *,
         labels: tuple[str, ...] = (),
         description: str | None = None,
-        digest: str | None = None,
     ) -> Registration:
-        if digest is None:
-            from hatch_mlenv.lockfile import parse_lock
+        from hatch_mlenv.lockfile import parse_lock
 
-            digest = parse_lock(lockfile, f"lockfile for {name}").digest()
+        # Parsed once, before the transaction: the stored digest is always the lock's own.
+        digest = parse_lock(lockfile, f"lockfile for {name}").digest()
         for label in labels:
             check_label(label)
         with self._transaction() as db:
@@ -134,7 +139,13 @@ class LocalRegistry:
                 number = row[0]
             for label in labels:
                 self._set_label(db, name, label, number)
-        return Registration(self._version(name, number), created)
+            stored = db.execute(
+                "SELECT manifest, provenance, archived FROM versions WHERE name = ? AND version = ?", (name, number)
+            ).fetchone()
+            all_labels = tuple(r[0] for r in db.execute(
+                "SELECT label FROM labels WHERE name = ? AND version = ? ORDER BY label", (name, number)))
+        version = self._row(name, number, (digest, lockfile, *stored), list(all_labels))
+        return Registration(version, created)
 
     @staticmethod
     def _set_label(db: sqlite3.Connection, name: str, label: str, version: int) -> None:

@@ -213,10 +213,20 @@ class OciRegistry:
         return response.content, response.json()
 
     def _tags(self, repo: str) -> list[str]:
-        response = self._request("GET", f"{repo}/tags/list")
-        if response.status_code == 404:
-            return []
-        return self._check(response, f"listing tags of {repo}").json().get("tags") or []
+        return self._paged(f"{repo}/tags/list", "tags", f"listing tags of {repo}")
+
+    def _paged(self, path: str, field: str, what: str) -> list[str]:
+        """All pages of a tag or repository listing (registries page them, RFC 5988 Link headers)."""
+        items: list[str] = []
+        while path:
+            response = self._request("GET", path)
+            if response.status_code == 404:
+                return items
+            items += self._check(response, what).json().get(field) or []
+            link = response.headers.get("Link", "")
+            match = re.search(r"<([^>]+)>;\s*rel=\"?next\"?", link)
+            path = match.group(1).split("/v2/", 1)[-1] if match else ""
+        return items
 
     def _artifact(self, repo: str, artifact_type: str, config_type: str, config: bytes,
                   layers: list[tuple[str, str, bytes]], annotations: dict[str, str]) -> bytes:
@@ -289,12 +299,10 @@ class OciRegistry:
         *,
         labels: tuple[str, ...] = (),
         description: str | None = None,
-        digest: str | None = None,
     ) -> Registration:
-        if digest is None:
-            from hatch_mlenv.lockfile import parse_lock
+        from hatch_mlenv.lockfile import parse_lock
 
-            digest = parse_lock(lockfile, f"lockfile for {name}").digest()
+        digest = parse_lock(lockfile, f"lockfile for {name}").digest()
         for label in labels:
             self._check_label(label)
         repo = self.target.repository(name)
@@ -418,10 +426,10 @@ class OciRegistry:
         return versions
 
     def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]:
-        response = self._check(self._request("GET", "_catalog"), "listing repositories")
+        repositories = self._paged("_catalog", "repositories", "listing repositories")
         prefix = f"{self.target.namespace}/" if self.target.namespace else ""
         result = []
-        for repo in sorted(response.json().get("repositories") or []):
+        for repo in sorted(repositories):
             if not repo.startswith(prefix) or "/" in repo[len(prefix):]:
                 continue
             tags = self._tags(repo)

@@ -1,0 +1,428 @@
+"""The `mlenv` environment plugin: `hatch run`, `hatch shell` and `hatch env` inside the locked conda prefix.
+
+```toml
+[tool.hatch.envs.train]
+type = "mlenv"
+env = "gpu"            # optional: [tool.mlenv.envs.gpu] instead of the top-level environment
+path = ".envs/train"   # optional: the prefix; default .mlenv/envs/<name>, the one `mlenv install` uses
+```
+
+Hatch drives the life cycle; each step maps onto a stage that already exists:
+
+- `create` installs the existing lock into the prefix (`install_environment`).
+  It never solves: a missing or stale lock is an error that says to run
+  `mlenv lock`, so the environment is always exactly a lock.
+- `install_project_dev_mode` / `install_project` build the project's
+  (editable) wheel with its own build backend, in hatch's interpreter (which
+  has the backend: hatch installs no build environment into a conda prefix),
+  and install it with PyPA's `installer` into the prefix's site-packages, for
+  the prefix's python version. No dependencies: those are the lock's job
+  (`include-project-dependencies`).
+- `dependency_hash` is the spec hash plus the lock digest, so hatch asks
+  `dependencies_in_sync` after every relock (and spec edit); in sync means the
+  prefix's installed digest is the lock's digest and the project is installed.
+  `sync_dependencies` installs the new lock (only changed packages move).
+- Commands and shells run with `activation()`'s environment: PATH, CONDA_PREFIX,
+  the spec's variables, and secrets only from the caller's environment.
+
+hatch's own `dependencies`/`extra-dependencies` are refused: they would put
+unlocked packages into a locked environment.
+
+hatch imports this module only when the plugin is selected (the registration in
+`hatch_mlenv.hatch.plugin` imports it lazily), so importing `hatch` here is fine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterator
+
+from hatch.env.plugin.interface import EnvironmentInterface
+from hatch.utils.structures import EnvVars
+
+from hatch_mlenv.errors import ConfigError, MlenvError, StaleLockError
+
+if TYPE_CHECKING:
+    from hatch_mlenv.environment import Environment
+    from hatch_mlenv.spec import Spec
+
+# hatch's ShellManager re-applies an activation script after these shells have
+# read their startup files (a ~/.bashrc running `pyenv init` would otherwise put
+# its shims in front of the prefix); other shells are exec'd with the
+# activated environment.
+_SCRIPT_SHELLS = {"bash": "activate", "zsh": "activate", "ash": "activate",
+                  "fish": "activate.fish", "tcsh": "activate.csh", "csh": "activate.csh"}
+
+
+class MlenvEnvironment(EnvironmentInterface):
+    """`[tool.hatch.envs.NAME] type = "mlenv"`: a hatch environment that is an installed mlenv lock.
+
+    Options (also `HATCH_ENV_TYPE_MLENV_ENV` / `HATCH_ENV_TYPE_MLENV_PATH`):
+    - `env`: the `[tool.mlenv.envs.NAME]` environment to use (default: the top level).
+    - `path`: where the prefix lives, absolute or relative to the project root
+      (default: `.mlenv/envs/<environment name>`, shared with `mlenv install`/`mlenv run`).
+    """
+
+    PLUGIN_NAME = "mlenv"
+
+    @staticmethod
+    def get_option_types() -> dict:
+        return {"env": str, "path": str}
+
+    # --- what and where ---------------------------------------------------
+
+    @cached_property
+    def spec(self) -> Spec:
+        from hatch_mlenv.spec import load_spec
+
+        name = self.get_env_var_option("env") or self.config.get("env")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(*self._config_key("env"), "must be the name of a [tool.mlenv.envs.NAME] table")
+        return load_spec(Path(self.root), name or None)
+
+    @cached_property
+    def prefix(self) -> Path:
+        chosen = self.get_env_var_option("path") or self.config.get("path", "")
+        if not isinstance(chosen, str):
+            raise ConfigError(*self._config_key("path"), "must be a string")
+        if chosen:
+            return (Path(self.root) / Path(chosen).expanduser()).absolute()
+        from hatch_mlenv.install import default_prefix
+
+        # install.default_prefix wants an Environment, which needs a lock;
+        # the prefix must be known without one (`hatch env find`, `remove`).
+        return default_prefix(SimpleNamespace(spec=self.spec, name=self.spec.name)).absolute()
+
+    def _config_key(self, option: str) -> tuple[Path, str]:
+        """Where this environment's option is written, for error messages."""
+        root = Path(self.root)
+        if (root / "hatch.toml").is_file():
+            return root / "hatch.toml", f"envs.{self.name}.{option}"
+        return root / "pyproject.toml", f"tool.hatch.envs.{self.name}.{option}"
+
+    def _lock_command(self) -> str:
+        return "mlenv lock" + (f" --env {self.spec.env}" if self.spec.env else "")
+
+    def _environment(self) -> Environment:
+        """The spec and its lock as they are now (a relock happens under a running hatch)."""
+        from hatch_mlenv.environment import Environment
+        from hatch_mlenv.lockfile import read_lock
+
+        spec = self.spec
+        if not spec.lockfile.is_file():
+            raise StaleLockError(
+                f"{spec.lockfile}: does not exist; run `{self._lock_command()}` "
+                f"(hatch environment {self.name!r} installs the lock, it never solves)"
+            )
+        return Environment(spec, read_lock(spec.lockfile))
+
+    def _staleness(self, env: Environment) -> str | None:
+        from hatch_mlenv.lock import staleness
+
+        return staleness(env.spec, env.lock)
+
+    def _fresh_environment(self) -> Environment:
+        """The lock, refusing a stale one: installing it would run code against a spec it does not match."""
+        env = self._environment()
+        reason = self._staleness(env)
+        if reason is not None:
+            raise StaleLockError(
+                f"the lock is stale: {reason}; run `{self._lock_command()}` "
+                f"(hatch environment {self.name!r} installs the lock, it never solves)"
+            )
+        return env
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """One clear line and mlenv's exit code instead of a traceback through hatch."""
+        try:
+            yield
+        except MlenvError as exc:
+            self.app.abort(f"mlenv: error: {exc}", code=exc.exit_code)
+
+    def _check_config(self) -> None:
+        if self.environment_dependencies:
+            raise ConfigError(
+                *self._config_key("dependencies"),
+                f"not supported by type = \"mlenv\" (got {', '.join(self.environment_dependencies)}): the environment "
+                "is its lock; add them to [tool.mlenv] conda or pip and run `mlenv lock`",
+            )
+
+    # --- hatch's life cycle -------------------------------------------------
+
+    def find(self) -> Path:
+        with self._errors():
+            return self.prefix
+
+    def exists(self) -> bool:
+        """Installed by us: the lock's state file, and the project unless `skip-install`.
+
+        A prefix made by `mlenv install` alone is not yet this hatch environment:
+        `create` then only installs the project into it.
+        """
+        from hatch_mlenv.install import STATE_FILE
+
+        with self._errors():
+            if not (self.prefix / STATE_FILE).is_file():
+                return False
+            return self.skip_install or any(self._project_dist_infos(self.prefix.glob("lib/python*/site-packages")))
+
+    def create(self) -> None:
+        with self._errors():
+            self._check_config()
+            self._install_lock(self._fresh_environment())
+
+    def remove(self) -> None:
+        from hatch_mlenv.install import STATE_FILE
+
+        with self._errors():
+            prefix = self.prefix
+            if prefix.exists() and not ((prefix / STATE_FILE).is_file() or (prefix / "conda-meta").is_dir()):
+                # `path` may point anywhere: never delete what is not a prefix.
+                raise MlenvError(f"{prefix}: not removing it, it is not a conda prefix (no conda-meta)")
+            shutil.rmtree(prefix, ignore_errors=True)
+            for leftover in prefix.parent.glob(f".{prefix.name}.*"):  # interrupted installs' staging copies
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def install_project(self) -> None:
+        with self._errors():
+            self._install_project(editable=False)
+
+    def install_project_dev_mode(self) -> None:
+        with self._errors():
+            self._install_project(editable=True)
+
+    def dependency_hash(self) -> str:
+        """The spec hash and the lock digest: any relock or spec edit makes hatch check the prefix."""
+        import hashlib
+
+        from hatch_mlenv.lock import stamped_digest
+
+        with self._errors():
+            self._check_config()
+            spec = self.spec
+            if spec.lockfile.is_file():
+                digest = stamped_digest(spec) or self._environment().digest
+            else:
+                digest = "missing"
+            return hashlib.sha256(f"{spec.hash()}:{digest}".encode()).hexdigest()
+
+    def dependencies_in_sync(self) -> bool:
+        from hatch_mlenv.install import STATE_FILE
+
+        with self._errors():
+            self._check_config()
+            if not self.spec.lockfile.is_file():
+                return False  # sync_dependencies says what to do
+            env = self._environment()
+            if self._staleness(env) is not None:
+                return False
+            try:
+                state = json.loads((self.prefix / STATE_FILE).read_text())
+            except (OSError, ValueError):
+                return False
+            if state.get("digest") != env.digest:
+                return False
+            return self.skip_install or self._project_installed(env)
+
+    def sync_dependencies(self) -> None:
+        with self._errors():
+            self._check_config()
+            env = self._fresh_environment()
+            self._install_lock(env)
+            if not self.skip_install and not self._project_installed(env):
+                # e.g. the relock moved python to another minor version: a new site-packages
+                self._install_project(editable=self.dev_mode)
+
+    # --- running things inside ------------------------------------------------
+
+    @contextmanager
+    def command_context(self) -> Iterator[None]:
+        from hatch_mlenv.install import activation
+
+        with self.get_env_vars():
+            with self._errors():
+                env = self._environment()
+            variables, missing = activation(env, self.prefix, dict(os.environ))
+            for name in missing:
+                self.app.display_warning(f"mlenv: warning: secret variable {name} is not set in the environment")
+            with EnvVars(variables):
+                yield
+
+    def enter_shell(self, name: str, path: str, args: Any) -> None:
+        from hatch.utils.shells import ShellManager
+
+        script = _SCRIPT_SHELLS.get(name)
+        executor = getattr(ShellManager(self), f"enter_{name}", None) if script else None
+        with self.command_context():
+            # ShellManager drives the shell through a pty and needs a terminal; piped
+            # input (`echo ... | hatch shell train`) gets the shell exec'd instead.
+            if executor is None or self.platform.windows or not sys.stdin.isatty():
+                self.platform.exit_with_command([path, *args])
+            else:
+                with self._errors():
+                    directory = self._write_activation_scripts()
+                executor(path, args, directory)
+
+    # --- helpers ----------------------------------------------------------------
+
+    def _install_lock(self, env: Environment) -> None:
+        from hatch_mlenv.install import install_environment
+
+        result = install_environment(env, self.prefix)
+        if result.status != "unchanged":
+            changed = f" ({len(result.changed)} packages changed)" if result.status == "updated" else ""
+            self.app.display_info(f"mlenv: {result.status} {env.name} sha256:{env.digest[:12]} into {result.prefix}{changed}")
+
+    def _python_version(self, env: Environment) -> str:
+        from hatch_mlenv.install import InstallError
+        from hatch_mlenv.spec import current_platform
+
+        platform = current_platform()
+        for package in env.lock.for_platform(platform):
+            if package.manager == "conda" and package.name == "python":
+                return package.version
+        raise InstallError(
+            f"{env.spec.lockfile}: no python is locked for {platform}, so the project cannot be installed into "
+            f"hatch environment {self.name!r}; add `python = \"3.x\"` to [tool.mlenv] and run "
+            f"`{self._lock_command()}`, or set skip-install = true"
+        )
+
+    def _site_packages(self, env: Environment) -> Path:
+        short = ".".join(self._python_version(env).split(".")[:2])
+        return self.prefix / "lib" / f"python{short}" / "site-packages"
+
+    def _project_dist_infos(self, sites: Any) -> Iterator[Path]:
+        from packaging.utils import canonicalize_name
+
+        name = canonicalize_name(self.metadata.name)
+        for site in sites:
+            for dist_info in site.glob("*.dist-info"):
+                if canonicalize_name(dist_info.name.split("-")[0]) == name:
+                    yield dist_info
+
+    def _project_installed(self, env: Environment) -> bool:
+        return any(self._project_dist_infos([self._site_packages(env)]))
+
+    def _install_project(self, *, editable: bool) -> None:
+        """Build the project's (editable) wheel with its backend and install it into the prefix, without deps."""
+        from installer import install
+        from installer.destinations import SchemeDictionaryDestination
+        from installer.sources import WheelFile
+
+        from hatch_mlenv.install import InstallError
+
+        from hatch_mlenv.install import InstallError, _uninstall_dist
+
+        env = self._environment()
+        python_version = self._python_version(env)
+        short = ".".join(python_version.split(".")[:2])
+        site = self._site_packages(env)
+        with tempfile.TemporaryDirectory(prefix="mlenv-project-") as scratch:
+            wheel = self._build_wheel(Path(scratch), editable=editable)  # first: a failed build keeps the old install
+            _uninstall_dist(self.prefix, python_version, self.metadata.name)
+            scheme = {
+                "purelib": str(site),
+                "platlib": str(site),
+                "headers": str(self.prefix / "include" / f"python{short}"),
+                "scripts": str(self.prefix / "bin"),
+                "data": str(self.prefix),
+            }
+            destination = SchemeDictionaryDestination(
+                scheme, interpreter=str(self.prefix / "bin" / "python"), script_kind="posix"
+            )
+            direct_url = {"url": Path(self.root).absolute().as_uri(), "dir_info": {"editable": editable}}
+            metadata = {"INSTALLER": b"hatch-mlenv\n", "direct_url.json": json.dumps(direct_url).encode()}
+            try:
+                with WheelFile.open(wheel) as source:
+                    install(source, destination, metadata)
+            except Exception as exc:  # installer raises several types for broken wheels
+                raise InstallError(f"cannot install {wheel.name} into {self.prefix}: {_first_line(exc)}") from None
+
+    def _build_wheel(self, out: Path, *, editable: bool) -> Path:
+        from pyproject_hooks import BackendUnavailable, BuildBackendHookCaller, HookMissing
+
+        from hatch_mlenv.install import InstallError
+
+        build_system = self.metadata.config.get("build-system", {})
+        backend = build_system.get("build-backend") or "setuptools.build_meta:__legacy__"
+        hooks = BuildBackendHookCaller(
+            str(self.root),
+            backend,
+            backend_path=build_system.get("backend-path"),
+            runner=_captured_runner,
+            python_executable=sys.executable,
+        )
+        kind = "an editable wheel" if editable else "a wheel"
+        try:
+            name = hooks.build_editable(str(out)) if editable else hooks.build_wheel(str(out))
+        except BackendUnavailable:
+            raise InstallError(
+                f"cannot build {kind} of the project: its build backend {backend!r} is not importable by hatch's "
+                f"python ({sys.executable}); install it there"
+            ) from None
+        except HookMissing:
+            raise InstallError(
+                f"the build backend {backend!r} cannot build editable wheels (PEP 660); set dev-mode = false "
+                f"in {self._config_key('dev-mode')[1]}"
+            ) from None
+        except _BackendFailed as exc:
+            raise InstallError(f"cannot build {kind} of the project with {backend!r}:\n{exc}") from None
+        return out / name
+
+    def _write_activation_scripts(self) -> Path:
+        """`activate`, `activate.fish` and `activate.csh` for hatch's ShellManager, in `<prefix>/etc/hatch-mlenv/`.
+
+        Only what the lock says is written: secrets stay in the shell's inherited environment.
+        """
+        from hatch_mlenv.lockfile import atomic_write
+
+        env = self._environment()
+        values = {"CONDA_PREFIX": str(self.prefix), "CONDA_DEFAULT_ENV": env.name}
+        values.update({k: v for k, v in env.lock.variables.items() if v is not None})
+        bin_dir = str(self.prefix / "bin")
+        directory = self.prefix / "etc" / "hatch-mlenv"
+        header = f"# written by hatch-mlenv for `hatch shell {self.name}`: re-applied after the shell's startup files\n"
+        posix = [f"export PATH={shlex.quote(bin_dir)}:\"$PATH\""]
+        posix += [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+        posix += ["hash -r 2>/dev/null || true"]
+        fish = [f"set -gx PATH {_fish_quote(bin_dir)} $PATH"]
+        fish += [f"set -gx {k} {_fish_quote(v)}" for k, v in values.items()]
+        csh = [f"setenv PATH {shlex.quote(bin_dir)}:\"$PATH\""]
+        csh += [f"setenv {k} {shlex.quote(v)}" for k, v in values.items()]
+        csh += ["rehash"]
+        for name, lines in (("activate", posix), ("activate.fish", fish), ("activate.csh", csh)):
+            atomic_write(directory / name, header + "\n".join(lines) + "\n")
+        return directory
+
+
+class _BackendFailed(Exception):
+    """The build backend's hook process failed; the message is the tail of its output."""
+
+
+def _captured_runner(cmd: Any, cwd: str | None = None, extra_environ: dict[str, str] | None = None) -> None:
+    # Popen, not subprocess.run: conda-lock (imported by the lock stage) patches subprocess.run.
+    environ = {**os.environ, **(extra_environ or {})}
+    process = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate()
+    if process.returncode:
+        raise _BackendFailed("\n".join(output.strip().splitlines()[-15:]))
+
+
+def _fish_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
