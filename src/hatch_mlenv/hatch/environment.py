@@ -56,12 +56,11 @@ if TYPE_CHECKING:
     from hatch_mlenv.environment import Environment
     from hatch_mlenv.spec import Spec
 
-# hatch's ShellManager re-applies an activation script after these shells have
-# read their startup files (a ~/.bashrc running `pyenv init` would otherwise put
-# its shims in front of the prefix); other shells are exec'd with the
-# activated environment.
-_SCRIPT_SHELLS = {"bash": "activate", "zsh": "activate", "ash": "activate",
-                  "fish": "activate.fish", "tcsh": "activate.csh", "csh": "activate.csh"}
+# For these shells hatch's ShellManager sources an activation script (`activate`,
+# `activate.fish`, `activate.csh`) after they have read their startup files (a
+# ~/.bashrc running `pyenv init` would otherwise put its shims in front of the
+# prefix); other shells are exec'd with the activated environment.
+_SCRIPT_SHELLS = frozenset({"bash", "zsh", "ash", "fish", "tcsh", "csh"})
 
 
 class MlenvEnvironment(EnvironmentInterface):
@@ -151,12 +150,14 @@ class MlenvEnvironment(EnvironmentInterface):
             self.app.abort(f"mlenv: error: {exc}", code=exc.exit_code)
 
     def _check_config(self) -> None:
-        if self.environment_dependencies:
-            raise ConfigError(
-                *self._config_key("dependencies"),
-                f"not supported by type = \"mlenv\" (got {', '.join(self.environment_dependencies)}): the environment "
-                "is its lock; add them to [tool.mlenv] conda or pip and run `mlenv lock`",
-            )
+        for option in ("dependencies", "extra-dependencies"):
+            if self.config.get(option):
+                raise ConfigError(
+                    *self._config_key(option),
+                    f"not supported by type = \"mlenv\" (got {', '.join(map(str, self.config[option]))}): the "
+                    "environment is its lock; add them to [tool.mlenv] conda or pip and run `mlenv lock` (inherited "
+                    f"from the default environment? set template = \"{self.name}\" to inherit nothing)",
+                )
 
     # --- hatch's life cycle -------------------------------------------------
 
@@ -252,8 +253,8 @@ class MlenvEnvironment(EnvironmentInterface):
 
         with self.get_env_vars():
             with self._errors():
-                env = self._environment()
-            variables, missing = activation(env, self.prefix, dict(os.environ))
+                env, prefix = self._environment(), self.prefix
+            variables, missing = activation(env, prefix, dict(os.environ))
             for name in missing:
                 self.app.display_warning(f"mlenv: warning: secret variable {name} is not set in the environment")
             with EnvVars(variables):
@@ -262,8 +263,7 @@ class MlenvEnvironment(EnvironmentInterface):
     def enter_shell(self, name: str, path: str, args: Any) -> None:
         from hatch.utils.shells import ShellManager
 
-        script = _SCRIPT_SHELLS.get(name)
-        executor = getattr(ShellManager(self), f"enter_{name}", None) if script else None
+        executor = getattr(ShellManager(self), f"enter_{name}", None) if name in _SCRIPT_SHELLS else None
         with self.command_context():
             # ShellManager drives the shell through a pty and needs a terminal; piped
             # input (`echo ... | hatch shell train`) gets the shell exec'd instead.
@@ -282,7 +282,9 @@ class MlenvEnvironment(EnvironmentInterface):
         result = install_environment(env, self.prefix)
         if result.status != "unchanged":
             changed = f" ({len(result.changed)} packages changed)" if result.status == "updated" else ""
-            self.app.display_info(f"mlenv: {result.status} {env.name} sha256:{env.digest[:12]} into {result.prefix}{changed}")
+            self.app.display_info(
+                f"mlenv: {result.status} {env.name} sha256:{env.digest[:12]} into {result.prefix}{changed}"
+            )
 
     def _python_version(self, env: Environment) -> str:
         from hatch_mlenv.install import InstallError
@@ -319,8 +321,6 @@ class MlenvEnvironment(EnvironmentInterface):
         from installer import install
         from installer.destinations import SchemeDictionaryDestination
         from installer.sources import WheelFile
-
-        from hatch_mlenv.install import InstallError
 
         from hatch_mlenv.install import InstallError, _uninstall_dist
 
@@ -365,6 +365,13 @@ class MlenvEnvironment(EnvironmentInterface):
         )
         kind = "an editable wheel" if editable else "a wheel"
         try:
+            extra = hooks.get_requires_for_build_editable() if editable else hooks.get_requires_for_build_wheel()
+            missing = _unsatisfied([*build_system.get("requires", []), *extra])
+            if missing:
+                raise InstallError(
+                    f"cannot build {kind} of the project: its build backend needs {', '.join(missing)}, not installed "
+                    f"next to hatch ({sys.executable}); install it there"
+                )
             name = hooks.build_editable(str(out)) if editable else hooks.build_wheel(str(out))
         except BackendUnavailable:
             raise InstallError(
@@ -417,6 +424,30 @@ def _captured_runner(cmd: Any, cwd: str | None = None, extra_environ: dict[str, 
     output, _ = process.communicate()
     if process.returncode:
         raise _BackendFailed("\n".join(output.strip().splitlines()[-15:]))
+
+
+def _unsatisfied(requirements: list[str]) -> list[str]:
+    """The build requirements that hatch's interpreter (where the backend runs) does not satisfy."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    missing = []
+    for text in requirements:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue  # the backend will say what is wrong with it
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = version(requirement.name)
+        except PackageNotFoundError:
+            missing.append(text)
+            continue
+        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+            missing.append(f"{text} (found {installed})")
+    return missing
 
 
 def _fish_quote(value: str) -> str:
