@@ -58,9 +58,12 @@ VIRTUAL_PACKAGES = [
 ]
 
 JSON_LOAD = "import json, sys\nfor p in sys.argv[1:]:\n    with open(p, 'rb') as f:\n        json.load(f)\n"
+# The same 20 ms pause at exit that mlenv registers (hatch_mlenv.solve.settle_rattler_at_exit):
+# without it py-rattler's threads sometimes abort the interpreter at shutdown.
 BARE_SOLVE = """\
-import asyncio, json, sys
+import asyncio, atexit, json, sys, time
 import rattler
+atexit.register(time.sleep, 0.02)
 url, vp, *specs = sys.argv[1:]
 virtual = [
     rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
