@@ -136,13 +136,13 @@ base = images.base_image_digest(client, plan.base_image)
 lap("docker client + ping, image_exists, base digest")
 scratch = tempfile.TemporaryDirectory(prefix="mlenv-image-")
 context = Path(scratch.name) / "context"
-images.write_context(env, context, strategy="host", version=version)
+images.write_context(env, context, strategy="host", version=version, base_digest=base)
 lap("write_context: install the lock into env/")
 start, lines = time.perf_counter(), []
 def echo(line):
     lines.append((time.perf_counter() - start, line))
     console.print(line, markup=False)
-image_id = images._stream_build(client, context, plan.reference, {"io.mlenv.base-image-digest": base}, echo)
+image_id = images._stream_build(client, context, plan.reference, echo)
 end = time.perf_counter() - start
 lap("docker build (SDK)")
 scratch.cleanup()

@@ -47,6 +47,7 @@ class ImagePlan:
     version: int | None = None
     project_version: str | None = None
     managed: bool = True  # False: a user-managed environment, the base image is used as it is
+    base_digest: str | None = None  # the base image by digest, when the engine knows it
 
     @property
     def reference(self) -> str:
@@ -69,13 +70,15 @@ class ImagePlan:
             "io.mlenv.prefix": self.prefix,
             "io.mlenv.tool": f"hatch-mlenv {__version__}",
         }
+        if self.base_digest is not None:
+            labels["io.mlenv.base-image-digest"] = self.base_digest
         if self.version is not None:
             labels["io.mlenv.version"] = str(self.version)
             labels["org.opencontainers.image.version"] = f"v{self.version}"
         return labels
 
 
-def plan_for(env: Any, version: int | None = None) -> ImagePlan:
+def plan_for(env: Any, version: int | None = None, base_digest: str | None = None) -> ImagePlan:
     """The plan of an `Environment`: base image and variables come from the lock (the digest covers them)."""
     from hatch_mlenv.environment import repository_name
 
@@ -90,6 +93,7 @@ def plan_for(env: Any, version: int | None = None) -> ImagePlan:
         version=version,
         project_version=spec.project_version,
         managed=spec.managed,
+        base_digest=base_digest,
     )
 
 
@@ -151,13 +155,15 @@ def micromamba_dockerfile(plan: ImagePlan) -> str:
     )
 
 
-def write_context(env: Any, out: Path, *, strategy: str = "host", version: int | None = None) -> ImagePlan:
+def write_context(
+    env: Any, out: Path, *, strategy: str = "host", version: int | None = None, base_digest: str | None = None
+) -> ImagePlan:
     """Write a complete build context for `env` into `out` (which must not exist or be empty)."""
     if strategy not in STRATEGIES:
         raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
     lock, lockfile = env.lock, env.spec.lockfile
     _require_linux(lock, lockfile)
-    plan = plan_for(env, version)
+    plan = plan_for(env, version, base_digest)
     if not plan.managed and strategy == "dockerfile":
         raise ImageError("a user-managed environment (managed = false) uses its base image as it is: "
                          "there is nothing for micromamba to install; use --strategy host")
@@ -263,11 +269,9 @@ def build(env: Any, *, version: int | None = None, echo: Callable[[str], None] =
         )
     with tempfile.TemporaryDirectory(prefix="mlenv-image-") as scratch:
         context = Path(scratch) / "context"
-        write_context(env, context, strategy="host", version=version)
+        write_context(env, context, strategy="host", version=version, base_digest=base_digest)
         echo(f"building {reference} from {plan.base_image} ({base_digest})")
-        image_id = _stream_build(
-            client, context, reference, {"io.mlenv.base-image-digest": base_digest}, echo
-        )
+        image_id = _stream_build(client, context, reference, echo)
     image = client.images.get(image_id)
     _tag_all(image, plan)
     return BuildResult(reference, "built", image.id, tuple(plan.tags))
@@ -278,8 +282,7 @@ def _tag_all(image: Any, plan: ImagePlan) -> None:
         image.tag(plan.repository, tag)
 
 
-def _stream_build(client: Any, context: Path, reference: str, labels: dict[str, str],
-                  echo: Callable[[str], None]) -> str:
+def _stream_build(client: Any, context: Path, reference: str, echo: Callable[[str], None]) -> str:
     """Run the build, echoing each step; on failure raise with the failing step and its output."""
     import docker
 
@@ -287,8 +290,7 @@ def _stream_build(client: Any, context: Path, reference: str, labels: dict[str, 
     try:
         # No tag here: the reference is applied only once the build succeeded,
         # so a failed build leaves no dangling tag.
-        for chunk in client.api.build(path=str(context), rm=True, forcerm=True, pull=False, decode=True,
-                                      labels=labels):
+        for chunk in client.api.build(path=str(context), rm=True, forcerm=True, pull=False, decode=True):
             if "stream" in chunk:
                 for line in chunk["stream"].splitlines():
                     if line.startswith("Step "):
