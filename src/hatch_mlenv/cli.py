@@ -456,6 +456,58 @@ def import_(project: Path, env: str | None, file: Path | None, from_prefix: Path
     _sys.stdout.flush()
 
 
+@main.command()
+@project_option
+@env_option
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="The prefix to check (default .mlenv/envs/NAME).")
+@click.option("--no-files", is_flag=True, help="Compare packages only, not file contents.")
+@json_option
+def verify(project: Path, env: str | None, prefix: Path | None, no_files: bool, as_json: bool) -> None:
+    """Compare an installed prefix with the lock; exit 1 on drift with a table of differences."""
+    from hatch_mlenv.install import default_prefix
+    from hatch_mlenv.spec import current_platform
+    from hatch_mlenv.verify import verify_prefix
+
+    environment = _environment(project, env)
+    target = (prefix or default_prefix(environment)).absolute()
+    drift = verify_prefix(environment.lock, target, current_platform(), check_files=not no_files)
+    if as_json:
+        _print_json(drift.as_dict() | {"digest": f"sha256:{environment.digest}"})
+    elif drift.clean:
+        click.echo(f"{_display(target)} matches {environment.spec.lockfile.name} (sha256:{environment.digest[:12]})")
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("difference", "what")
+        for kind, what in drift.rows():
+            table.add_row(kind, what)
+        console = Console(highlight=False, stderr=True)
+        console.print(f"{_display(target)} differs from {environment.spec.lockfile.name}:")
+        console.print(table)
+    if not drift.clean:
+        sys.exit(EXIT_FAILURE)
+
+
+@main.command()
+@project_option
+@env_option
+@click.option("--format", "fmt", type=click.Choice(["cyclonedx"]), default="cyclonedx", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
+def sbom(project: Path, env: str | None, fmt: str, output: Path | None) -> None:
+    """A CycloneDX JSON SBOM of the lock: purls, hashes and licenses where the channel gives them."""
+    from hatch_mlenv.lockfile import atomic_write
+    from hatch_mlenv.sbom import cyclonedx
+
+    environment = _environment(project, env)
+    text = json.dumps(cyclonedx(environment), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write(output, text)
+        click.echo(f"wrote {_display(output.resolve())}", err=True)
+
+
 @main.group()
 def curated() -> None:
     """Curated environments shipped with hatch-mlenv (use with extends = "curated:NAME")."""

@@ -1,0 +1,57 @@
+"""pytest plugin: `pytest --mlenv-verify[=ENV]` checks the running interpreter's environment
+against the project's lock before any test is collected, and fails the session on drift."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+NOT_GIVEN = "__mlenv_not_given__"
+
+
+def pytest_addoption(parser: Any) -> None:
+    group = parser.getgroup("mlenv")
+    group.addoption(
+        "--mlenv-verify",
+        action="store",
+        nargs="?",
+        const="",
+        default=NOT_GIVEN,
+        metavar="ENV",
+        help="verify this interpreter's environment (sys.prefix) against the project's conda-lock.yml "
+        "(or that of [tool.mlenv.envs.ENV]) before collecting tests",
+    )
+
+
+def pytest_sessionstart(session: Any) -> None:
+    import pytest
+
+    option = session.config.getoption("--mlenv-verify")
+    if option == NOT_GIVEN:
+        return
+    from hatch_mlenv.environment import Environment
+    from hatch_mlenv.errors import MlenvError
+    from hatch_mlenv.lockfile import read_lock
+    from hatch_mlenv.spec import current_platform, load_spec
+    from hatch_mlenv.verify import verify_prefix
+
+    root = Path(session.config.rootpath)
+    try:
+        spec = load_spec(root, option or None)
+        env = Environment(spec, read_lock(spec.lockfile))
+        drift = verify_prefix(env.lock, Path(sys.prefix), current_platform())
+    except MlenvError as exc:
+        raise pytest.UsageError(f"--mlenv-verify: {exc}") from None
+    if not drift.clean:
+        lines = "\n".join(f"  {kind}: {what}" for kind, what in drift.rows())
+        pytest.exit(
+            f"mlenv: {sys.prefix} does not match {spec.lockfile.name} (sha256:{env.digest[:12]}):\n{lines}",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
+    session.config._mlenv_verified = env.digest  # noqa: SLF001 - shown in the header
+
+
+def pytest_report_header(config: Any) -> str | None:
+    digest = getattr(config, "_mlenv_verified", None)
+    return f"mlenv: {sys.prefix} matches the lock (sha256:{digest[:12]})" if digest else None
