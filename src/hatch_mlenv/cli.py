@@ -508,6 +508,34 @@ def sbom(project: Path, env: str | None, fmt: str, output: Path | None) -> None:
         click.echo(f"wrote {_display(output.resolve())}", err=True)
 
 
+@main.command()
+@project_option
+@env_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Archive to write (default .mlenv/packs/NAME-DIGEST12.tar.gz).")
+@click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Installed prefix to pack.")
+def pack(project: Path, env: str | None, output: Path | None, prefix: Path | None) -> None:
+    """Pack the installed linux-64 environment into a relocatable .tar.gz for Spark (conda-pack)."""
+    from hatch_mlenv.spark import pack as pack_environment
+
+    environment = _environment(project, env)
+    archive = pack_environment(environment, output, prefix)
+    click.echo(f"packed {environment.name} sha256:{environment.digest[:12]} -> {_display(archive)}")
+
+
+@main.command(name="spark-conf")
+@project_option
+@env_option
+@click.option("--archive", help="Where executors get the packed environment (path or URL; default the `mlenv pack` output).")
+@click.option("--format", "fmt", type=click.Choice(["properties", "json", "submit"]), default="properties", show_default=True)
+def spark_conf(project: Path, env: str | None, archive: str | None, fmt: str) -> None:
+    """Spark settings that run Python work in the packed environment (spark-defaults, JSON or spark-submit args)."""
+    from hatch_mlenv.spark import default_archive, render, settings
+
+    environment = _environment(project, env)
+    click.echo(render(settings(environment, archive or default_archive(environment)), fmt), nl=False)
+
+
 @main.group()
 def curated() -> None:
     """Curated environments shipped with hatch-mlenv (use with extends = "curated:NAME")."""

@@ -95,12 +95,16 @@ _TOP_KEYS = (
     "envs",
     "managed",
     "interpreter",
+    "spark",
 )
 # Keys whose values extend the inherited ones (by package name) instead of replacing them.
 _LIST_MERGE_KEYS = ("conda", "pip")
 # Tables merged key by key.
-_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "docker")
+_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "docker", "spark")
 _DOCKER_KEYS = ("base-image", "registry", "repository", "prefix")
+_SPARK_KEYS = ("packages", "repositories", "conf")
+# groupId:artifactId:version, the form spark.jars.packages takes.
+_MAVEN_RE = re.compile(r"^[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-+]+$")
 _VARIABLE_KEYS = ("value", "secret")
 
 
@@ -171,6 +175,13 @@ class DockerSpec:
 
 
 @dataclass(frozen=True)
+class SparkSpec:
+    packages: tuple[str, ...] = ()
+    repositories: tuple[str, ...] = ()
+    conf: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class Spec:
     """What the user asked for: one validated `[tool.mlenv]` table."""
 
@@ -194,6 +205,7 @@ class Spec:
     env: str | None = None  # the [tool.mlenv.envs.NAME] this spec is, None for the default
     managed: bool = True
     interpreter: str | None = None
+    spark: SparkSpec = SparkSpec()
 
     @property
     def project_dir(self) -> Path:
@@ -527,6 +539,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         env=env,
         managed=managed,
         interpreter=interpreter,
+        spark=_parse_spark(reader, table),
     )
 
 
@@ -608,6 +621,30 @@ def _parse_virtual_packages(
                 raise ConfigError(reader.path, key, "must be a version string such as \"12.2\" (or false to remove it)")
         result[plat] = dict(sorted(packages.items()))
     return result
+
+
+def _parse_spark(reader: _Reader, table: dict[str, Any]) -> SparkSpec:
+    spark = reader.table(table, "spark")
+    key = "tool.mlenv.spark"
+    reader.check_keys(spark, key, _SPARK_KEYS)
+    packages = reader.string_list(spark, "packages", [], key)
+    for index, coordinate in enumerate(packages):
+        if not _MAVEN_RE.match(coordinate.strip()):
+            raise ConfigError(reader.path, f"{key}.packages[{index}]",
+                              f"malformed Maven coordinate {coordinate!r}: use groupId:artifactId:version")
+    repositories = reader.string_list(spark, "repositories", [], key)
+    for index, url in enumerate(repositories):
+        if urlparse(url).scheme not in ("http", "https", "file"):
+            raise ConfigError(reader.path, f"{key}.repositories[{index}]", f"not an http(s) or file URL: {url!r}")
+    conf = reader.table(spark, "conf", key)
+    for name, value in conf.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(reader.path, f"{key}.conf.{name}", f"must be a string, number or boolean, not {_type_name(value)}")
+    return SparkSpec(
+        packages=tuple(p.strip() for p in packages),
+        repositories=tuple(repositories),
+        conf={k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in conf.items()},
+    )
 
 
 def _parse_docker(reader: _Reader, table: dict[str, Any]) -> DockerSpec:
