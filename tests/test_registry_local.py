@@ -329,3 +329,19 @@ def test_sigkill_mid_registration_leaves_whole_versions(tmp_path: Path, delay: f
         registry = LocalRegistry(db)
         for number in versions:
             assert registry.get(Reference("killed", number)).version == number  # every version whole: digest verifies
+
+
+def test_show_and_manifest_carry_provenance(project: Path) -> None:
+    before = json.loads(mlenv("show", "--json", "--project", str(project), check=True).stdout)
+    assert before["version"] is None and before["registry"].startswith("sqlite://")
+    mlenv("register", "--project", str(project), check=True)
+    data = json.loads(mlenv("show", "--json", "--project", str(project), check=True).stdout)
+    commit = subprocess.Popen(["git", "rev-parse", "HEAD"], cwd=project, stdout=subprocess.PIPE, text=True)
+    head = commit.communicate()[0].strip()
+    assert data["version"] == 1
+    assert data["provenance"]["git_commit"] == head and data["provenance"]["git_dirty"] is False
+    import hashlib
+
+    assert data["provenance"]["lockfile_sha256"] == hashlib.sha256((project / "conda-lock.yml").read_bytes()).hexdigest()
+    human = mlenv("show", "--project", str(project), check=True).stdout
+    assert "demo:1" in human and head[:12] in human

@@ -115,6 +115,13 @@ def show(project: Path, env: str | None, as_json: bool) -> None:
     env = Environment(spec, lock_)
     reason = locking.staleness(spec, lock_)
     data = env.manifest() | {"lockfile": str(spec.lockfile), "fresh": reason is None, "stale_reason": reason}
+    from hatch_mlenv.errors import RegistryError
+
+    try:
+        registry = _registry(None, spec.registry)
+        data |= {"registry": registry.url, "version": registry.find_digest(env.name, env.digest)}
+    except RegistryError as exc:  # show what is known locally; say why the version is not
+        data |= {"registry": None, "version": None, "registry_error": str(exc)}
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -125,6 +132,11 @@ def show(project: Path, env: str | None, as_json: bool) -> None:
     console.print(f"[bold]{data['name']}[/bold]  {data['digest']}")
     console.print(f"image     {data['image']}")
     console.print(f"lockfile  {data['lockfile']} ({'fresh' if reason is None else 'stale: ' + reason})")
+    if data.get("version"):
+        console.print(f"version   {data['name']}:{data['version']} in {data['registry']}")
+    commit = data["provenance"]["git_commit"]
+    if commit:
+        console.print(f"commit    {commit[:12]}{' (dirty)' if data['provenance']['git_dirty'] else ''}")
     table = Table("platform", "conda", "pip")
     for platform, counts in data["packages"].items():
         table.add_row(platform, str(counts["conda"]), str(counts["pip"]))

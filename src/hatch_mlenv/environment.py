@@ -33,14 +33,26 @@ class Environment:
 
     def manifest(self) -> dict[str, Any]:
         """The manifest (`mlenv.json`) shipped in wheels and written next to dist files."""
+        import hashlib
+
+        from hatch_mlenv.registry import git_state
+
         spec = self.spec
-        return lock_manifest(
+        commit, dirty = git_state(spec.project_dir)
+        manifest = lock_manifest(
             self.name,
             self.lock,
             image=self.image,
             lockfile=spec.lockfile.name,
             project={"name": spec.project_name, "version": spec.project_version},
         )
+        # Which lock, which commit: enough for a model artifact to name the environment it was made in.
+        manifest["provenance"] = {
+            "lockfile_sha256": hashlib.sha256(spec.lockfile.read_bytes()).hexdigest(),
+            "git_commit": commit,
+            "git_dirty": dirty,
+        }
+        return manifest
 
 
 def lock_manifest(

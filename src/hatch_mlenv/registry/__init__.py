@@ -197,7 +197,7 @@ def provenance(project_dir: Path | None, *, spec_hash: str | None, project: dict
 
     from hatch_mlenv import __version__
 
-    commit, dirty = _git_state(project_dir) if project_dir else (None, None)
+    commit, dirty = git_state(project_dir) if project_dir else (None, None)
     try:
         rattler_version = metadata.version("py-rattler")
     except metadata.PackageNotFoundError:
@@ -218,7 +218,7 @@ def provenance(project_dir: Path | None, *, spec_hash: str | None, project: dict
     }
 
 
-def _git_state(directory: Path) -> tuple[str | None, bool | None]:
+def git_state(directory: Path) -> tuple[str | None, bool | None]:
     import subprocess
 
     def git(*args: str) -> str | None:
