@@ -155,7 +155,7 @@ def from_prefix(prefix: Path) -> Imported:
     if not meta.is_dir():
         raise ConfigError(prefix, None, "not a conda prefix (no conda-meta directory)")
     result = Imported(str(prefix), name=prefix.name)
-    pip_names: set[str] = set()
+    conda_names: set[str] = set()
     for record_path in sorted(meta.glob("*.json")):
         try:
             record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -170,21 +170,22 @@ def from_prefix(prefix: Path) -> Imported:
             result.python = version
         else:
             result.conda.append(f"{name} =={version}")
-        pip_names.add(name.lower().replace("_", "-"))
-    for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
-        installer = dist_info / "INSTALLER"
-        if installer.is_file() and installer.read_text().strip() == "conda":
-            continue
-        metadata = dist_info / "METADATA"
-        if not metadata.is_file():
-            continue
-        fields = dict(
-            line.split(": ", 1) for line in metadata.read_text(errors="replace").splitlines()[:20] if ": " in line
-        )
-        name = fields.get("Name", "")
-        if name and name.lower().replace("_", "-") not in pip_names:
-            result.pip.append(f"{name}=={fields.get('Version', '')}")
+        conda_names.add(name)
+    from hatch_mlenv.verify import normalize_name, pip_distributions
+
+    provided = {normalize_name(n) for n in conda_names}
+    for name, (version, dist_info) in pip_distributions(prefix).items():
+        if name not in provided:
+            result.pip.append(f"{_dist_name(dist_info) or name}=={version}")
     return result
+
+
+def _dist_name(dist_info: Path) -> str:
+    """The project name as its METADATA spells it."""
+    for line in (dist_info / "METADATA").read_text(errors="replace").splitlines()[:30]:
+        if line.startswith("Name: "):
+            return line[len("Name: "):].strip()
+    return ""
 
 
 def _channel_of(url: str) -> str:

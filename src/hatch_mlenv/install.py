@@ -105,7 +105,7 @@ def fetch_wheel(package: LockedPackage) -> Path:
         raise InstallError(f"{package.name} {package.version}: the lock has no sha256 for {package.url}")
     name = Path(urllib.parse.urlparse(package.url).path).name
     target = cache_dir() / "wheels" / package.sha256 / name
-    if target.is_file() and _sha256(target) == package.sha256:
+    if target.is_file() and file_sha256(target) == package.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
@@ -115,7 +115,7 @@ def fetch_wheel(package: LockedPackage) -> Path:
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise InstallError(f"cannot download {package.url}: {exc}") from None
-    actual = _sha256(partial)
+    actual = file_sha256(partial)
     if actual != package.sha256:
         partial.unlink(missing_ok=True)
         raise InstallError(f"{name}: sha256 mismatch (lock says {package.sha256}, downloaded {actual})")
@@ -152,7 +152,7 @@ def install_wheels(
     return len(packages)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv.errors import UsageError
+from hatch_mlenv.install import file_sha256
 
 
 @dataclass
@@ -78,8 +79,8 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
     for name in sorted(records.keys() - conda.keys()):
         drift.extra.append(f"conda {name} {records[name].get('version')} {records[name].get('build')}")
 
-    pip = {_norm(p.name): p for p in locked if p.manager == "pip"}
-    installed = _pip_distributions(prefix)
+    pip = {normalize_name(p.name): p for p in locked if p.manager == "pip"}
+    installed = pip_distributions(prefix)
     for name, package in sorted(pip.items()):
         found = installed.get(name)
         if found is None:
@@ -88,22 +89,14 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
             drift.changed.append(f"pip {package.name}: locked {package.version}, installed {found[0]}")
         elif check_files:
             drift.modified_files += _modified_wheel_files(found[1])
-    conda_names = {_norm(n) for n in records}
+    conda_names = {normalize_name(n) for n in records}
     for name in sorted(installed.keys() - pip.keys() - conda_names):
         drift.extra.append(f"pip {name} {installed[name][0]}")
     return drift
 
 
-def _norm(name: str) -> str:
+def normalize_name(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _modified_conda_files(prefix: Path, record: dict[str, Any]) -> list[str]:
@@ -118,12 +111,12 @@ def _modified_conda_files(prefix: Path, record: dict[str, Any]) -> list[str]:
             continue
         if not path.is_file():
             modified.append(f"{relative} ({record['name']}): deleted")
-        elif _sha256(path) != expected:
+        elif file_sha256(path) != expected:
             modified.append(f"{relative} ({record['name']}): content differs from the package")
     return modified
 
 
-def _pip_distributions(prefix: Path) -> dict[str, tuple[str, Path]]:
+def pip_distributions(prefix: Path) -> dict[str, tuple[str, Path]]:
     """Distributions not installed by conda: normalized name -> (version, dist-info directory)."""
     found = {}
     for dist_info in sorted(prefix.glob("lib/python*/site-packages/*.dist-info")):
@@ -135,7 +128,7 @@ def _pip_distributions(prefix: Path) -> dict[str, tuple[str, Path]]:
             continue
         fields = dict(line.split(": ", 1) for line in metadata.read_text(errors="replace").splitlines()[:30] if ": " in line)
         if fields.get("Name"):
-            found[_norm(fields["Name"])] = (fields.get("Version", ""), dist_info)
+            found[normalize_name(fields["Name"])] = (fields.get("Version", ""), dist_info)
     return found
 
 
