@@ -13,7 +13,6 @@ import hashlib
 import os
 import shutil
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,10 +106,12 @@ def fetch_wheel(package: LockedPackage) -> Path:
     target = cache_dir() / "wheels" / package.sha256 / name
     if target.is_file() and file_sha256(target) == package.sha256:
         return target
+    from urllib.request import urlopen
+
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     try:
-        with urllib.request.urlopen(package.url, timeout=60) as response, open(partial, "wb") as out:
+        with urlopen(package.url, timeout=60) as response, open(partial, "wb") as out:
             shutil.copyfileobj(response, out)
     except OSError as exc:
         partial.unlink(missing_ok=True)
