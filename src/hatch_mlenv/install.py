@@ -19,20 +19,11 @@ from typing import Any
 
 from hatch_mlenv.errors import MlenvError
 from hatch_mlenv.lockfile import LockedPackage
+from hatch_mlenv.paths import cache_dir
 
 
 class InstallError(MlenvError):
     """A package could not be fetched, verified or linked."""
-
-
-def cache_dir() -> Path:
-    """The host's package cache: `$MLENV_HOME/cache`, else the user cache directory."""
-    home = os.environ.get("MLENV_HOME")
-    if home:
-        return Path(home) / "cache"
-    from platformdirs import user_cache_path
-
-    return user_cache_path("hatch-mlenv", appauthor=False)
 
 
 def conda_records(lockfile: Path, platform: str) -> list:  # -> list[rattler.RepoDataRecord]

@@ -27,6 +27,7 @@ from hatch_mlenv.lockfile import (
     LockedPackage,
     atomic_write,
     import_conda_lock_models,
+    parse_lock,
     read_lock,
     render_lockfile,
 )
@@ -172,7 +173,7 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
     if not spec.lockfile.exists() or spec.lockfile.read_text(encoding="utf-8") != text:
         atomic_write(spec.lockfile, text)
         status = "locked"
-    written = read_lock(spec.lockfile)
+    written = parse_lock(text, spec.lockfile)
     _write_stamp(spec, written)
     return LockOutcome(status, written.digest(), written, reason)
 
@@ -183,15 +184,10 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
 # loading rattler. Any edit, checkout or rewrite of the file changes its stat
 # and brings back the full check.
 def _stamp_path(spec: Spec) -> Path:
-    home = os.environ.get("MLENV_HOME")
-    if home:
-        cache = Path(home) / "cache"
-    else:
-        from platformdirs import user_cache_path
+    from hatch_mlenv.paths import cache_dir
 
-        cache = user_cache_path("hatch-mlenv", appauthor=False)
     key = hashlib.sha256(str(spec.lockfile).encode()).hexdigest()[:32]
-    return cache / "lock-stamps" / f"{key}.json"
+    return cache_dir() / "lock-stamps" / f"{key}.json"
 
 
 def _file_identity(path: Path) -> list[int] | None:

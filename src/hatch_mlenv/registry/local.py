@@ -9,7 +9,6 @@ version (row, `latest` label, environment row) or none of it.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +26,6 @@ from hatch_mlenv.registry import (
     verify,
 )
 
-ENV_HOME = "MLENV_HOME"
 BUSY_TIMEOUT_MS = 120_000
 
 _SCHEMA = """
@@ -61,12 +59,9 @@ SCHEMA_VERSION = 1
 
 def default_path() -> Path:
     """`$MLENV_HOME/registry.sqlite3`, else the user data directory (platformdirs)."""
-    home = os.environ.get(ENV_HOME)
-    if home:
-        return Path(home) / "registry.sqlite3"
-    from platformdirs import user_data_path
+    from hatch_mlenv.paths import data_dir
 
-    return user_data_path("hatch-mlenv", appauthor=False) / "registry.sqlite3"
+    return data_dir() / "registry.sqlite3"
 
 
 class LocalRegistry:
@@ -139,12 +134,9 @@ class LocalRegistry:
                 number = row[0]
             for label in labels:
                 self._set_label(db, name, label, number)
-            stored = db.execute(
-                "SELECT manifest, provenance, archived FROM versions WHERE name = ? AND version = ?", (name, number)
-            ).fetchone()
-            all_labels = tuple(r[0] for r in db.execute(
-                "SELECT label FROM labels WHERE name = ? AND version = ? ORDER BY label", (name, number)))
-        version = self._row(name, number, (digest, lockfile, *stored), list(all_labels))
+            # What is stored (for an existing digest, the first registration's text), read in the
+            # transaction; the digest was computed just above, so it is not re-checked here.
+            version = self._row(name, number, self._stored(name, number), self._labels(name, number))
         return Registration(version, created)
 
     @staticmethod
@@ -170,18 +162,23 @@ class LocalRegistry:
         if self._db.execute("SELECT 1 FROM environments WHERE name = ?", (name,)).fetchone() is None:
             raise NotFoundError(f"no environment named {name!r} in {self.url}")
 
-    def _version(self, name: str, number: int) -> Version:
-        row = self._db.execute(
+    def _stored(self, name: str, number: int) -> tuple[Any, ...] | None:
+        return self._db.execute(
             "SELECT digest, lockfile, manifest, provenance, archived FROM versions WHERE name = ? AND version = ?",
             (name, number),
         ).fetchone()
+
+    def _labels(self, name: str, number: int) -> list[str]:
+        return [r[0] for r in self._db.execute(
+            "SELECT label FROM labels WHERE name = ? AND version = ? ORDER BY label", (name, number)
+        )]
+
+    def _version(self, name: str, number: int) -> Version:
+        row = self._stored(name, number)
         if row is None:
             self._require_name(name)
             raise NotFoundError(f"{name} has no version {number}")
-        labels = [r[0] for r in self._db.execute(
-            "SELECT label FROM labels WHERE name = ? AND version = ? ORDER BY label", (name, number)
-        )]
-        return verify(self._row(name, number, row, labels))
+        return verify(self._row(name, number, row, self._labels(name, number)))
 
     @staticmethod
     def _row(name: str, number: int, row: tuple[Any, ...], labels: list[str]) -> Version:
