@@ -16,6 +16,7 @@ if not SHARED_DATA.is_dir():  # a checkout laid out as <work>/<repo> next to <wo
     SHARED_DATA = Path(os.environ.get("MLENV_SHARED_DATA", "/work/shared/data"))
 DEFAULTS_2018 = SHARED_DATA / "defaults-2018"
 LOCK_SAMPLES = SHARED_DATA / "conda-lock-samples"
+LOCK_SCHEMA = Path(__file__).parent / "data" / "conda-lock-v1.schema.json"
 
 
 def write_project(root: Path, mlenv: str, *, name: str = "demo", version: str = "0.1.0", extra: str = "") -> Path:
@@ -31,7 +32,9 @@ def mlenv(*args: str, cwd: Path | None = None, check: bool | None = None) -> sub
     result = subprocess.run(
         [sys.executable, "-m", "hatch_mlenv", *args],
         cwd=cwd,
-        stdout=subprocess.PIPE,  # not capture_output: conda-lock patches subprocess.run
+        # not capture_output: tests that import conda-lock's own parser (its CLI
+        # module) get its vendored poetry, which replaces subprocess.run in-process
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         timeout=600,
@@ -53,7 +56,10 @@ def tree_hashes(root: Path) -> dict[str, str]:
 def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
     """A clear first line naming file and key, the documented exit code, no traceback."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    first = result.stderr.strip().splitlines()[0]
+    lines = result.stderr.strip().splitlines()
+    while lines and lines[0].startswith("mlenv: ") and not lines[0].startswith("mlenv: warning"):
+        lines.pop(0)  # progress lines of the steps that ran before the failure
+    first = lines[0] if lines else ""
     assert first.startswith("error: "), result.stderr
     for needle in needles:
         assert needle in first, (needle, first)

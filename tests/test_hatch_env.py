@@ -74,7 +74,8 @@ def make_project(root: Path, channel: Path, *, mlenv_extra: str = "", hatch_envs
 
 
 def hatch(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real `hatch` command (Popen: conda-lock patches subprocess.run in-process)."""
+    """The real `hatch` command (Popen: a test that imports conda-lock's parser gets its
+    vendored poetry, which patches subprocess.run in-process)."""
     command = [sys.executable, "-m", "hatch", *args]
     process = subprocess.Popen(
         command, cwd=cwd, text=True, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,

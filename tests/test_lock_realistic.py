@@ -72,8 +72,8 @@ def test_conda_lock_accepts_our_lockfile(scipy_project: Path, tmp_path: Path) ->
     rendered = subprocess.run(
         [sys.executable, "-m", "conda_lock", "render", "--kind", "explicit", "-p", "linux-64", str(lockfile)],
         cwd=out,
-        # conda-lock's vendored poetry replaces subprocess.run in this process once
-        # imported; it does not know capture_output.
+        # conda-lock's CLI module (imported above for its parser) brings its vendored
+        # poetry, which replaces subprocess.run in this process; it does not know capture_output.
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

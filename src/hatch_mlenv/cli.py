@@ -12,6 +12,7 @@ import click
 
 from hatch_mlenv import __version__
 from hatch_mlenv.errors import EXIT_FAILURE, EXIT_USAGE, MlenvError, UsageError
+from hatch_mlenv.export import FORMATS as EXPORT_FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -415,11 +416,11 @@ def run(project: Path, env: str | None, prefix: Path | None, command: tuple[str,
 @main.command(name="export")
 @project_option
 @env_option
-@click.option("--format", "fmt", type=click.Choice(["environment-yml", "explicit", "requirements"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), required=True)
 @click.option("--platform", help="Platform to export (default: this machine's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
 def export_(project: Path, env: str | None, fmt: str, platform: str | None, output: Path | None) -> None:
-    """Export the lock as a pinned environment.yml, a conda explicit spec, or pip requirements with hashes."""
+    """Export the lock as a pinned environment.yml, a conda explicit spec, pip requirements with hashes, or pylock.toml."""
     from hatch_mlenv.export import export
     from hatch_mlenv.lockfile import atomic_write
     from hatch_mlenv.spec import current_platform

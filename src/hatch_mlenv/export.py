@@ -1,11 +1,11 @@
-"""Export a lock in the formats other tools read: environment.yml, conda explicit, pip requirements."""
+"""Export a lock in the formats other tools read: environment.yml, conda explicit, pip requirements, pylock.toml."""
 
 from __future__ import annotations
 
 from hatch_mlenv.errors import UsageError
 from hatch_mlenv.lockfile import Lock
 
-FORMATS = ("environment-yml", "explicit", "requirements")
+FORMATS = ("environment-yml", "explicit", "requirements", "pylock")
 
 
 def export(lock: Lock, name: str, platform: str, fmt: str) -> str:
@@ -38,4 +38,13 @@ def export(lock: Lock, name: str, platform: str, fmt: str) -> str:
                 raise UsageError(f"{p.name} {p.version} has no sha256 in the lock; cannot pin it with --hash")
             lines.append(f"{p.name}=={p.version} --hash=sha256:{p.sha256}")
         return "\n".join(lines) + "\n"
+    if fmt == "pylock":
+        from hatch_mlenv.pip import render_pylock
+
+        missing = [p for p in pip if not p.sha256]
+        if missing:
+            raise UsageError(f"{missing[0].name} {missing[0].version} has no sha256 in the lock; pylock.toml needs one")
+        python = next((p for p in conda if p.name == "python"), None)
+        header = f"# pip packages of {name} for {platform} (sha256:{lock.digest()}), exported by hatch-mlenv\n"
+        return header + render_pylock(pip, python.version if python else None, platform if python else None)
     raise UsageError(f"unknown format {fmt!r}: use {', '.join(FORMATS)}")

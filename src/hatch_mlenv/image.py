@@ -172,7 +172,7 @@ def write_context(
     staging = Path(tempfile.mkdtemp(prefix=".mlenv-context-", dir=out.parent if out.parent.exists() else None))
     try:
         if strategy == "host" and plan.managed:
-            _install_prefix(lockfile, lock, staging / "env", plan.prefix)
+            _install_prefix(env, staging / "env", plan.prefix)
             (staging / "Dockerfile").write_text(host_dockerfile(plan))
         elif strategy == "host":
             (staging / "Dockerfile").write_text(host_dockerfile(plan))
@@ -190,16 +190,18 @@ def write_context(
     return plan
 
 
-def _install_prefix(lockfile: Path, lock: Lock, prefix: Path, target_prefix: str) -> None:
-    from hatch_mlenv.install import install_conda, install_wheels
+def _install_prefix(env: Any, prefix: Path, target_prefix: str) -> None:
+    from hatch_mlenv.install import install_conda, install_wheels, wheel_indexes
 
+    lock, lockfile = env.lock, env.spec.lockfile
     install_conda(lockfile, PLATFORM, prefix, target_prefix=target_prefix)
     wheels = [p for p in lock.for_platform(PLATFORM) if p.manager == "pip"]
     if wheels:
         python = next((p for p in lock.for_platform(PLATFORM) if p.manager == "conda" and p.name == "python"), None)
         if python is None:
             raise ImageError(f"{lockfile}: pip packages are locked for {PLATFORM} but python is not")
-        install_wheels(wheels, prefix, python.version, target_prefix=target_prefix)
+        install_wheels(wheels, prefix, python.version, target_prefix=target_prefix,
+                       indexes=wheel_indexes(env.spec, lock))
     # rattler marks its own cache directories; this one is an image's prefix.
     (prefix / "CACHEDIR.TAG").unlink(missing_ok=True)
 

@@ -15,7 +15,7 @@ import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from hatch_mlenv.errors import MlenvError
 from hatch_mlenv.lockfile import LockedPackage
@@ -89,20 +89,29 @@ def install_conda(
     return len(records)
 
 
-def fetch_wheel(package: LockedPackage) -> Path:
-    """The locked wheel in the host cache, downloaded if needed and checked against its sha256."""
+def fetch_wheel(package: LockedPackage, indexes: Sequence[str] = ()) -> Path:
+    """The locked wheel in the host cache, downloaded if needed and checked against its sha256.
+
+    The lock's URLs carry no credentials: those come from `indexes` (the spec's
+    index URLs, `${VAR}` expanded) for the same host, else from netrc."""
     if not package.sha256:
         raise InstallError(f"{package.name} {package.version}: the lock has no sha256 for {package.url}")
     name = Path(urllib.parse.urlparse(package.url).path).name
     target = cache_dir() / "wheels" / package.sha256 / name
     if target.is_file() and file_sha256(target) == package.sha256:
         return target
-    from urllib.request import urlopen
+    from urllib.request import Request, urlopen
 
+    from hatch_mlenv.credentials import authorization
+
+    request = Request(package.url)
+    header = authorization(package.url, indexes)
+    if header:
+        request.add_header("Authorization", header)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
     try:
-        with urlopen(package.url, timeout=60) as response, open(partial, "wb") as out:
+        with urlopen(request, timeout=60) as response, open(partial, "wb") as out:
             shutil.copyfileobj(response, out)
     except OSError as exc:
         partial.unlink(missing_ok=True)
@@ -116,7 +125,12 @@ def fetch_wheel(package: LockedPackage) -> Path:
 
 
 def install_wheels(
-    packages: list[LockedPackage], prefix: Path, python_version: str, *, target_prefix: str | None = None
+    packages: list[LockedPackage],
+    prefix: Path,
+    python_version: str,
+    *,
+    target_prefix: str | None = None,
+    indexes: Sequence[str] = (),
 ) -> int:
     """Install the locked wheels into `prefix` (scripts point at `target_prefix`'s python)."""
     from installer import install
@@ -135,13 +149,22 @@ def install_wheels(
     interpreter = f"{target_prefix or prefix}/bin/python"
     destination = SchemeDictionaryDestination(scheme, interpreter=interpreter, script_kind="posix")
     for package in packages:
-        wheel = fetch_wheel(package)
+        wheel = fetch_wheel(package, indexes)
         try:
             with WheelFile.open(wheel) as source:
                 install(source, destination, {"INSTALLER": b"hatch-mlenv\n"})
         except Exception as exc:  # installer raises several types for broken wheels
             raise InstallError(f"cannot install {wheel.name}: {_first_line(exc)}") from None
     return len(packages)
+
+
+def wheel_indexes(spec: Any, lock: Any) -> list[str]:
+    """The spec's pip index URLs, with their credentials, when the lock has wheels to fetch."""
+    if not any(p.manager == "pip" for p in lock.packages):
+        return []
+    from hatch_mlenv.pip import index_urls
+
+    return index_urls(spec)
 
 
 def file_sha256(path: Path) -> str:
@@ -231,7 +254,7 @@ def install_environment(env: Any, prefix: Path | None = None, *, show_progress: 
                       show_progress=show_progress)
         after = {r.name.normalized: (str(r.version), str(r.build)) for r in _prefix_records(staging)}
         changed = sorted(n for n in after.keys() | before.keys() if after.get(n) != before.get(n))
-        changed += _sync_wheels(lock, platform, staging, prefix, old_state.get("pip", {}))
+        changed += _sync_wheels(lock, platform, staging, prefix, old_state.get("pip", {}), wheel_indexes(env.spec, lock))
         (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
         new_state = {
             "digest": env.digest,
@@ -263,7 +286,9 @@ def _prefix_records(prefix: Path) -> list:  # -> list[rattler.PrefixRecord]
     return [rattler.PrefixRecord.from_path(p) for p in sorted(meta.glob("*.json"))]
 
 
-def _sync_wheels(lock: Any, platform: str, staging: Path, prefix: Path, old: dict[str, str]) -> list[str]:
+def _sync_wheels(
+    lock: Any, platform: str, staging: Path, prefix: Path, old: dict[str, str], indexes: Sequence[str]
+) -> list[str]:
     """Remove pip packages that changed or went away, install the new ones; returns their names."""
     wheels = [p for p in lock.for_platform(platform) if p.manager == "pip"]
     wanted = {p.name: p.sha256 for p in wheels}
@@ -275,7 +300,7 @@ def _sync_wheels(lock: Any, platform: str, staging: Path, prefix: Path, old: dic
         _uninstall_dist(staging, python.version, name)
     new = [p for p in wheels if old.get(p.name) != p.sha256]
     if new:
-        install_wheels(new, staging, python.version, target_prefix=str(prefix))
+        install_wheels(new, staging, python.version, target_prefix=str(prefix), indexes=indexes)
     return sorted(set(stale) | {p.name for p in new})
 
 

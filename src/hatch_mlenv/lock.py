@@ -20,6 +20,7 @@ from hatch_mlenv.errors import ConfigError, LockfileError
 from hatch_mlenv.lockfile import (
     META_BASE_IMAGE,
     META_NAME,
+    META_PYPI_NAMES,
     META_SPEC_HASH,
     META_TOOL,
     META_VARIABLES,
@@ -84,10 +85,8 @@ def snapshot(spec: Spec) -> list[LockedPackage]:
 
     interpreter = spec.interpreter or ""
     try:
-        # Popen, not subprocess.run: conda-lock, once imported, replaces run().
-        process = subprocess.Popen([interpreter, "-c", _SNAPSHOT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
-        out, err = process.communicate(timeout=120)
+        process = subprocess.run([interpreter, "-c", _SNAPSHOT], capture_output=True, text=True, timeout=120)
+        out, err = process.stdout, process.stderr
     except OSError as exc:
         raise ConfigError(spec.pyproject, "tool.mlenv.interpreter", f"cannot run {interpreter!r}: {exc.strerror or exc}") from None
     if process.returncode != 0:
@@ -114,7 +113,9 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
     """The first requested spec not matched by the lock (a hand-edited lock), or None."""
     import rattler
     from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
+
+    from hatch_mlenv.pip import marker_environment
+    from hatch_mlenv.pypi_names import canonical
 
     for platform in spec.platforms:
         packages = lock.for_platform(platform)
@@ -135,10 +136,17 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
                         f"{_rel(spec, spec.lockfile)}: {package.name} needs {dep}, "
                         f"which is not locked for {platform}"
                     )
-        provided = {canonicalize_name(p.name): p.version for p in packages}
+        provided = {canonical(p.name): p.version for p in packages}
+        for conda_name, pypi_names in lock.pypi_names.items():
+            if conda_name in conda:
+                provided.update((canonical(n), conda[conda_name].version) for n in pypi_names)
+        python = conda.get("python")
+        environment = marker_environment(platform, python.version) if python else None
         for text in spec.pip:
             requirement = Requirement(text)
-            version = provided.get(canonicalize_name(requirement.name))
+            if requirement.marker is not None and environment and not requirement.marker.evaluate(environment):
+                continue
+            version = provided.get(canonical(requirement.name))
             if version is None or (requirement.specifier and not requirement.specifier.contains(version, prereleases=True)):
                 return f"{_rel(spec, spec.lockfile)}: pip requirement {text!r} is not satisfied on {platform}"
     return None
@@ -234,8 +242,10 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
 
     preferred: tuple[LockedPackage, ...] = ()
     if update and previous is not None:
-        names = {n.lower() for n in update}
-        preferred = tuple(p for p in previous.packages if p.name.lower() not in names)
+        from hatch_mlenv.pypi_names import canonical
+
+        names = {canonical(n) for n in update}
+        preferred = tuple(p for p in previous.packages if canonical(p.name) not in names)
     available = plugins.solvers()
     solver = available["rattler"]
     request = SolveRequest(
@@ -275,6 +285,13 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     }
     if spec.docker.base_image:
         custom[META_BASE_IMAGE] = spec.docker.base_image
+    packages = list(packages)
+    if any(p.manager == "pip" for p in packages) or spec.pip:
+        from hatch_mlenv.pypi_names import renamed
+
+        names = renamed((p for p in packages if p.manager == "conda"), spec.pypi_names)
+        if names:
+            custom[META_PYPI_NAMES] = json.dumps(names, sort_keys=True, separators=(",", ":"))
     from hatch_mlenv.spec import current_platform
 
     return render_lockfile(
@@ -298,9 +315,11 @@ def _existing(spec: Spec) -> Lock | None:
 
 
 def _check_update_names(spec: Spec, previous: Lock, update: Sequence[str]) -> None:
-    locked = {p.name.lower() for p in previous.packages}
+    from hatch_mlenv.pypi_names import canonical
+
+    locked = {canonical(p.name) for p in previous.packages}
     for name in update:
-        if name.lower() not in locked:
+        if canonical(name) not in locked:
             raise ConfigError(
                 spec.lockfile, None, f"cannot --update {name!r}: it is not in the lock"
             )

@@ -24,6 +24,8 @@ META_SPEC_HASH = "mlenv.spec-hash"
 META_VARIABLES = "mlenv.variables"
 META_BASE_IMAGE = "mlenv.base-image"
 META_TOOL = "mlenv.tool"
+# conda name -> PyPI names, where they differ (JSON); see pypi_names.renamed.
+META_PYPI_NAMES = "mlenv.pypi-names"
 
 # 1 is conda-lock's format; 3 is the same shape as rattler-lock (early pixi) wrote it,
 # with dependencies as a list of match specs.
@@ -44,6 +46,9 @@ class LockedPackage:
     build: str | None = None
     dependencies: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     category: str = "main"
+    # Package URLs from the channel's repodata (`pkg:pypi/msgpack@0.5.6`): known
+    # right after a solve, not stored in the lockfile (format v1 has no field).
+    purls: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     def key(self) -> tuple[str, str, str]:
         return (self.platform, self.manager, self.name)
@@ -78,6 +83,16 @@ class Lock:
     @property
     def base_image(self) -> str | None:
         return self.custom.get(META_BASE_IMAGE) or None
+
+    @property
+    def pypi_names(self) -> dict[str, list[str]]:
+        """conda name -> the PyPI names it provides, where they differ (recorded at lock time)."""
+        raw = self.custom.get(META_PYPI_NAMES)
+        try:
+            value = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
     def for_platform(self, platform: str) -> list[LockedPackage]:
         return [p for p in self.packages if p.platform == platform]

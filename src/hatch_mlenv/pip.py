@@ -1,24 +1,48 @@
-"""The pip step of a lock: resolve PEP 508 requirements after the conda solve.
+"""The pip step of a lock: PEP 508 requirements resolved with uv after the conda solve.
 
-We use conda-lock's own pip resolver (`conda_lock.pypi_solver.solve_pypi`)
-rather than uv: it is already a dependency, it resolves for any target
-platform and python (not just this machine), it knows which pip names the
-conda packages already provide (so they are not installed twice), and it
-returns conda-lock's `LockedDependency` with the wheel URL and sha256 — exactly
-what the lockfile stores. uv would add a binary dependency and a translation
-layer for the same result.
+For each target platform, `uv pip compile` (the `uv` PyPI package's binary)
+resolves the pip requirements for that platform's *locked* python (full
+version) and platform tag, and writes PEP 751 `pylock.toml`: wheel URL, size
+and sha256, which become conda-lock pip entries.
+
+The Python distributions that the conda packages already provide (under their
+PyPI names, see `pypi_names`) are declared to uv as installed: a `==`
+constraint at the locked version, `dependency-metadata` with no requirements
+(so uv never reads their old, sometimes invalid, PyPI metadata), and an empty
+stub wheel in a private find-links directory (so the version exists even when
+no index has it). They are dropped from the output: pip never installs a
+second copy over conda's files.
+
+Only wheels are locked (`--only-binary :all:`): the lock must install on
+machines without compilers, and building a foreign platform's sdist to read
+its metadata is how the old resolver spent twenty minutes.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
+from hatch_mlenv import credentials
 from hatch_mlenv.errors import ConfigError, SolveError
-from hatch_mlenv.lockfile import LockedPackage, to_conda_lock
+from hatch_mlenv.lockfile import LockedPackage
+from hatch_mlenv.pypi_names import canonical, provided_distributions
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 if TYPE_CHECKING:
+    from packaging.requirements import Requirement
+
     from hatch_mlenv.spec import Spec
 
 DEFAULT_INDEX = "https://pypi.org/simple"
@@ -29,6 +53,27 @@ _MARKER_PLATFORM = {
     "win": ("win32", "Windows", "nt"),
 }
 _MARKER_MACHINE = {"64": "x86_64", "aarch64": "aarch64", "arm64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+# uv 0.13's --python-platform targets per conda platform. Linux targets carry the
+# manylinux level, chosen from the platform's __glibc; uv knows these levels.
+_UV_LINUX_CPU = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
+_UV_MANYLINUX_MINORS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
+_UV_OTHER = {
+    "osx-64": "x86_64-apple-darwin",
+    "osx-arm64": "aarch64-apple-darwin",
+    "win-64": "x86_64-pc-windows-msvc",
+    "win-arm64": "aarch64-pc-windows-msvc",
+    "win-32": "i686-pc-windows-msvc",
+}
+# Variables that would change what uv resolves behind the spec's back; the spec
+# alone decides (credentials, cache, TLS and timeouts still come from the user).
+_UV_RESOLUTION_VARIABLES = (
+    "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_INDEX", "UV_DEFAULT_INDEX", "UV_FIND_LINKS", "UV_NO_INDEX",
+    "UV_CONSTRAINT", "UV_OVERRIDE", "UV_BUILD_CONSTRAINT", "UV_PRERELEASE", "UV_RESOLUTION", "UV_EXCLUDE_NEWER",
+    "UV_INDEX_STRATEGY", "UV_NO_BINARY", "UV_ONLY_BINARY", "UV_TORCH_BACKEND", "UV_PYTHON", "UV_CONFIG_FILE",
+    "UV_NO_CONFIG", "UV_SYSTEM_PYTHON", "UV_UPGRADE", "UV_UPGRADE_PACKAGE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
+    "MACOSX_DEPLOYMENT_TARGET",
+)
 
 
 def marker_environment(platform: str, python_version: str) -> dict[str, str]:
@@ -54,6 +99,41 @@ def marker_environment(platform: str, python_version: str) -> dict[str, str]:
     }
 
 
+def uv_platform(spec: Spec, platform: str) -> tuple[str, dict[str, str]]:
+    """uv's `--python-platform` for a conda platform, and the variables it needs (macOS target)."""
+    virtual = spec.virtual_packages.get(platform, {})
+    if platform in _UV_LINUX_CPU:
+        glibc = virtual.get("__glibc", ("2.17", "0"))[0]
+        try:
+            major, minor = (int(x) for x in glibc.split(".")[:2])
+        except ValueError:
+            major, minor = 2, 17
+        usable = [m for m in _UV_MANYLINUX_MINORS if major > 2 or m <= minor]
+        if not usable:
+            raise ConfigError(
+                spec.pyproject, f"tool.mlenv.virtual-packages.{platform}.__glibc",
+                f"glibc {glibc} is older than the oldest manylinux level uv resolves for (2.17)",
+            )
+        return f"{_UV_LINUX_CPU[platform]}-manylinux_2_{usable[-1]}", {}
+    if platform in _UV_OTHER:
+        variables = {}
+        if platform.startswith("osx") and "__osx" in virtual:
+            variables["MACOSX_DEPLOYMENT_TARGET"] = virtual["__osx"][0]
+        return _UV_OTHER[platform], variables
+    raise ConfigError(
+        spec.pyproject, "tool.mlenv.pip",
+        f"pip packages cannot be locked for {platform}: uv resolves for "
+        f"{', '.join(sorted([*_UV_LINUX_CPU, *_UV_OTHER]))}",
+    )
+
+
+def index_urls(spec: Spec) -> list[str]:
+    """The spec's index URLs with `${VAR}` expanded: credentials included, for fetching only."""
+    urls = [(spec.pip_index_url or DEFAULT_INDEX, "tool.mlenv.pip-index-url")]
+    urls += [(u, f"tool.mlenv.pip-extra-index-urls[{i}]") for i, u in enumerate(spec.pip_extra_index_urls)]
+    return [credentials.expand(url, spec.pyproject, key) for url, key in urls]
+
+
 def resolve_pip(
     spec: Spec,
     platform: str,
@@ -61,7 +141,7 @@ def resolve_pip(
     preferred: Iterable[LockedPackage] = (),
     update: Iterable[str] = (),
 ) -> list[LockedPackage]:
-    """Pinned pip packages for `platform`, resolved against its locked python."""
+    """Pinned pip packages for `platform`, resolved by uv against its locked python."""
     from packaging.requirements import Requirement
 
     python = next((p for p in conda if p.name == "python"), None)
@@ -72,85 +152,256 @@ def resolve_pip(
             f"pip requirements need a python in the conda packages for {platform}; set tool.mlenv.python",
         )
     environment = marker_environment(platform, python.version)
-    requirements = [Requirement(text) for text in spec.pip]
-    requirements = [r for r in requirements if r.marker is None or r.marker.evaluate(environment)]
-    if not requirements:
-        return []
-
-    from conda_lock import lookup, pypi_solver
-    from conda_lock.models.lock_spec import VersionedDependency
-    from conda_lock.models.pip_repository import PipRepository
-    from conda_lock.pypi_solver import solve_pypi
-
-    pypi_solver._get_url = _url_without_credentials
-    pip_specs = {
-        r.name: VersionedDependency(
-            name=r.name, manager="pip", version=str(r.specifier) or "*", extras=sorted(r.extras)
-        )
-        for r in requirements
-    }
-    indexes = [spec.pip_index_url or DEFAULT_INDEX, *spec.pip_extra_index_urls]
-    with tempfile.TemporaryDirectory(prefix="mlenv-pip-") as scratch:
-        # conda-lock downloads a PyPI<->conda name table from GitHub unless told
-        # otherwise; names that are missing map to themselves, which is what a
-        # channel's python packages use. The table must not be empty.
-        mapping = Path(scratch) / "mapping.yaml"
-        mapping.write_text(_identity_mapping(p.name for p in conda), encoding="utf-8")
-        lookup.set_lookup_location(mapping.as_uri())
-        try:
-            solved = solve_pypi(
-                pip_specs=pip_specs,
-                use_latest=list(update),
-                pip_locked={p.name: to_conda_lock(p) for p in preferred if p.platform == platform},
-                conda_locked={p.name: to_conda_lock(p) for p in conda},
-                python_version=python.version,
-                platform=platform,
-                pip_repositories=[PipRepository.from_string(url) for url in indexes],
-                allow_pypi_requests=spec.pip_index_url is None,
+    provided = provided_distributions(conda, spec.pypi_names)
+    wanted = []
+    for text in spec.pip:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        package = provided.get(canonical(requirement.name))
+        if package is None:
+            wanted.append(text)
+        elif not _satisfies(requirement, package.version):
+            raise SolveError(
+                f"pip requirement {text!r} conflicts with conda package {package.name} {package.version} "
+                f"on {platform}: {package.name} provides the Python distribution {requirement.name} "
+                f"at version {package.version}, which does not satisfy {requirement.specifier}"
             )
-        except Exception as exc:  # poetry's SolverProblemError, connection errors, ...
-            raise SolveError(f"cannot resolve the pip requirements for {platform}:\n{_explain(exc, indexes)}") from None
+    if not wanted:
+        return []
+    indexes = index_urls(spec)
+    for location in spec.pip_find_links:
+        if "://" not in location and not Path(location).is_dir():
+            raise ConfigError(spec.pyproject, "tool.mlenv.pip-find-links", f"{location} is not a directory")
+    target, variables = uv_platform(spec, platform)
+    previous = [p for p in preferred if p.platform == platform and p.manager == "pip"]
+    from hatch_mlenv.progress import step
+
+    what = f"{len(wanted)} pip requirement{'s' if len(wanted) != 1 else ''}"
+    with step(f"resolving {what} for {platform} (python {python.version}) with uv"):
+        entries = _compile(
+            wanted, provided, python.version, target, variables, indexes, spec.pip_find_links,
+            previous, [canonical(n) for n in update], platform,
+        )
+        requires = _requirements(entries, environment, [*indexes, *spec.pip_find_links])
     return [
         LockedPackage(
             platform=platform,
             manager="pip",
-            name=dep.name,
-            version=dep.version,
-            url=dep.url,
-            md5=dep.hash.md5,
-            sha256=dep.hash.sha256,
-            dependencies=dict(dep.dependencies),
+            name=entry["name"],
+            version=entry["version"],
+            url=credentials.strip(entry["url"]),
+            sha256=entry["sha256"],
+            dependencies=requires[index],
         )
-        for dep in sorted(solved.values(), key=lambda d: d.name)
-        if dep.manager == "pip"
+        for index, entry in enumerate(entries)
     ]
 
 
-def _url_without_credentials(link) -> str:  # noqa: ANN001 - poetry's Link
-    """conda-lock 2.5's `_get_url` replaces `user:pass@host:port` by the bare host,
-    dropping the port of every index that has one (conda/conda-lock#649). Strip
-    only the credentials."""
-    from urllib.parse import urlsplit, urlunsplit
+def _satisfies(requirement: Requirement, version: str) -> bool:
+    from packaging.version import InvalidVersion
 
-    parts = urlsplit(link.url)
-    if parts.username is not None or parts.password is not None:
-        netloc = parts.hostname or ""
-        if parts.port is not None:
-            netloc = f"{netloc}:{parts.port}"
-        link.url = urlunsplit(parts._replace(netloc=netloc))
-    return link.url_without_fragment
+    try:
+        return requirement.specifier.contains(version, prereleases=True)
+    except InvalidVersion:  # not a PEP 440 version: a conda-only scheme we cannot compare
+        return True
 
 
-def _identity_mapping(names: Iterable[str]) -> str:
-    lines = []
-    for name in sorted(set(names)) or ["pip"]:
-        lines += [f"{name}:", f"  conda_name: {name}", f"  conda_forge: {name}", f"  pypi_name: {name}"]
+def _compile(
+    wanted: list[str],
+    provided: Mapping[str, LockedPackage],
+    python_version: str,
+    target: str,
+    variables: dict[str, str],
+    indexes: list[str],
+    find_links: Sequence[str],
+    previous: list[LockedPackage],
+    upgrade: list[str],
+    platform: str,
+) -> list[dict[str, str]]:
+    """Run `uv pip compile` once; the pylock.toml's packages as {name, version, url, sha256}."""
+    from uv import find_uv_bin
+
+    from hatch_mlenv.paths import cache_dir
+
+    installed = _installed_versions(provided)
+    with tempfile.TemporaryDirectory(prefix="mlenv-uv-") as scratch:
+        root = Path(scratch)
+        (root / "requirements.in").write_text("\n".join(wanted) + "\n", encoding="utf-8")
+        (root / "constraints.txt").write_text(
+            "".join(f"{name}=={version}\n" for name, version in installed.items()), encoding="utf-8"
+        )
+        (root / "uv.toml").write_text(
+            "".join(
+                f'[[dependency-metadata]]\nname = "{name}"\nversion = "{version}"\nrequires-dist = []\n\n'
+                for name, version in installed.items()
+            ),
+            encoding="utf-8",
+        )
+        stubs = root / "installed"
+        stubs.mkdir()
+        for name, version in installed.items():
+            _stub_wheel(stubs, name, version)
+        output = root / "pylock.toml"
+        if previous:  # uv takes an existing output file's pins as preferences
+            output.write_text(render_pylock(previous), encoding="utf-8")
+        command = [
+            find_uv_bin(), "pip", "compile", str(root / "requirements.in"),
+            "--constraints", str(root / "constraints.txt"),
+            "--config-file", str(root / "uv.toml"),
+            "--python-version", python_version,
+            "--python-platform", target,
+            "--only-binary", ":all:",
+            *[arg for location in find_links for arg in ("--find-links", location)],
+            "--find-links", str(stubs),
+            *[arg for name in upgrade for arg in ("--upgrade-package", name)],
+            "--output-file", str(output),
+            "--cache-dir", os.environ.get("UV_CACHE_DIR") or str(cache_dir() / "uv"),
+            "--no-header", "--quiet", "--color", "never", "--no-progress",
+        ]
+        environ = {k: v for k, v in os.environ.items() if k not in _UV_RESOLUTION_VARIABLES}
+        # The indexes go in the environment, not argv, where their credentials would show in `ps`.
+        environ["UV_INDEX_URL"] = indexes[0]
+        if indexes[1:]:
+            environ["UV_EXTRA_INDEX_URL"] = " ".join(indexes[1:])
+        result = subprocess.run(command, env={**environ, **variables}, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SolveError(_explain(result.stderr, wanted, platform, python_version, indexes))
+        document = tomllib.loads(output.read_text(encoding="utf-8"))
+    entries = []
+    for package in document.get("packages", []):
+        name = canonical(package["name"])
+        if name in installed or name in provided:
+            continue
+        wheels = package.get("wheels") or []
+        if len(wheels) != 1 or "sha256" not in wheels[0].get("hashes", {}):
+            raise SolveError(
+                f"cannot lock {package['name']} {package.get('version')} for {platform}: uv returned "
+                f"{len(wheels)} wheels for it, expected one with a sha256"
+            )
+        wheel = wheels[0]
+        url = wheel.get("url") or Path(wheel["path"]).resolve().as_uri()
+        entries.append({"name": name, "version": package["version"], "url": url, "sha256": wheel["hashes"]["sha256"]})
+    return entries
+
+
+def _installed_versions(provided: Mapping[str, LockedPackage]) -> dict[str, str]:
+    """PyPI name -> PEP 440 version of the conda-provided distributions we can declare to uv."""
+    from packaging.version import InvalidVersion, Version
+
+    versions = {}
+    for name, package in sorted(provided.items()):
+        try:
+            versions[name] = str(Version(package.version))
+        except InvalidVersion:
+            print(
+                f"mlenv: warning: conda package {package.name} {package.version} has no PEP 440 version; "
+                f"pip may lock its own {name}",
+                file=sys.stderr,
+            )
+    return versions
+
+
+def _stub_wheel(directory: Path, name: str, version: str) -> None:
+    """An empty wheel that stands for a conda-installed distribution in uv's candidates."""
+    import zipfile
+
+    stem = name.replace("-", "_")
+    dist_info = f"{stem}-{version}.dist-info"
+    with zipfile.ZipFile(directory / f"{stem}-{version}-py2.py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py2-none-any\nTag: py3-none-any\n")
+        wheel.writestr(f"{dist_info}/RECORD", "")
+
+
+def _requirements(
+    entries: list[dict[str, str]], environment: dict[str, str], known: list[str]
+) -> list[dict[str, str]]:
+    """Each wheel's `Requires-Dist` for the target, as conda-lock records dependencies: {name: specifier}.
+
+    Read from the core metadata that indexes serve next to wheels (PEP 658), or
+    from the wheel itself for a local file; fetched in parallel.
+    """
+    if not entries:
+        return []
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        texts = list(pool.map(lambda entry: _core_metadata(entry["url"], known), entries))
+    return [_dependencies(text, environment) for text in texts]
+
+
+def _core_metadata(url: str, known: list[str]) -> str | None:
+    import urllib.error
+    import urllib.request
+    import zipfile
+    from urllib.parse import unquote, urlsplit
+
+    if url.startswith("file://"):
+        with zipfile.ZipFile(unquote(urlsplit(url).path)) as wheel:
+            name = next(n for n in wheel.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+            return wheel.read(name).decode("utf-8", "replace")
+    request = urllib.request.Request(credentials.strip(url) + ".metadata")
+    header = credentials.authorization(url, known)
+    if header:
+        request.add_header("Authorization", header)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read().decode("utf-8", "replace")
+    except (OSError, urllib.error.URLError):
+        return None  # the index serves no PEP 658 metadata: the lock records no dependencies for it
+
+
+def _dependencies(metadata: str | None, environment: dict[str, str]) -> dict[str, str]:
+    import email.parser
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if metadata is None:
+        return {}
+    dependencies = {}
+    for text in email.parser.HeaderParser().parsestr(metadata).get_all("Requires-Dist") or []:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        # No specifier is "", not conda's "*": rattler reads a pip entry's dependencies as PEP 508.
+        dependencies[canonical(requirement.name)] = str(requirement.specifier)
+    return dict(sorted(dependencies.items()))
+
+
+def _explain(stderr: str, wanted: list[str], platform: str, python_version: str, indexes: list[str]) -> str:
+    """One first line naming the requirement and the platform; uv's explanation below it."""
+    from packaging.requirements import Requirement
+
+    lines = [
+        line for line in credentials.redact(stderr, indexes).rstrip().splitlines()
+        if line.strip() and not line.startswith("warning: The requested Python version")
+    ]
+    text = "\n".join(lines).lower()
+    named = [w for w in wanted if canonical(Requirement(w).name) in text.replace("_", "-")]
+    subject = ", ".join(named or wanted)
+    head = f"cannot resolve the pip requirements for {platform} (python {python_version}): {subject}"
+    below = ["  " + (f"uv: {line[7:]}" if line.startswith("error: ") else line) for line in lines]
+    return "\n".join([head, *below])
+
+
+def render_pylock(packages: Iterable[LockedPackage], python_version: str | None = None, platform: str | None = None) -> str:
+    """PEP 751 `pylock.toml` text for locked pip packages: every entry with its wheel URL and sha256."""
+    lines = ['lock-version = "1.0"', 'created-by = "hatch-mlenv"']
+    if python_version is not None:
+        lines.append(f'requires-python = "=={".".join(python_version.split(".")[:2])}.*"')
+    if platform is not None and python_version is not None:
+        marker = marker_environment(platform, python_version)
+        environment = f"sys_platform == '{marker['sys_platform']}' and platform_machine == '{marker['platform_machine']}'"
+        lines.append(f"environments = [{json.dumps(environment)}]")
+    for package in sorted(packages, key=lambda p: p.name):
+        # JSON strings are valid TOML basic strings.
+        lines += [
+            "",
+            "[[packages]]",
+            f"name = {json.dumps(package.name)}",
+            f"version = {json.dumps(package.version)}",
+            f"wheels = [{{ url = {json.dumps(package.url)}, hashes = {{ sha256 = {json.dumps(package.sha256)} }} }}]",
+        ]
     return "\n".join(lines) + "\n"
-
-
-def _explain(exc: BaseException, indexes: list[str]) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lowered = text.lower()
-    if "connection" in lowered or "max retries" in lowered or "name or service" in lowered:
-        return f"cannot reach the package index ({', '.join(indexes)}): {text.splitlines()[0]}"
-    return text

@@ -8,6 +8,7 @@ third-party solver would use.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -125,6 +126,8 @@ def settle_rattler_at_exit() -> None:
 
 
 def _locked(record: rattler.RepoDataRecord, platform: str) -> LockedPackage:
+    # py-rattler 0.28 has no `purls` attribute; the record's JSON carries them.
+    purls = json.loads(record.to_json()).get("purls") or ()
     return LockedPackage(
         platform=platform,
         manager="conda",
@@ -135,6 +138,7 @@ def _locked(record: rattler.RepoDataRecord, platform: str) -> LockedPackage:
         md5=record.md5.hex() if record.md5 else None,
         sha256=record.sha256.hex() if record.sha256 else None,
         dependencies=dict(split_dependency(d) for d in record.depends),
+        purls=tuple(purls),
     )
 
 

@@ -73,6 +73,8 @@ _ARCHSPEC = {
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# PEP 508 distribution names.
+_PYPI_NAME_RE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")
 _PYTHON_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 
 _TOP_KEYS = (
@@ -85,6 +87,8 @@ _TOP_KEYS = (
     "include-project-dependencies",
     "pip-index-url",
     "pip-extra-index-urls",
+    "pip-find-links",
+    "pypi-names",
     "lockfile",
     "variables",
     "virtual-packages",
@@ -100,7 +104,7 @@ _TOP_KEYS = (
 # Keys whose values extend the inherited ones (by package name) instead of replacing them.
 _LIST_MERGE_KEYS = ("conda", "pip")
 # Tables merged key by key.
-_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "docker", "spark")
+_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "docker", "spark", "pypi-names")
 _DOCKER_KEYS = ("base-image", "registry", "repository", "prefix")
 _SPARK_KEYS = ("packages", "repositories", "conf")
 # groupId:artifactId:version, the form spark.jars.packages takes.
@@ -206,6 +210,10 @@ class Spec:
     managed: bool = True
     interpreter: str | None = None
     spark: SparkSpec = SparkSpec()
+    # Local directories (absolute) or URLs of flat wheel listings, as `pip --find-links`.
+    pip_find_links: tuple[str, ...] = ()
+    # conda package name -> the PyPI distribution it provides (user overrides).
+    pypi_names: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def project_dir(self) -> Path:
@@ -271,8 +279,21 @@ class Spec:
             "managed": self.managed,
             "interpreter": self.interpreter,
         }
+        # Only when set, so that the locks of specs without them stay fresh.
+        if self.pip_find_links:
+            payload["pip-find-links"] = [self._find_links_identity(f) for f in self.pip_find_links]
+        if self.pypi_names:
+            payload["pypi-names"] = sorted(self.pypi_names.items())
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+    def _find_links_identity(self, location: str) -> str:
+        """A project-relative directory as written, so a moved checkout keeps its lock."""
+        try:
+            return Path(location).relative_to(self.project_dir).as_posix()
+        except ValueError:
+            return location
 
 
 def public_variables(variables: tuple[Variable, ...]) -> dict[str, str | None]:
@@ -501,6 +522,27 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         if url is not None and urlparse(url).scheme not in ("http", "https", "file"):
             raise ConfigError(pyproject, f"tool.mlenv.{key}", f"not an http(s) or file URL: {url!r}")
 
+    find_links = []
+    for i, location in enumerate(reader.string_list(table, "pip-find-links", [])):
+        key = f"tool.mlenv.pip-find-links[{i}]"
+        scheme = urlparse(location).scheme
+        if scheme in ("http", "https"):
+            find_links.append(location)
+            continue
+        path = Path(urlparse(location).path) if scheme == "file" else (pyproject.parent / Path(location).expanduser())
+        if not location.strip() or scheme not in ("", "file"):
+            raise ConfigError(pyproject, key, f"not a directory or an http(s) URL: {location!r}")
+        find_links.append(str(path.resolve()))
+    pypi_names = reader.table(table, "pypi-names")
+    for conda_name, pypi_name in pypi_names.items():
+        key = f"tool.mlenv.pypi-names.{conda_name}"
+        if not _NAME_RE.match(conda_name):
+            raise ConfigError(pyproject, key, f"invalid conda package name {conda_name!r}")
+        if not isinstance(pypi_name, str):
+            raise ConfigError(pyproject, key, f"must be a PyPI distribution name (a string), not {_type_name(pypi_name)}")
+        if not _PYPI_NAME_RE.match(pypi_name):
+            raise ConfigError(pyproject, key, f"invalid PyPI distribution name {pypi_name!r}")
+
     lockfile_name = reader.string(table, "lockfile", DEFAULT_LOCKFILE)
     if not lockfile_name.strip():
         raise ConfigError(pyproject, "tool.mlenv.lockfile", "must not be empty")
@@ -540,6 +582,8 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         managed=managed,
         interpreter=interpreter,
         spark=_parse_spark(reader, table),
+        pip_find_links=tuple(find_links),
+        pypi_names=dict(sorted(pypi_names.items())),
     )
 
 

@@ -418,12 +418,10 @@ class _BackendFailed(Exception):
 
 
 def _captured_runner(cmd: Any, cwd: str | None = None, extra_environ: dict[str, str] | None = None) -> None:
-    # Popen, not subprocess.run: conda-lock (imported by the lock stage) patches subprocess.run.
     environ = {**os.environ, **(extra_environ or {})}
-    process = subprocess.Popen(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    output, _ = process.communicate()
+    process = subprocess.run(cmd, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if process.returncode:
-        raise _BackendFailed("\n".join(output.strip().splitlines()[-15:]))
+        raise _BackendFailed("\n".join(process.stdout.strip().splitlines()[-15:]))
 
 
 def _unsatisfied(requirements: list[str]) -> list[str]:

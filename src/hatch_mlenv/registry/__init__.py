@@ -223,14 +223,12 @@ def git_state(directory: Path) -> tuple[str | None, bool | None]:
 
     def git(*args: str) -> str | None:
         try:
-            # Popen, not subprocess.run: conda-lock's vendored poetry replaces run().
-            process = subprocess.Popen(
-                ["git", *args], cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            process = subprocess.run(
+                ["git", *args], cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30
             )
-            out, _ = process.communicate(timeout=30)
         except (OSError, subprocess.SubprocessError):
             return None
-        return out if process.returncode == 0 else None
+        return process.stdout if process.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
     if commit is None:

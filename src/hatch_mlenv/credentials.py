@@ -1,0 +1,86 @@
+"""Credentials of package indexes: used to fetch, never written.
+
+An index URL may carry `user:password@` literally or through `${VAR}`
+(expanded from the environment when the index is used, so the secret is in
+neither pyproject.toml nor the spec hash); hosts without one fall back to
+`~/.netrc` (`$NETRC`). Everything we write (lockfile, registry, exports,
+messages) sees URLs without their user information.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from hatch_mlenv.errors import ConfigError
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand(url: str, source: Path, key: str) -> str:
+    """`https://${USER}:${TOKEN}@host/simple` with the variables' values; a missing one is an error."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(source, key, f"environment variable {name} is not set (the URL uses ${{{name}}})")
+        return os.environ[name]
+
+    return _VARIABLE.sub(value, url)
+
+
+def strip(url: str) -> str:
+    """The URL without `user:password@`."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redact(text: str, urls: Iterable[str]) -> str:
+    """`text` with every password (and user) of `urls` replaced by `***`."""
+    for url in urls:
+        parts = urlsplit(url)
+        for secret in (parts.password, parts.username):
+            if secret:
+                text = text.replace(secret, "***")
+    return re.sub(r"//[^/@\s:]+:[^/@\s]+@", "//***:***@", text)
+
+
+def authorization(url: str, known: Iterable[str] = ()) -> str | None:
+    """A `Basic ...` header value for `url`: from a known URL of the same host, else netrc."""
+    import base64
+
+    target = urlsplit(url)
+    for candidate in known:
+        parts = urlsplit(candidate)
+        if parts.hostname == target.hostname and parts.port == target.port and parts.username is not None:
+            from urllib.parse import unquote
+
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            return "Basic " + base64.b64encode(pair.encode()).decode()
+    login = _netrc_login(target.hostname or "")
+    if login is not None:
+        return "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+    return None
+
+
+def _netrc_login(host: str) -> tuple[str, str] | None:
+    import netrc
+
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    if not host or not os.path.isfile(path):
+        return None
+    try:
+        entry = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    if entry is None:
+        return None
+    return entry[0] or "", entry[2] or ""
