@@ -106,3 +106,30 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[Runni
 
     with run_registry(tmp_path_factory.mktemp("oci-registry")) as registry:
         yield registry
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "tampers_lockfiles: the test corrupts lockfiles on purpose; they are not schema-checked"
+    )
+
+
+@pytest.fixture(autouse=True)
+def lockfiles_match_the_schema(request: pytest.FixtureRequest, tmp_path: Path):  # -> Iterator[None]
+    """After each test, every lockfile hatch-mlenv wrote under its tmp_path validates against
+    conda-lock's lock format v1 JSON Schema (as conda-lock 4 ships it)."""
+    yield
+    if request.node.get_closest_marker("tampers_lockfiles"):
+        return
+    import json
+
+    import jsonschema
+    import yaml
+
+    validator = jsonschema.Draft7Validator(json.loads(LOCK_SCHEMA.read_text()))
+    for path in sorted(tmp_path.rglob("*.yml")):
+        text = path.read_text(errors="replace")
+        if "mlenv.tool: hatch-mlenv" not in text:
+            continue  # not written by hatch-mlenv (conda-lock samples, environment.yml, ...)
+        errors = sorted(validator.iter_errors(yaml.safe_load(text)), key=lambda e: list(e.absolute_path))
+        assert not errors, f"{path} does not match the conda-lock v1 schema: {errors[0].message} at {list(errors[0].absolute_path)}"

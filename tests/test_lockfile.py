@@ -57,6 +57,7 @@ def _broken_lockfiles(good: str) -> dict[str, tuple[str, str]]:
     }
 
 
+@pytest.mark.tampers_lockfiles
 @pytest.mark.parametrize(
     "kind", ["truncated", "not-yaml", "not-a-mapping", "no-version", "unknown-version", "bad-package", "binary"]
 )
