@@ -158,3 +158,49 @@ def test_export_formats(project: Path, tmp_path: Path) -> None:
     assert download.returncode == 0, download.stderr
     bad = mlenv("export", "--format", "explicit", "--platform", "win-64", "--project", str(project))
     assert_clean_error(bad, 2, "no packages locked for win-64")
+
+
+def _edit_conda_hash(lockfile: Path, name: str, kind: str, value: str) -> None:
+    document = yaml.safe_load(lockfile.read_text())
+    for package in document["package"]:
+        if package["manager"] == "conda" and package["name"] == name and package["platform"] == "linux-64":
+            package["hash"][kind] = value
+    lockfile.write_text(yaml.safe_dump(document))
+
+
+@pytest.mark.tampers_lockfiles
+@pytest.mark.parametrize("tampering", ["sha256-in-lock", "md5-in-lock", "archive-replaced"])
+def test_a_local_channel_archive_that_does_not_match_the_lock_is_refused(
+    tmp_path: Path, channel: Path, tampering: str
+) -> None:
+    """file:// channels are not checked by rattler: hatch-mlenv checks sha256 and md5 itself."""
+    import shutil
+
+    own = tmp_path / "channel"
+    shutil.copytree(channel, own)
+    root = write_project(tmp_path / "proj", f"""
+        channels = ["{own}"]
+        platforms = ["linux-64"]
+        python = "3.11"
+        conda = ["mlenv-hello ==1.0.0"]
+        """)
+    mlenv("lock", "--project", str(root), check=True)
+    lockfile = root / "conda-lock.yml"
+    hello = next(p for p in read_lock(lockfile).packages if p.name == "mlenv-hello")
+    archive = own / "linux-64" / "mlenv-hello-1.0.0-0.tar.bz2"
+    if tampering == "sha256-in-lock":
+        _edit_conda_hash(lockfile, "mlenv-hello", "sha256", "0" * 64)
+        needles = ("mlenv-hello 1.0.0", "sha256 mismatch", "0" * 64, hello.sha256)
+    elif tampering == "md5-in-lock":
+        _edit_conda_hash(lockfile, "mlenv-hello", "md5", "f" * 32)
+        needles = ("mlenv-hello 1.0.0", "md5 mismatch", "f" * 32, hello.md5)
+    else:
+        shutil.copyfile(own / "linux-64" / "mlenv-hello-1.1.0-0.tar.bz2", archive)
+        needles = ("mlenv-hello 1.0.0", "sha256 mismatch", hello.sha256)
+    result = mlenv("install", "--project", str(root), "--prefix", str(tmp_path / "env"))
+    assert_clean_error(result, 1, *needles)
+    assert not (tmp_path / "env").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".env")] == []
+    if tampering != "archive-replaced":
+        check = mlenv("lock", "--check", "--project", str(root))
+        assert check.returncode == 1 and "edited by hand" in check.stderr, check.stderr

@@ -64,6 +64,7 @@ def install_conda(
     from rattler.package_cache import PackageCacheLayer, ValidationMode
 
     records = conda_records(lockfile, platform)
+    verify_local_archives(records)
     packages = cache_dir() / "pkgs"
     packages.mkdir(parents=True, exist_ok=True)
     # Full validation: every cached file is checked against the package's
@@ -87,6 +88,34 @@ def install_conda(
     except Exception as exc:  # rattler's InstallerError, LinkError, fetch errors
         raise InstallError(f"cannot install the conda packages for {platform}: {_first_line(exc)}") from None
     return len(records)
+
+
+def verify_local_archives(records: list) -> None:
+    """Check every `file://` archive against the lock's sha256 and md5 before anything is linked.
+
+    rattler checks what it downloads over http(s) against the record's sha256,
+    but links a local channel's archive as it finds it: a replaced archive, or a
+    lock whose hashes were edited, would install other content."""
+    for record in records:
+        url = str(record.url)
+        if not url.startswith("file://"):
+            continue
+        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+        name = f"{record.name.normalized} {record.version} {record.build}"
+        expected = {"sha256": record.sha256.hex() if record.sha256 else None,
+                    "md5": record.md5.hex() if record.md5 else None}
+        if not any(expected.values()):
+            raise InstallError(f"{name}: the lock has no sha256 or md5 for {url}; refusing to install it unchecked")
+        try:
+            found = file_hashes(path, [k for k, v in expected.items() if v])
+        except OSError as exc:
+            raise InstallError(f"{name}: cannot read {path}: {exc.strerror or exc}") from None
+        for kind, value in found.items():
+            if value != expected[kind]:
+                raise InstallError(
+                    f"{name}: {kind} mismatch for {path.name} (lock says {expected[kind]}, the archive has {value}); "
+                    f"nothing was installed"
+                )
 
 
 def fetch_wheel(package: LockedPackage, indexes: Sequence[str] = ()) -> Path:
@@ -167,12 +196,18 @@ def wheel_indexes(spec: Any, lock: Any) -> list[str]:
     return index_urls(spec)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_hashes(path: Path, kinds: Sequence[str]) -> dict[str, str]:
+    """Hex digests of `path` for each hashlib name in `kinds`, in one read."""
+    digests = {kind: hashlib.new(kind) for kind in kinds}
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            for digest in digests.values():
+                digest.update(block)
+    return {kind: digest.hexdigest() for kind, digest in digests.items()}
+
+
+def file_sha256(path: Path) -> str:
+    return file_hashes(path, ["sha256"])["sha256"]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from hatch_mlenv import __version__
 from hatch_mlenv.errors import ConfigError, LockfileError
 from hatch_mlenv.lockfile import (
     META_BASE_IMAGE,
+    META_DIGEST,
     META_NAME,
     META_PYPI_NAMES,
     META_SPEC_HASH,
@@ -28,6 +29,7 @@ from hatch_mlenv.lockfile import (
     LockedPackage,
     atomic_write,
     import_conda_lock_models,
+    lock_digest,
     parse_lock,
     read_lock,
     render_lockfile,
@@ -64,6 +66,9 @@ def staleness(spec: Spec, lock: Lock | None = None) -> str | None:
         return f"{_rel(spec, spec.lockfile)} was not written by hatch-mlenv (no spec hash); run `mlenv lock`"
     if lock.spec_hash != spec.hash():
         return f"[tool.mlenv] in {_rel(spec, spec.pyproject)} changed since {_rel(spec, spec.lockfile)} was written"
+    if lock.recorded_digest is not None and lock.recorded_digest != lock.digest():
+        return (f"{_rel(spec, spec.lockfile)} was edited by hand: its packages no longer match the digest "
+                f"recorded when it was locked; run `mlenv lock --force`")
     reason = unsatisfied(spec, lock) if spec.managed else _snapshot_drift(spec, lock)
     if reason is None and spec.managed:
         _write_stamp(spec, lock)
@@ -277,15 +282,17 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     import json
 
     spec_hash = spec.hash()
+    packages = list(packages)
+    variables = public_variables(spec.variables)
     custom = {
+        META_DIGEST: lock_digest(packages, variables, spec.docker.base_image or None),
         META_NAME: spec.name,
         META_SPEC_HASH: spec_hash,
-        META_VARIABLES: json.dumps(public_variables(spec.variables), sort_keys=True),
+        META_VARIABLES: json.dumps(variables, sort_keys=True),
         META_TOOL: f"hatch-mlenv {__version__}",
     }
     if spec.docker.base_image:
         custom[META_BASE_IMAGE] = spec.docker.base_image
-    packages = list(packages)
     if any(p.manager == "pip" for p in packages) or spec.pip:
         from hatch_mlenv.pypi_names import renamed
 

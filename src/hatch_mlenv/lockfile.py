@@ -26,6 +26,8 @@ META_BASE_IMAGE = "mlenv.base-image"
 META_TOOL = "mlenv.tool"
 # conda name -> PyPI names, where they differ (JSON); see pypi_names.renamed.
 META_PYPI_NAMES = "mlenv.pypi-names"
+# The digest of the packages as locked: a hand edit of a URL or hash no longer matches it.
+META_DIGEST = "mlenv.digest"
 
 # 1 is conda-lock's format; 3 is the same shape as rattler-lock (early pixi) wrote it,
 # with dependencies as a list of match specs.
@@ -74,6 +76,11 @@ class Lock:
     @property
     def spec_hash(self) -> str | None:
         return self.custom.get(META_SPEC_HASH)
+
+    @property
+    def recorded_digest(self) -> str | None:
+        """The digest written at lock time (None in locks written before hatch-mlenv recorded it)."""
+        return self.custom.get(META_DIGEST)
 
     @property
     def variables(self) -> dict[str, str | None]:
