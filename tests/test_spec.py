@@ -115,6 +115,12 @@ def test_secret_value_does_not_reach_the_hash_payload(tmp_path: Path) -> None:
         ("[tool.mlenv.virtual-packages.linx-64]\n__cuda = '12'\n", "tool.mlenv.virtual-packages.linx-64", "did you mean linux-64?"),
         ("[tool.mlenv.docker]\nprefix = 'opt/env'\n", "tool.mlenv.docker.prefix", "absolute path"),
         ('pip-index-url = "ftp://x"\n', "tool.mlenv.pip-index-url", "not an http(s) or file URL"),
+        ('lockfile = "../../x.yml"\n', "tool.mlenv.lockfile", "outside the project directory"),
+        ('lockfile = "/nonexistent/dir/l.yml"\n', "tool.mlenv.lockfile", "outside the project directory"),
+        (f'name = "{"n" * 101}"\n', "tool.mlenv.name", "at most 100 characters"),
+        (f"variables = {{ BIG = '{'x' * (32 * 1024 + 1)}' }}\n", "tool.mlenv.variables.BIG", "longer than 32 KiB"),
+        (f"variables = {{ BIG = {{ value = '{'x' * (32 * 1024 + 1)}' }} }}\n", "tool.mlenv.variables.BIG",
+         "longer than 32 KiB"),
     ],
 )
 def test_config_errors_name_file_and_key(tmp_path: Path, body: str, key: str, message: str) -> None:

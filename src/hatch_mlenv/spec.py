@@ -71,7 +71,10 @@ _ARCHSPEC = {
     "ppc64le": "ppc64le",
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Names (environments, channels, conda packages) and variable values have bounds, documented in the README.
+MAX_NAME_LENGTH = 100
+MAX_VARIABLE_BYTES = 32 * 1024
+_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}$")
 _VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # PEP 508 distribution names.
 _PYPI_NAME_RE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")
@@ -466,7 +469,9 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         raise ConfigError(pyproject, "tool.mlenv.name", "missing (and there is no project.name to default to)")
     if not _NAME_RE.match(name):
         raise ConfigError(
-            pyproject, "tool.mlenv.name", f"invalid name {name!r}: use letters, digits, '.', '_' and '-'"
+            pyproject, "tool.mlenv.name",
+            f"invalid name {name[:40]!r}{'...' if len(name) > 40 else ''}: use letters, digits, '.', '_' and '-', "
+            f"at most {MAX_NAME_LENGTH} characters",
         )
 
     channels = tuple(
@@ -547,6 +552,9 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
     if not lockfile_name.strip():
         raise ConfigError(pyproject, "tool.mlenv.lockfile", "must not be empty")
     lockfile = (pyproject.parent / lockfile_name).resolve()
+    if not lockfile.is_relative_to(pyproject.parent.resolve()):
+        raise ConfigError(pyproject, "tool.mlenv.lockfile",
+                          f"{lockfile_name!r} is outside the project directory; a lockfile lives in the project")
 
     managed = reader.boolean(table, "managed", True)
     interpreter = reader.string(table, "interpreter", None)
@@ -619,8 +627,15 @@ def _parse_variables(reader: _Reader, table: dict[str, Any]) -> tuple[Variable, 
     variables = []
     for name, value in raw.items():
         key = f"tool.mlenv.variables.{name}"
-        if not _VARIABLE_RE.match(name):
-            raise ConfigError(reader.path, key, "invalid environment variable name")
+        if not _VARIABLE_RE.match(name) or len(name) > MAX_NAME_LENGTH:
+            raise ConfigError(reader.path, key[:80], f"invalid environment variable name (at most {MAX_NAME_LENGTH} "
+                              "letters, digits and '_', not starting with a digit)")
+        if isinstance(value, dict):
+            text_value = value.get("value")
+        else:
+            text_value = value
+        if isinstance(text_value, str) and len(text_value.encode()) > MAX_VARIABLE_BYTES:
+            raise ConfigError(reader.path, key, f"the value is longer than {MAX_VARIABLE_BYTES // 1024} KiB")
         if isinstance(value, str):
             variables.append(Variable(name, value))
         elif isinstance(value, dict):

@@ -22,7 +22,7 @@ from hatch_mlenv.errors import MlenvError, RegistryError, UsageError
 LATEST = "latest"
 ENV_REGISTRY = "MLENV_REGISTRY"
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # at most 100 characters, as in [tool.mlenv] name
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _REF_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<version>[^@:]+)|@(?P<label>[^@:]+))?$")
 
