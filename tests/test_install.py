@@ -204,3 +204,42 @@ def test_a_local_channel_archive_that_does_not_match_the_lock_is_refused(
     if tampering != "archive-replaced":
         check = mlenv("lock", "--check", "--project", str(root))
         assert check.returncode == 1 and "edited by hand" in check.stderr, check.stderr
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_leftovers_of_killed_processes_are_removed_by_the_next_run(project: Path) -> None:
+    """What a SIGKILLed lock or install leaves (temp lockfile, staging and retired prefixes) goes
+    with the next run; a live process's files stay."""
+    mlenv("install", "--project", str(project), check=True)
+    envs = project / ".mlenv" / "envs"
+    dead, alive = _dead_pid(), os.getpid()
+    leftovers = [project / f".conda-lock.yml.{dead}.k1l3d.tmp", envs / f".demo.staging-{dead}", envs / f".demo.old-{dead}"]
+    kept = [project / f".conda-lock.yml.{alive}.w0rk.tmp", envs / f".demo.staging-{alive}"]
+    for path in leftovers + kept:
+        if path.suffix == ".tmp":
+            path.write_text("partial")
+        else:
+            (path / "conda-meta").mkdir(parents=True)
+    (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text().replace('"2"', '"3"'))
+    mlenv("lock", "--project", str(project), check=True)
+    mlenv("install", "--project", str(project), check=True)
+    assert [p for p in leftovers if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert sorted(p.name for p in envs.iterdir()) == sorted(["demo", kept[1].name])
+
+
+def test_the_prefix_swap_is_one_exchange(tmp_path: Path) -> None:
+    from hatch_mlenv.lockfile import exchange
+
+    old, new = tmp_path / "prefix", tmp_path / ".prefix.staging"
+    (old / "conda-meta").mkdir(parents=True)
+    (old / "marker").write_text("old")
+    new.mkdir()
+    (new / "marker").write_text("new")
+    assert exchange(new, old) is True  # Linux: renameat2(RENAME_EXCHANGE), no moment without a prefix
+    assert (old / "marker").read_text() == "new" and (new / "marker").read_text() == "old"

@@ -276,6 +276,10 @@ def install_environment(env: Any, prefix: Path | None = None, *, show_progress: 
     if prefix.exists() and not (prefix / "conda-meta").is_dir() and any(prefix.iterdir()):
         raise InstallError(f"{prefix}: exists and is not a conda prefix (no conda-meta); choose another --prefix")
 
+    from hatch_mlenv.lockfile import remove_dead_leftovers
+
+    for leftover in (f".{prefix.name}.staging-", f".{prefix.name}.old-"):
+        remove_dead_leftovers(prefix.parent, leftover)  # of installs that were killed
     staging = prefix.parent / f".{prefix.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -359,7 +363,13 @@ def _uninstall_dist(prefix: Path, python_version: str, name: str) -> None:
 
 
 def _swap(staging: Path, prefix: Path) -> None:
-    if prefix.exists():
+    """Put `staging` in place of `prefix`; the prefix path is never missing where the
+    system can exchange two directories atomically (Linux)."""
+    from hatch_mlenv.lockfile import exchange
+
+    if prefix.exists() and exchange(staging, prefix):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous prefix
+    elif prefix.exists():
         retired = prefix.parent / f".{prefix.name}.old-{os.getpid()}"
         os.rename(prefix, retired)
         os.rename(staging, prefix)
