@@ -237,8 +237,8 @@ def test_broken_archive_fails_and_a_broken_cache_heals(image_project: Path, chan
     pyproject.write_text(pyproject.read_text().replace(str(channel), str(broken)))
     mlenv("lock", "--project", str(image_project), check=True)
     result = mlenv("image", "build", "--project", str(image_project))
-    assert_clean_error(result, 1, "cannot install the conda packages for linux-64")
-    assert "mlenv-hello" in result.stderr
+    # refused before anything is linked: the archive no longer has the hash the channel's index (and so the lock) gave
+    assert_clean_error(result, 1, "mlenv-hello 1.0.0", "sha256 mismatch", "nothing was installed")
     import docker
 
     with pytest.raises(docker.errors.ImageNotFound):

@@ -66,10 +66,10 @@ def staleness(spec: Spec, lock: Lock | None = None) -> str | None:
         return f"{_rel(spec, spec.lockfile)} was not written by hatch-mlenv (no spec hash); run `mlenv lock`"
     if lock.spec_hash != spec.hash():
         return f"[tool.mlenv] in {_rel(spec, spec.pyproject)} changed since {_rel(spec, spec.lockfile)} was written"
-    if lock.recorded_digest is not None and lock.recorded_digest != lock.digest():
-        return (f"{_rel(spec, spec.lockfile)} was edited by hand: its packages no longer match the digest "
-                f"recorded when it was locked; run `mlenv lock --force`")
     reason = unsatisfied(spec, lock) if spec.managed else _snapshot_drift(spec, lock)
+    if reason is None and lock.recorded_digest is not None and lock.recorded_digest != lock.digest():
+        reason = (f"{_rel(spec, spec.lockfile)} was edited by hand: its packages no longer match the digest "
+                  f"recorded when it was locked; run `mlenv lock --force`")
     if reason is None and spec.managed:
         _write_stamp(spec, lock)
     return reason
