@@ -1,10 +1,12 @@
-"""Credentials of package indexes: used to fetch, never written.
+"""Credentials of channels and package indexes: used to fetch, never written.
 
-An index URL may carry `user:password@` literally or through `${VAR}`
-(expanded from the environment when the index is used, so the secret is in
-neither pyproject.toml nor the spec hash); hosts without one fall back to
-`~/.netrc` (`$NETRC`). Everything we write (lockfile, registry, exports,
-messages) sees URLs without their user information.
+A channel or index URL may carry `user:password@` or a conda token path
+(`/t/TOKEN/`), literally or through `${VAR}` (expanded from the environment
+when the URL is used, so the secret is in neither pyproject.toml nor the spec
+hash); hosts without one fall back to `~/.netrc` (`$NETRC`) (and, for conda
+channels, rattler's own authentication storage: `RATTLER_AUTH_FILE`, keyring).
+Everything we write (lockfile, registry, exports, SBOM, conda-meta, messages)
+sees the public URL: no user information, no token path.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ def expand(url: str, source: Path, key: str) -> str:
     return _VARIABLE.sub(value, url)
 
 
+_TOKEN_PATH = re.compile(r"^([a-z][a-z0-9+.-]*://[^/]*)/t/[^/]+(/|$)", re.IGNORECASE)
+
+
+def public(url: str) -> str:
+    """The URL as it may be written: without `user:password@` and without a `/t/TOKEN/` path."""
+    return _TOKEN_PATH.sub(r"\1\2", strip(url))
+
+
 def strip(url: str) -> str:
     """The URL without `user:password@`."""
     parts = urlsplit(url)
@@ -44,11 +54,15 @@ def strip(url: str) -> str:
 
 
 def redact(text: str, urls: Iterable[str]) -> str:
-    """`text` with every password (and user) of `urls` replaced by `***`."""
+    """`text` with every password, user and token of `urls` replaced by `***`."""
     for url in urls:
         parts = urlsplit(url)
-        for secret in (parts.password, parts.username):
-            if secret:
+        token = _TOKEN_PATH.match(strip(url))
+        secrets = [parts.password, parts.username]
+        if token:
+            secrets.append(strip(url)[len(token.group(1)) + 3:].split("/", 1)[0])
+        for secret in secrets:
+            if secret and len(secret) > 2:
                 text = text.replace(secret, "***")
     return re.sub(r"//[^/@\s:]+:[^/@\s]+@", "//***:***@", text)
 

@@ -51,11 +51,14 @@ def install_conda(
     target_prefix: str | None = None,
     installed: list | None = None,
     show_progress: bool = False,
+    channels: Sequence[str] = (),
 ) -> int:
     """Link the locked conda packages of `platform` into `prefix`; returns how many.
 
     With `target_prefix`, files are written to `prefix` but prefix placeholders
     are rewritten for `target_prefix`, where the environment will live.
+    `channels` are the spec's channel URLs with their credentials: the lock's
+    URLs have none, so a package under a channel is fetched with that channel's.
     """
     import asyncio
 
@@ -65,6 +68,7 @@ def install_conda(
 
     records = conda_records(lockfile, platform)
     verify_local_archives(records)
+    records, authenticated = _with_credentials(records, channels)
     packages = cache_dir() / "pkgs"
     packages.mkdir(parents=True, exist_ok=True)
     # Full validation: every cached file is checked against the package's
@@ -86,8 +90,50 @@ def install_conda(
             )
         )
     except Exception as exc:  # rattler's InstallerError, LinkError, fetch errors
-        raise InstallError(f"cannot install the conda packages for {platform}: {_first_line(exc)}") from None
+        from hatch_mlenv.credentials import redact
+
+        message = f"cannot install the conda packages for {platform}: {_first_line(exc)}"
+        raise InstallError(redact(message, channels)) from None
+    _scrub_records(prefix, authenticated)
     return len(records)
+
+
+def _with_credentials(records: list, channels: Sequence[str]) -> tuple[list, dict[str, str]]:
+    """The records, those under a credentialed channel pointed at its authenticated URL;
+    and {authenticated channel base: public base} for what rattler writes back."""
+    import rattler
+
+    from hatch_mlenv.credentials import public
+
+    bases = {public(c).rstrip("/") + "/": c.rstrip("/") + "/" for c in channels if public(c) != c}
+    if not bases:
+        return records, {}
+    result, used = [], {}
+    for record in records:
+        url = str(record.url)
+        base = next((b for b in bases if url.startswith(b)), None)
+        if base is None:
+            result.append(record)
+            continue
+        used[bases[base]] = base
+        result.append(rattler.RepoDataRecord(record, record.file_name, bases[base] + url[len(base):],
+                                             public(str(record.channel or ""))))
+    return result, used
+
+
+def _scrub_records(prefix: Path, authenticated: dict[str, str]) -> None:
+    """rattler records the URL it fetched from in conda-meta: put the public one back."""
+    if not authenticated:
+        return
+    for record in (prefix / "conda-meta").glob("*.json"):
+        text = record.read_text(encoding="utf-8")
+        scrubbed = text
+        for secret, public_base in authenticated.items():
+            scrubbed = scrubbed.replace(secret, public_base)
+        if scrubbed != text:
+            mode = record.stat().st_mode
+            record.write_text(scrubbed, encoding="utf-8")
+            record.chmod(mode)
 
 
 def verify_local_archives(records: list) -> None:
@@ -290,7 +336,7 @@ def install_environment(env: Any, prefix: Path | None = None, *, show_progress: 
         installed = _prefix_records(staging)
         before = {r.name.normalized: (str(r.version), str(r.build)) for r in installed}
         install_conda(env.spec.lockfile, platform, staging, target_prefix=str(prefix), installed=installed,
-                      show_progress=show_progress)
+                      show_progress=show_progress, channels=env.spec.channel_fetch_urls())
         after = {r.name.normalized: (str(r.version), str(r.build)) for r in _prefix_records(staging)}
         changed = sorted(n for n in after.keys() | before.keys() if after.get(n) != before.get(n))
         changed += _sync_wheels(lock, platform, staging, prefix, old_state.get("pip", {}), wheel_indexes(env.spec, lock))

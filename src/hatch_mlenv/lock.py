@@ -254,7 +254,7 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
     available = plugins.solvers()
     solver = available["rattler"]
     request = SolveRequest(
-        channels=tuple(c.url for c in spec.channels),
+        channels=tuple(spec.channel_fetch_urls()),
         specs=tuple(spec.conda_specs),
         platforms=spec.platforms,
         virtual_packages=spec.virtual_packages,
@@ -304,7 +304,7 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     return render_lockfile(
         packages,
         platforms=spec.platforms if spec.managed else (current_platform(),),
-        channels=[c.url for c in spec.channels],
+        channels=[c.public_url for c in spec.channels],
         content_hash={
             p: hashlib.sha256(f"{spec_hash}:{p}".encode()).hexdigest()
             for p in (spec.platforms if spec.managed else (current_platform(),))

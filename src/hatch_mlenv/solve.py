@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from hatch_mlenv.credentials import public, redact
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.hookspecs import hookimpl
 from hatch_mlenv.lockfile import LockedPackage, split_dependency
@@ -92,9 +93,9 @@ class RattlerSolver:
                 locked_packages=locked,
             )
         except SolverError as exc:
-            raise SolveError(f"cannot solve the environment for {platform}:\n{exc}") from None
+            raise SolveError(redact(f"cannot solve the environment for {platform}:\n{exc}", request.channels)) from None
         except Exception as exc:  # gateway errors: unreadable or missing repodata
-            raise SolveError(f"cannot read the channels for {platform}: {exc}") from None
+            raise SolveError(redact(f"cannot read the channels for {platform}: {exc}", request.channels)) from None
         return [_locked(record, platform) for record in records]
 
     @staticmethod
@@ -110,7 +111,7 @@ class RattlerSolver:
             return []
         specs = sorted({f"{p.name}=={p.version}" for p in wanted.values()})
         found = await gateway.query(channels, subdirs, specs, recursive=False)
-        return [record for batch in found for record in batch if str(record.url) in wanted]
+        return [record for batch in found for record in batch if public(str(record.url)) in wanted]
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,7 +135,7 @@ def _locked(record: rattler.RepoDataRecord, platform: str) -> LockedPackage:
         name=record.name.normalized,
         version=str(record.version),
         build=str(record.build),
-        url=str(record.url),
+        url=public(str(record.url)),  # the channel's credentials are for fetching, never for the lock
         md5=record.md5.hex() if record.md5 else None,
         sha256=record.sha256.hex() if record.sha256 else None,
         dependencies=dict(split_dependency(d) for d in record.depends),

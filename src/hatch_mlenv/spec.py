@@ -158,12 +158,26 @@ class Channel:
         return None
 
     @property
+    def public_url(self) -> str:
+        """The URL as written to the lock: no credentials, no token path."""
+        from hatch_mlenv.credentials import public
+
+        return public(self.url)
+
+    def fetch_url(self, pyproject: Path) -> str:
+        """The URL to fetch from: `${VAR}` expanded, credentials included."""
+        from hatch_mlenv.credentials import expand
+
+        return expand(self.url, pyproject, self.key)
+
+    @property
     def identity(self) -> str:
         """What the spec hash sees: a project-relative path as written, so that the
-        unpacked sdist (or a moved checkout) still matches its lock; URLs as URLs."""
+        unpacked sdist (or a moved checkout) still matches its lock; URLs as written
+        to the lock, so that rotating a token does not make the lock stale."""
         if self.local_path is not None and not self.raw.startswith(("/", "file:", "~")):
             return Path(self.raw).as_posix().rstrip("/")
-        return self.url
+        return self.public_url
 
 
 @dataclass(frozen=True)
@@ -237,6 +251,10 @@ class Spec:
                 return "tool.mlenv.python"
             index -= 1
         return f"tool.mlenv.conda[{index}]"
+
+    def channel_fetch_urls(self) -> list[str]:
+        """The channels' URLs with their credentials, in priority order: for fetching only."""
+        return [channel.fetch_url(self.pyproject) for channel in self.channels]
 
     def check_channels(self) -> None:
         """Local channel directories must exist before a solve (not before a fresh no-op)."""
