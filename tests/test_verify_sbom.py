@@ -54,6 +54,47 @@ def test_verify_identical_then_each_kind_of_drift(installed: Path) -> None:
     assert table.returncode == 1 and "differs from conda-lock.yml" in table.stderr and "stowaway" in table.stderr
 
 
+@pytest.mark.parametrize(
+    "tampering",
+    ["symlinked-conda-file", "symlinked-wheel-file", "evil-pth", "evil-bin", "evil-activate", "meta-url", "meta-sha256"],
+)
+def test_verify_sees_what_hides_between_packages(installed: Path, tampering: str) -> None:
+    prefix = installed / ".mlenv" / "envs" / "demo"
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    assert mlenv("verify", "--project", str(installed)).returncode == 0
+    hello_meta = next((prefix / "conda-meta").glob("mlenv-hello-*.json"))
+    if tampering == "symlinked-conda-file":
+        target = prefix / "bin" / "mlenv-hello"
+        target.unlink()
+        target.symlink_to("/bin/sh")
+        field, needle = "modified_files", "bin/mlenv-hello (mlenv-hello): replaced by a symlink to /bin/sh"
+    elif tampering == "symlinked-wheel-file":
+        target = site / "mlenv_tiny" / "__init__.py"
+        target.unlink()
+        target.symlink_to("/etc/hostname")
+        field, needle = "modified_files", "mlenv_tiny/__init__.py: replaced by a symlink to /etc/hostname"
+    elif tampering == "evil-pth":
+        (site / "evil.pth").write_text("import os; os.system('true')\n")
+        field, needle = "unowned_files", "lib/python3.11/site-packages/evil.pth: no package installed it (a .pth file"
+    elif tampering == "evil-bin":
+        (prefix / "bin" / "evil").write_text("#!/bin/sh\n")
+        field, needle = "unowned_files", "bin/evil: no package installed it"
+    elif tampering == "evil-activate":
+        (prefix / "etc" / "conda" / "activate.d").mkdir(parents=True, exist_ok=True)
+        (prefix / "etc" / "conda" / "activate.d" / "evil.sh").write_text("export X=1\n")
+        field, needle = "unowned_files", "etc/conda/activate.d/evil.sh: no package installed it"
+    else:
+        record = json.loads(hello_meta.read_text())
+        key = "url" if tampering == "meta-url" else "sha256"
+        record[key] = "https://evil.example/mlenv-hello.tar.bz2" if key == "url" else "0" * 64
+        hello_meta.write_text(json.dumps(record))
+        field, needle = "changed", f"conda mlenv-hello: conda-meta {key} "
+    result = mlenv("verify", "--json", "--project", str(installed))
+    assert result.returncode == 1, result.stdout
+    entries = json.loads(result.stdout)[field]
+    assert any(needle in entry for entry in entries), entries
+
+
 def test_verify_bad_prefix(installed: Path, tmp_path: Path) -> None:
     result = mlenv("verify", "--prefix", str(tmp_path), "--project", str(installed))
     assert_clean_error(result, 2, "not a conda prefix")

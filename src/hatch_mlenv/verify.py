@@ -1,12 +1,15 @@
-"""Verify an installed prefix against the lock: packages missing, extra or changed, and files
-whose content no longer matches what was installed."""
+"""Verify an installed prefix against the lock: packages missing, extra or changed, conda-meta
+records that no longer name the locked URL and hashes, files whose content (or type) no
+longer matches what was installed, and files no package owns where they would run code
+(`bin/`, `site-packages/`, above all `.pth`, and `etc/conda/activate.d/`)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import json
-import base64
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,11 @@ class Drift:
     extra: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     modified_files: list[str] = field(default_factory=list)
+    unowned_files: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.extra or self.changed or self.modified_files)
+        return not (self.missing or self.extra or self.changed or self.modified_files or self.unowned_files)
 
     def rows(self) -> list[tuple[str, str]]:
         return (
@@ -34,6 +38,7 @@ class Drift:
             + [("extra", x) for x in self.extra]
             + [("changed", x) for x in self.changed]
             + [("modified file", x) for x in self.modified_files]
+            + [("unowned file", x) for x in self.unowned_files]
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -45,6 +50,7 @@ class Drift:
             "extra": self.extra,
             "changed": self.changed,
             "modified_files": self.modified_files,
+            "unowned_files": self.unowned_files,
         }
 
 
@@ -74,8 +80,10 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
             drift.changed.append(
                 f"conda {name}: locked {package.version} {package.build}, installed {record.get('version')} {record.get('build')}"
             )
-        elif check_files:
-            drift.modified_files += _modified_conda_files(prefix, record)
+        else:
+            drift.changed += _record_differences(record, package)
+            if check_files:
+                drift.modified_files += _modified_conda_files(prefix, record)
     for name in sorted(records.keys() - conda.keys()):
         drift.extra.append(f"conda {name} {records[name].get('version')} {records[name].get('build')}")
 
@@ -92,7 +100,47 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
     conda_names = {normalize_name(n) for n in records}
     for name in sorted(installed.keys() - pip.keys() - conda_names):
         drift.extra.append(f"pip {name} {installed[name][0]}")
+    drift.unowned_files = _unowned_files(prefix, records.values(), [d for _, d in installed.values()])
     return drift
+
+
+def _record_differences(record: dict[str, Any], package: Any) -> list[str]:
+    """A conda-meta record edited after install: its URL or hashes are no longer the lock's."""
+    differences = []
+    for key, locked in (("url", package.url), ("sha256", package.sha256), ("md5", package.md5)):
+        if locked and record.get(key) and record.get(key) != locked:
+            differences.append(f"conda {package.name}: conda-meta {key} {record.get(key)} is not the locked {locked}")
+    return differences
+
+
+# Where a file no package installed would run code: scripts on PATH, importable modules and
+# .pth files (executed at interpreter start), and activation scripts.
+_WATCHED = ("bin", "lib/python*/site-packages", "etc/conda/activate.d")
+
+
+def _unowned_files(prefix: Path, records: Any, dist_infos: list[Path]) -> list[str]:
+    import os
+
+    owned: set[str] = set()
+    for record in records:
+        owned.update(record.get("files") or [])
+    for dist_info in dist_infos:
+        record_file = dist_info / "RECORD"
+        if record_file.is_file():
+            for row in csv.reader(record_file.read_text(errors="replace").splitlines()):
+                if row:
+                    owned.add(os.path.relpath(os.path.normpath(dist_info.parent / row[0]), prefix))
+    unowned = []
+    for pattern in _WATCHED:
+        for top in sorted(prefix.glob(pattern)):
+            for root, dirs, files in os.walk(top):
+                dirs[:] = [d for d in dirs if d != "__pycache__"]
+                for name in files:
+                    relative = os.path.relpath(os.path.join(root, name), prefix)
+                    if relative not in owned and not name.endswith((".pyc", ".pyo")):
+                        kind = " (a .pth file runs code at every interpreter start)" if name.endswith(".pth") else ""
+                        unowned.append(f"{relative}: no package installed it{kind}")
+    return sorted(unowned)
 
 
 def normalize_name(name: str) -> str:
@@ -108,6 +156,8 @@ def _modified_conda_files(prefix: Path, record: dict[str, Any]) -> list[str]:
             continue
         path = prefix / relative
         if path.is_symlink():
+            if entry.get("path_type", "hardlink") != "softlink":
+                modified.append(f"{relative} ({record['name']}): replaced by a symlink to {os.readlink(path)}")
             continue
         if not path.is_file():
             modified.append(f"{relative} ({record['name']}): deleted")
@@ -142,6 +192,9 @@ def _modified_wheel_files(dist_info: Path) -> list[str]:
         if len(row) < 2 or not row[1].startswith("sha256="):
             continue
         path = site / row[0]
+        if path.is_symlink():
+            modified.append(f"{row[0]}: replaced by a symlink to {os.readlink(path)}")
+            continue
         if not path.is_file():
             modified.append(f"{row[0]}: deleted")
             continue
