@@ -243,3 +243,43 @@ def test_the_prefix_swap_is_one_exchange(tmp_path: Path) -> None:
     (new / "marker").write_text("new")
     assert exchange(new, old) is True  # Linux: renameat2(RENAME_EXCHANGE), no moment without a prefix
     assert (old / "marker").read_text() == "new" and (new / "marker").read_text() == "old"
+
+
+@pytest.mark.parametrize("damage", ["file-edited", "file-deleted", "evil-pth", "same-size-edit"])
+def test_install_repairs_a_damaged_prefix(project: Path, damage: str) -> None:
+    mlenv("install", "--project", str(project), check=True)
+    prefix = project / ".mlenv" / "envs" / "demo"
+    hello = prefix / "bin" / "mlenv-hello"
+    original = hello.read_text()
+    if damage == "file-edited":
+        hello.write_text("#!/bin/sh\necho tampered\n")
+    elif damage == "file-deleted":
+        hello.unlink()
+    elif damage == "evil-pth":
+        (site(prefix) / "evil.pth").write_text("import os\n")
+    else:  # same size, same mtime: only a full hash check sees it
+        stat = hello.stat()
+        hello.write_text(original.replace("hello", "HELLO"))
+        os.utime(hello, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    if damage == "same-size-edit":
+        quick = mlenv("install", "--project", str(project), check=True)
+        assert "nothing to do" in quick.stdout  # sizes and times match: the cheap check cannot know
+        result = mlenv("install", "--verify", "--project", str(project), check=True)
+    else:
+        result = mlenv("install", "--project", str(project), check=True)
+    assert result.stdout.startswith("repaired demo"), result.stdout
+    assert hello.read_text() == original
+    assert not (site(prefix) / "evil.pth").exists()
+    assert mlenv("verify", "--project", str(project)).returncode == 0
+    assert "nothing to do" in mlenv("install", "--project", str(project), check=True).stdout
+
+
+def test_install_force_reinstalls_and_a_touched_file_is_not_damage(project: Path) -> None:
+    mlenv("install", "--project", str(project), check=True)
+    prefix = project / ".mlenv" / "envs" / "demo"
+    os.utime(prefix / "bin" / "mlenv-hello")  # touched, not changed
+    (prefix / "share").mkdir(exist_ok=True)
+    assert "nothing to do" in mlenv("install", "--project", str(project), check=True).stdout
+    forced = mlenv("install", "--force", "--project", str(project), check=True)
+    assert forced.stdout.startswith("reinstalled demo"), forced.stdout
+    assert mlenv("verify", "--project", str(project)).returncode == 0

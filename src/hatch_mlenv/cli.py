@@ -375,17 +375,22 @@ def _print_diff(result: dict[str, Any]) -> None:
 @project_option
 @env_option
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Install here instead of .mlenv/envs/NAME.")
-def install(project: Path, env: str | None, prefix: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Reinstall every package, even into an intact prefix.")
+@click.option("--verify", is_flag=True, help="Check every file's hash (not only sizes and times) before saying up to date.")
+def install(project: Path, env: str | None, prefix: Path | None, force: bool, verify: bool) -> None:
     """Install the lock for this platform into a prefix (rattler + installer); never solves."""
     from hatch_mlenv.install import install_environment
 
     env = _environment(project, env)
-    result = install_environment(env, prefix, show_progress=sys.stderr.isatty())
+    result = install_environment(env, prefix, show_progress=sys.stderr.isatty(), force=force, verify=verify)
     where = _display(result.prefix)
     if result.status == "user-managed":
         click.echo(f"{env.name} is user-managed (managed = false): nothing to install; it uses {env.spec.interpreter}")
     elif result.status == "unchanged":
         click.echo(f"{where} is up to date with sha256:{env.digest[:12]}; nothing to do")
+    elif result.status == "repaired":
+        shown = "; ".join(result.changed[:5]) + ("; ..." if len(result.changed) > 5 else "")
+        click.echo(f"repaired {env.name} sha256:{env.digest[:12]} in {where}: it differed from the lock ({shown})")
     else:
         changed = f" ({len(result.changed)} packages changed)" if result.status == "updated" else ""
         click.echo(f"{result.status} {env.name} sha256:{env.digest[:12]} into {where}{changed}")

@@ -283,15 +283,20 @@ def default_prefix(env: Any) -> Path:
     return env.spec.project_dir / ".mlenv" / "envs" / env.name
 
 
-def install_environment(env: Any, prefix: Path | None = None, *, show_progress: bool = False) -> InstallResult:
+def install_environment(
+    env: Any, prefix: Path | None = None, *, show_progress: bool = False, force: bool = False, verify: bool = False
+) -> InstallResult:
     """Install the lock for this machine's platform into `prefix`; never solves.
 
     Nothing is half-installed: the new state is built in a staging directory
     next to the prefix, which starts as a hard-linked copy of the current prefix
     (so unchanged packages are neither copied nor touched), and is swapped in by
-    rename once complete. An unchanged lock (same digest) does nothing.
+    rename once complete. An unchanged lock (same digest) does nothing once the
+    prefix is found as it was installed: every file's size and mtime (or, with
+    `verify`, every file's hash) against what was installed; a prefix that
+    differs is repaired (reinstalled from scratch), and so is every prefix with
+    `force`.
     """
-    import json
 
     from hatch_mlenv.spec import current_platform
 
@@ -311,8 +316,12 @@ def install_environment(env: Any, prefix: Path | None = None, *, show_progress: 
     prefix = (prefix or default_prefix(env)).absolute()
     state_path = prefix / STATE_FILE
     old_state = _read_state(state_path)
-    if old_state.get("digest") == env.digest and prefix.is_dir():
-        return InstallResult(prefix, "unchanged")
+    damage: tuple[str, ...] = ()
+    if not force and old_state.get("digest") == env.digest and prefix.is_dir():
+        damage = _damage(lock, prefix, platform, old_state, full=verify)
+        if not damage:
+            return InstallResult(prefix, "unchanged")
+    fresh = force or bool(damage)
     try:
         prefix.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -329,9 +338,9 @@ def install_environment(env: Any, prefix: Path | None = None, *, show_progress: 
     staging = prefix.parent / f".{prefix.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        if prefix.exists():
+        if prefix.exists() and not fresh:
             shutil.copytree(prefix, staging, symlinks=True, copy_function=os.link)
-        else:
+        else:  # a damaged prefix is not copied: every package is linked anew
             staging.mkdir()
         installed = _prefix_records(staging)
         before = {r.name.normalized: (str(r.version), str(r.build)) for r in installed}
@@ -339,18 +348,68 @@ def install_environment(env: Any, prefix: Path | None = None, *, show_progress: 
                       show_progress=show_progress, channels=env.spec.channel_fetch_urls())
         after = {r.name.normalized: (str(r.version), str(r.build)) for r in _prefix_records(staging)}
         changed = sorted(n for n in after.keys() | before.keys() if after.get(n) != before.get(n))
-        changed += _sync_wheels(lock, platform, staging, prefix, old_state.get("pip", {}), wheel_indexes(env.spec, lock))
+        old_pip = {} if fresh else old_state.get("pip", {})
+        changed += _sync_wheels(lock, platform, staging, prefix, old_pip, wheel_indexes(env.spec, lock))
         (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
         new_state = {
             "digest": env.digest,
             "pip": {p.name: p.sha256 for p in packages if p.manager == "pip"},
+            "fingerprint": _fingerprint(staging),
         }
-        (staging / STATE_FILE).write_text(json.dumps(new_state, indent=2, sort_keys=True))
+        (staging / STATE_FILE).write_text(json_dumps(new_state))
         _swap(staging, prefix)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if force:
+        return InstallResult(prefix, "reinstalled", tuple(changed))
+    if damage:
+        return InstallResult(prefix, "repaired", damage)
     return InstallResult(prefix, "updated" if old_state else "installed", tuple(changed))
+
+
+def _fingerprint(prefix: Path) -> str:
+    """sha256 over every file's path, type, size and mtime: one walk tells whether anything
+    was added, removed, replaced or rewritten since the install (bytecode caches excluded)."""
+    entries = []
+    for root, dirs, files in os.walk(prefix):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if name == STATE_FILE and root == str(prefix) or name.endswith((".pyc", ".pyo")):
+                continue
+            info = os.lstat(path)
+            entries.append(f"{os.path.relpath(path, prefix)}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}")
+        for name in dirs:
+            if os.path.islink(os.path.join(root, name)):
+                entries.append(f"{os.path.relpath(os.path.join(root, name), prefix)}\0link")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _damage(lock: Any, prefix: Path, platform: str, state: dict[str, Any], *, full: bool) -> tuple[str, ...]:
+    """What differs between the prefix and what was installed; () when nothing does.
+
+    The fingerprint decides cheaply; when it differs (or with `full`), the
+    prefix is verified file by file, and a clean verification (a file touched,
+    an unrelated file added) only refreshes the fingerprint."""
+    if not full and state.get("fingerprint") == _fingerprint(prefix):
+        return ()
+    from hatch_mlenv.verify import verify_prefix
+
+    drift = verify_prefix(lock, prefix, platform, check_files=True)
+    if drift.clean:
+        try:
+            (prefix / STATE_FILE).write_text(json_dumps({**state, "fingerprint": _fingerprint(prefix)}))
+        except OSError:
+            pass
+        return ()
+    return tuple(f"{kind}: {what}" for kind, what in drift.rows())
+
+
+def json_dumps(state: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(state, indent=2, sort_keys=True)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
