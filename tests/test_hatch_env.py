@@ -149,6 +149,10 @@ def test_hatch_run_inside_the_locked_prefix_with_the_project_in_dev_mode(
                   "mlenv-hello", cwd=project)
     assert ok(again).splitlines() == ["2", f"2 {prefix} demo from-the-caller train", f"hello from {prefix}"]
     assert "installed" not in again.stderr and "warning" not in again.stderr  # nothing to install the second time
+    # the same prefix from the CLI: the project installed by hatch is not damage to repair
+    for flags in ([], ["--verify"]):
+        assert "nothing to do" in mlenv("install", *flags, "--project", str(project), check=True).stdout
+    assert [p.read_text().strip() for p in site.glob("*.pth")] == [str(project / "src")]
 
     failing = hatch("run", "train:python", "-c", "raise SystemExit(7)", cwd=project)
     assert failing.returncode == 7

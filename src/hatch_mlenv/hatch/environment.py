@@ -322,7 +322,7 @@ class MlenvEnvironment(EnvironmentInterface):
         from installer.destinations import SchemeDictionaryDestination
         from installer.sources import WheelFile
 
-        from hatch_mlenv.install import InstallError, _uninstall_dist
+        from hatch_mlenv.install import InstallError, _uninstall_dist, record_addition
 
         env = self._environment()
         python_version = self._python_version(env)
@@ -348,6 +348,7 @@ class MlenvEnvironment(EnvironmentInterface):
                     install(source, destination, metadata)
             except Exception as exc:  # installer raises several types for broken wheels
                 raise InstallError(f"cannot install {wheel.name} into {self.prefix}: {_first_line(exc)}") from None
+            record_addition(self.prefix, self.metadata.name)
 
     def _build_wheel(self, out: Path, *, editable: bool) -> Path:
         from pyproject_hooks import BackendUnavailable, BuildBackendHookCaller, HookMissing
