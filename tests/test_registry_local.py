@@ -66,7 +66,7 @@ def test_register_is_idempotent_and_versions_grow(project: Path) -> None:
     listing = json.loads(mlenv("list", "--json", check=True).stdout)
     assert listing == [
         {"name": "demo", "latest": 2, "versions": 2, "labels": {"latest": 2, "staging": 2},
-         "description": "fraud model, v2 text"}
+         "dangling_labels": {}, "description": "fraud model, v2 text"}
     ]
 
 
@@ -193,9 +193,56 @@ def test_corrupted_entry_is_never_served(project: Path, tmp_path: Path) -> None:
     with sqlite3.connect(db) as connection:
         connection.execute("UPDATE versions SET lockfile = replace(lockfile, '1.25.2', '1.99.0')")
     result = mlenv("get", "demo:1", "-o", str(tmp_path / "x"))
-    assert_clean_error(result, 1, "registry entry demo:1 is corrupted: digest mismatch")
+    assert_clean_error(result, 1, "registry entry demo:1 is corrupted")
     assert not (tmp_path / "x").exists()
     assert_clean_error(mlenv("diff", "demo:1", str(project / "conda-lock.yml")), 1, "corrupted")
+
+
+@pytest.mark.parametrize(
+    ("tampering", "sql"),
+    [
+        # a dependency is not part of the digest, but it is part of the entry
+        ("lock dependencies", "UPDATE versions SET lockfile = replace(lockfile, 'python_abi: 3.11.*', 'python_abi: 9.*')"),
+        ("manifest", "UPDATE versions SET manifest = replace(manifest, '\"variables\": {', "
+                     "'\"variables\": {\"INJECTED\": \"1\", ')"),
+        ("provenance", "UPDATE versions SET provenance = replace(provenance, '\"git_commit\"', '\"git_commit_x\"')"),
+        ("number", "PRAGMA foreign_keys = OFF; UPDATE versions SET version = 7; UPDATE labels SET version = 7"),
+    ],
+)
+def test_every_part_of_a_stored_entry_is_checked(project: Path, tmp_path: Path, tampering: str, sql: str) -> None:
+    mlenv("register", "--project", str(project), check=True)
+    db = Path(os.environ["MLENV_HOME"]) / "registry.sqlite3"
+    with sqlite3.connect(db) as connection:
+        before = connection.execute("SELECT lockfile, manifest, provenance FROM versions").fetchone()
+        connection.executescript(sql)
+        assert connection.execute("SELECT lockfile, manifest, provenance FROM versions").fetchone() != before or \
+            tampering == "number"
+    ref = "demo:7" if tampering == "number" else "demo:1"
+    for args in (["get", ref, "-o", str(tmp_path / "x")], ["get", "demo@latest", "-o", str(tmp_path / "y")],
+                 ["history", "demo"]):
+        assert_clean_error(mlenv(*args), 1, f"registry entry {ref} is corrupted")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_dangling_labels_and_a_damaged_database_are_reported(project: Path, tmp_path: Path) -> None:
+    mlenv("register", "--project", str(project), "--label", "prod", check=True)
+    db = Path(os.environ["MLENV_HOME"]) / "registry.sqlite3"
+    with sqlite3.connect(db) as connection:
+        connection.executescript("PRAGMA foreign_keys = OFF; UPDATE labels SET version = 9 WHERE label = 'prod'")
+    listing = mlenv("list", "--json", check=True)
+    assert json.loads(listing.stdout)[0]["dangling_labels"] == {"prod": 9}
+    assert "demo@prod points at version 9, which is not in the registry" in listing.stderr
+    assert "demo@prod points at version 9" in mlenv("history", "demo", check=True).stderr
+    assert_clean_error(mlenv("get", "demo@prod", "-o", str(tmp_path / "x")), 1,
+                       "registry entry demo@prod is damaged: the label points at version 9")
+
+    with sqlite3.connect(db) as connection:
+        connection.executescript("PRAGMA foreign_keys = OFF; DELETE FROM environments")
+    assert_clean_error(mlenv("history", "demo"), 1, str(db), "is damaged")
+
+    db.write_bytes(b"this is not a database" * 100)
+    for args in (["list"], ["history", "demo"], ["get", "demo:1"]):
+        assert_clean_error(mlenv(*args), 1, str(db), "damaged")
 
 
 def test_registry_selection(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

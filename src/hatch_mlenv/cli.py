@@ -213,6 +213,8 @@ def register(project: Path, env: str | None, lockfile: Path | None, name: str | 
 def list_(include_archived: bool, registry_url: str | None, as_json: bool) -> None:
     """List environments: name, latest version, labels."""
     summaries = _registry(registry_url).list(include_archived=include_archived)
+    for s in summaries:
+        _warn_dangling(s.name, s.dangling)
     if as_json:
         _print_json([s.as_dict() for s in summaries])
         return
@@ -226,13 +228,21 @@ def list_(include_archived: bool, registry_url: str | None, as_json: bool) -> No
     Console(highlight=False).print(table)
 
 
+def _warn_dangling(name: str, dangling: dict[str, int]) -> None:
+    for label, number in sorted(dangling.items()):
+        click.echo(f"mlenv: warning: {name}@{label} points at version {number}, which is not in the registry "
+                   "(the registry is damaged)", err=True)
+
+
 @main.command()
 @click.argument("name")
 @registry_option
 @json_option
 def history(name: str, registry_url: str | None, as_json: bool) -> None:
     """Versions of NAME with time, git commit, digest and labels."""
-    versions = _registry(registry_url).history(name)
+    registry = _registry(registry_url)
+    versions = registry.history(name)
+    _warn_dangling(name, registry.dangling_labels(name))
     if as_json:
         _print_json([v.summary() for v in versions])
         return

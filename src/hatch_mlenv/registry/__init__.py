@@ -76,6 +76,9 @@ class Version:
     provenance: dict[str, Any] = field(hash=False)
     labels: tuple[str, ...] = ()
     archived: bool = False
+    # sha256 over name, number, lock text, manifest and provenance, stored with the entry
+    # (None where the backend stores content-addressed blobs, as OCI registries do).
+    entry_hash: str | None = None
 
     @property
     def ref(self) -> str:
@@ -104,6 +107,8 @@ class EnvironmentSummary:
     versions: int
     labels: dict[str, int]
     description: str | None = None
+    # Labels whose version is not in the registry: a damaged registry, reported, never followed.
+    dangling: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +116,7 @@ class EnvironmentSummary:
             "latest": self.latest,
             "versions": self.versions,
             "labels": dict(sorted(self.labels.items())),
+            "dangling_labels": dict(sorted(self.dangling.items())),
             "description": self.description,
         }
 
@@ -151,6 +157,9 @@ class Registry(Protocol):
 
     def set_archived(self, name: str, version: int, archived: bool) -> Version: ...
 
+    def dangling_labels(self, name: str) -> dict[str, int]:
+        """Labels of `name` whose version is not in the registry (empty for a sound registry)."""
+
 
 class Backend(Protocol):
     """A registry backend: which URLs it serves and how to open one."""
@@ -176,9 +185,33 @@ def open_registry(url: str) -> Registry:
     raise UsageError(f"unknown registry {url!r}: use `local`, `sqlite:///PATH` or `oci://HOST[:PORT]/NAMESPACE`")
 
 
+def entry_hash(name: str, number: int, lockfile: str, manifest: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """One hash over everything a stored version is: who, which number, and all its content."""
+    import hashlib
+    import json
+
+    payload = {"name": name, "version": number, "lockfile": lockfile, "manifest": manifest, "provenance": provenance}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_entry(version: Version) -> Version:
+    """Refuse a stored version whose lock, manifest, provenance, name or number is not what was stored."""
+    if version.entry_hash is not None and version.entry_hash != entry_hash(
+        version.name, version.version, version.lockfile, version.manifest, version.provenance
+    ):
+        raise RegistryError(
+            f"registry entry {version.ref} is corrupted: its lock, manifest, provenance or number "
+            f"changed after it was registered"
+        )
+    return version
+
+
 def verify(version: Version) -> Version:
-    """Refuse to serve a stored version whose lock no longer has its recorded digest."""
+    """Refuse to serve a stored version whose content is not what was stored: the entry hash,
+    then the lock's own digest."""
     from hatch_mlenv.lockfile import parse_lock
+
+    check_entry(version)
 
     try:
         actual = parse_lock(version.lockfile, f"registry entry {version.ref}").digest()

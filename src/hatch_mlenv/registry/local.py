@@ -22,7 +22,9 @@ from hatch_mlenv.registry import (
     Reference,
     Registration,
     Version,
+    check_entry,
     check_label,
+    entry_hash,
     verify,
 )
 
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS versions (
     manifest TEXT NOT NULL,
     provenance TEXT NOT NULL,
     archived INTEGER NOT NULL DEFAULT 0,
+    entry_hash TEXT,
     PRIMARY KEY (name, version),
     UNIQUE (name, digest)
 );
@@ -54,7 +57,8 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_by_version ON labels(name, version);
 CREATE INDEX IF NOT EXISTS versions_listing ON versions(name, archived, version);
 """
-SCHEMA_VERSION = 1
+# 2: versions.entry_hash (see registry.entry_hash); version-1 rows get theirs when first opened.
+SCHEMA_VERSION = 2
 
 
 def default_path() -> Path:
@@ -79,14 +83,33 @@ class LocalRegistry:
             # readers of an existing one never wait behind a writer here.
             if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 with self._transaction():
+                    schema = self._db.execute("PRAGMA user_version").fetchone()[0]
                     for statement in _SCHEMA.split(";"):
                         if statement.strip():
                             self._db.execute(statement)
+                    if schema == 1:
+                        self._db.execute("ALTER TABLE versions ADD COLUMN entry_hash TEXT")
+                        self._hash_existing_rows()
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"local registry {path}: cannot open: {exc}") from None
+            raise RegistryError(f"local registry {path} is damaged or not a registry: {exc}; "
+                                f"move it away to start a new one") from None
         except OSError as exc:
             raise RegistryError(f"local registry {path}: cannot create: {exc.strerror or exc}") from None
+
+    def _hash_existing_rows(self) -> None:
+        rows = self._db.execute("SELECT name, version, lockfile, manifest, provenance FROM versions").fetchall()
+        for name, number, lockfile, manifest, provenance in rows:
+            digest = entry_hash(name, number, lockfile, json.loads(manifest), json.loads(provenance))
+            self._db.execute("UPDATE versions SET entry_hash = ? WHERE name = ? AND version = ?", (digest, name, number))
+
+    @contextmanager
+    def _damage_reported(self) -> Iterator[None]:
+        """A query that fails on the database itself says so, with the file, not 'not found'."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(f"local registry {self.path} is damaged: {exc}; move it away to start a new one") from None
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -126,8 +149,10 @@ class LocalRegistry:
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM versions WHERE name = ?", (name,)
                 ).fetchone()[0]
                 db.execute(
-                    "INSERT INTO versions(name, version, digest, lockfile, manifest, provenance) VALUES (?,?,?,?,?,?)",
-                    (name, number, digest, lockfile, json.dumps(manifest, sort_keys=True), json.dumps(provenance, sort_keys=True)),
+                    "INSERT INTO versions(name, version, digest, lockfile, manifest, provenance, entry_hash) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (name, number, digest, lockfile, json.dumps(manifest, sort_keys=True),
+                     json.dumps(provenance, sort_keys=True), entry_hash(name, number, lockfile, manifest, provenance)),
                 )
                 self._set_label(db, name, LATEST, number)
             else:
@@ -148,23 +173,42 @@ class LocalRegistry:
         )
 
     def get(self, ref: Reference) -> Version:
-        number = ref.version
-        if number is None:
-            label = ref.label or LATEST
-            row = self._db.execute("SELECT version FROM labels WHERE name = ? AND label = ?", (ref.name, label)).fetchone()
-            if row is None:
-                self._require_name(ref.name)
-                raise NotFoundError(f"{ref.name} has no label {label!r}")
-            number = row[0]
-        return self._version(ref.name, number)
+        with self._damage_reported():
+            number = ref.version
+            if number is None:
+                label = ref.label or LATEST
+                row = self._db.execute(
+                    "SELECT version FROM labels WHERE name = ? AND label = ?", (ref.name, label)
+                ).fetchone()
+                if row is None:
+                    self._require_name(ref.name)
+                    raise NotFoundError(f"{ref.name} has no label {label!r}")
+                number = row[0]
+                if self._stored(ref.name, number) is None:
+                    raise RegistryError(
+                        f"registry entry {ref.name}@{label} is damaged: the label points at version {number}, "
+                        f"which is not in {self.url}"
+                    )
+            return self._version(ref.name, number)
+
+    def dangling_labels(self, name: str) -> dict[str, int]:
+        with self._damage_reported():
+            return dict(self._db.execute(
+                "SELECT label, version FROM labels WHERE name = ? AND NOT EXISTS "
+                "(SELECT 1 FROM versions v WHERE v.name = labels.name AND v.version = labels.version) ORDER BY label",
+                (name,),
+            ).fetchall())
 
     def _require_name(self, name: str) -> None:
         if self._db.execute("SELECT 1 FROM environments WHERE name = ?", (name,)).fetchone() is None:
+            if self._db.execute("SELECT 1 FROM versions WHERE name = ? LIMIT 1", (name,)).fetchone() is not None:
+                raise RegistryError(f"local registry {self.path} is damaged: {name!r} has versions but no environment row")
             raise NotFoundError(f"no environment named {name!r} in {self.url}")
 
     def _stored(self, name: str, number: int) -> tuple[Any, ...] | None:
         return self._db.execute(
-            "SELECT digest, lockfile, manifest, provenance, archived FROM versions WHERE name = ? AND version = ?",
+            "SELECT digest, lockfile, manifest, provenance, archived, entry_hash FROM versions "
+            "WHERE name = ? AND version = ?",
             (name, number),
         ).fetchone()
 
@@ -174,38 +218,49 @@ class LocalRegistry:
         )]
 
     def _version(self, name: str, number: int) -> Version:
-        row = self._stored(name, number)
-        if row is None:
-            self._require_name(name)
-            raise NotFoundError(f"{name} has no version {number}")
-        return verify(self._row(name, number, row, self._labels(name, number)))
+        with self._damage_reported():
+            row = self._stored(name, number)
+            if row is None:
+                self._require_name(name)
+                raise NotFoundError(f"{name} has no version {number}")
+            return verify(self._row(name, number, row, self._labels(name, number)))
 
     @staticmethod
     def _row(name: str, number: int, row: tuple[Any, ...], labels: list[str]) -> Version:
-        digest, lockfile, manifest, provenance, archived = row
+        digest, lockfile, manifest, provenance, archived, stored_hash = row
         try:
             manifest_data, provenance_data = json.loads(manifest), json.loads(provenance)
-        except ValueError:
+        except (ValueError, TypeError):
             raise RegistryError(f"registry entry {name}:{number} is corrupted: unreadable manifest") from None
-        return Version(name, number, digest, lockfile, manifest_data, provenance_data, tuple(labels), bool(archived))
+        return Version(name, number, digest, lockfile, manifest_data, provenance_data, tuple(labels), bool(archived),
+                       stored_hash)
 
     def find_digest(self, name: str, digest: str) -> int | None:
         row = self._db.execute("SELECT version FROM versions WHERE name = ? AND digest = ?", (name, digest)).fetchone()
         return row[0] if row else None
 
     def history(self, name: str) -> list[Version]:
+        with self._damage_reported():
+            return self._history(name)
+
+    def _history(self, name: str) -> list[Version]:
         self._require_name(name)
         labels: dict[int, list[str]] = {}
         for label, version in self._db.execute("SELECT label, version FROM labels WHERE name = ? ORDER BY label", (name,)):
             labels.setdefault(version, []).append(label)
         rows = self._db.execute(
-            "SELECT version, digest, lockfile, manifest, provenance, archived FROM versions WHERE name = ? ORDER BY version",
+            "SELECT version, digest, lockfile, manifest, provenance, archived, entry_hash FROM versions "
+            "WHERE name = ? ORDER BY version",
             (name,),
         ).fetchall()
-        # history lists without re-hashing every lock (that is what `get` is for)
-        return [self._row(name, r[0], r[1:], labels.get(r[0], [])) for r in rows]
+        # history checks each entry's hash, without parsing every lock (that is what `get` does too)
+        return [check_entry(self._row(name, r[0], r[1:], labels.get(r[0], []))) for r in rows]
 
     def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]:
+        with self._damage_reported():
+            return self._list(include_archived)
+
+    def _list(self, include_archived: bool) -> list[EnvironmentSummary]:
         archived = "" if include_archived else "AND archived = 0"
         counts = {
             name: (count, latest)
@@ -213,16 +268,19 @@ class LocalRegistry:
                 f"SELECT name, COUNT(*), MAX(version) FROM versions WHERE 1 {archived} GROUP BY name"
             )
         }
+        existing = set(self._db.execute("SELECT name, version FROM versions").fetchall())
         labels: dict[str, dict[str, int]] = {}
+        dangling: dict[str, dict[str, int]] = {}
         for name, label, version in self._db.execute("SELECT name, label, version FROM labels"):
-            labels.setdefault(name, {})[label] = version
+            (labels if (name, version) in existing else dangling).setdefault(name, {})[label] = version
         result = []
         for name, description in self._db.execute("SELECT name, description FROM environments ORDER BY name"):
             count, _ = counts.get(name, (0, None))
-            if count == 0 and not include_archived:
+            if count == 0 and not include_archived and name not in dangling:
                 continue
             env_labels = labels.get(name, {})
-            result.append(EnvironmentSummary(name, env_labels.get(LATEST), count, env_labels, description))
+            result.append(EnvironmentSummary(name, env_labels.get(LATEST), count, env_labels, description,
+                                             dangling.get(name, {})))
         return result
 
     def label(self, name: str, version: int, label: str) -> Version:

@@ -390,6 +390,10 @@ class OciRegistry:
         if not any(_VERSION_TAG.match(t) for t in self._tags(self.target.repository(name))):
             raise NotFoundError(f"no environment named {name!r} in {self.url}")
 
+    def dangling_labels(self, name: str) -> dict[str, int]:
+        """A tag always names a manifest, so an OCI label cannot point at nothing."""
+        return {}
+
     def get(self, ref: Reference) -> Version:
         if ref.version is not None:
             return verify(self._version(ref.name, ref.version))
