@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED_DATA.is_dir():  # a checkout laid out as <work>/<repo> next to <work>/shared
-    SHARED_DATA = Path(os.environ.get("MLENV_SHARED_DATA", "/work/shared/data"))
+# Real data too big for the repository (the 2018 `defaults` snapshot, lockfiles
+# conda-lock wrote): $MLENV_SHARED_DATA, else `shared/data` beside the checkout.
+SHARED_DATA = Path(
+    os.environ.get("MLENV_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 DEFAULTS_2018 = SHARED_DATA / "defaults-2018"
 LOCK_SAMPLES = SHARED_DATA / "conda-lock-samples"
 
@@ -61,8 +63,20 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *nee
 
 
 @pytest.fixture(scope="session")
-def defaults_2018() -> Path:
-    assert (DEFAULTS_2018 / "linux-64" / "repodata.json").is_file(), f"missing {DEFAULTS_2018}"
+def shared_data() -> Path:
+    """The shared data directory; a test that needs it fails (never skips) without it."""
+    missing = [p for p in (DEFAULTS_2018 / "linux-64" / "repodata.json", LOCK_SAMPLES) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"shared test data not found: {missing[0]} does not exist; set MLENV_SHARED_DATA to the directory "
+            "holding defaults-2018/ and conda-lock-samples/ (default: shared/data beside the checkout)",
+            pytrace=False,
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def defaults_2018(shared_data: Path) -> Path:
     return DEFAULTS_2018
 
 
