@@ -108,6 +108,30 @@ def isolated_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
 
 
 @pytest.fixture(scope="session")
+def hatch_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("hatch-data")
+    # Hatch 1.18's `type = "system"` environment touches a marker file here
+    # without creating the directory first.
+    (data / "env" / "system").mkdir(parents=True)
+    return data
+
+
+@pytest.fixture(autouse=True)
+def hatch_builds_with_this_interpreter(monkeypatch: pytest.MonkeyPatch, hatch_data_dir: Path) -> None:
+    """`python` is the interpreter running the tests, activated virtualenv or not.
+
+    The test projects build with `[tool.hatch.envs.hatch-build] type = "system"`
+    (offline: no build environment to fill from an index), which is whatever
+    `python` PATH finds first: without this, a suite run as
+    `.venv/bin/python -m pytest` would build with the machine's python. Hatch's
+    environments and their metadata live in the session's own data directory.
+    """
+    bin_dir = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+    monkeypatch.setenv("HATCH_DATA_DIR", str(hatch_data_dir))
+
+
+@pytest.fixture(scope="session")
 def oci_registry(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[RunningRegistry]
     """Debian's docker-registry on 127.0.0.1 with htpasswd auth. Fails (never skips) when missing."""
     from fixtures.oci_registry import run_registry

@@ -228,7 +228,7 @@ def test_build_hook_registers_and_records_the_version(tmp_path: Path, channel: P
         [tool.hatch.build.hooks.mlenv]
         {hook}
         [tool.hatch.envs.hatch-build]
-        system-packages = true
+        type = "system"
         """
     )
     body = f'channels = ["{channel}"]\nplatforms = ["linux-64"]\nconda = ["mlenv-hello"]\n'
