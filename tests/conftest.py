@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not SHARED_DATA.is_dir():  # a checkout laid out as <work>/<repo> next to <work>/shared
-    SHARED_DATA = Path(os.environ.get("MLENV_SHARED_DATA", "/work/shared/data"))
+# Real data too big for the repository (the 2018 `defaults` snapshot, lockfiles
+# conda-lock wrote): $MLENV_SHARED_DATA, else `shared/data` beside the checkout.
+SHARED_DATA = Path(
+    os.environ.get("MLENV_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 DEFAULTS_2018 = SHARED_DATA / "defaults-2018"
 LOCK_SAMPLES = SHARED_DATA / "conda-lock-samples"
 LOCK_SCHEMA = Path(__file__).parent / "data" / "conda-lock-v1.schema.json"
@@ -67,8 +69,20 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *nee
 
 
 @pytest.fixture(scope="session")
-def defaults_2018() -> Path:
-    assert (DEFAULTS_2018 / "linux-64" / "repodata.json").is_file(), f"missing {DEFAULTS_2018}"
+def shared_data() -> Path:
+    """The shared data directory; a test that needs it fails (never skips) without it."""
+    missing = [p for p in (DEFAULTS_2018 / "linux-64" / "repodata.json", LOCK_SAMPLES) if not p.exists()]
+    if missing:
+        pytest.fail(
+            f"shared test data not found: {missing[0]} does not exist; set MLENV_SHARED_DATA to the directory "
+            "holding defaults-2018/ and conda-lock-samples/ (default: shared/data beside the checkout)",
+            pytrace=False,
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def defaults_2018(shared_data: Path) -> Path:
     return DEFAULTS_2018
 
 
@@ -97,6 +111,30 @@ def isolated_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     for name in ("MLENV_REGISTRY", "MLENV_REGISTRY_USERNAME", "MLENV_REGISTRY_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def hatch_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("hatch-data")
+    # Hatch 1.18's `type = "system"` environment touches a marker file here
+    # without creating the directory first.
+    (data / "env" / "system").mkdir(parents=True)
+    return data
+
+
+@pytest.fixture(autouse=True)
+def hatch_builds_with_this_interpreter(monkeypatch: pytest.MonkeyPatch, hatch_data_dir: Path) -> None:
+    """`python` is the interpreter running the tests, activated virtualenv or not.
+
+    The test projects build with `[tool.hatch.envs.hatch-build] type = "system"`
+    (offline: no build environment to fill from an index), which is whatever
+    `python` PATH finds first: without this, a suite run as
+    `.venv/bin/python -m pytest` would build with the machine's python. Hatch's
+    environments and their metadata live in the session's own data directory.
+    """
+    bin_dir = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+    monkeypatch.setenv("HATCH_DATA_DIR", str(hatch_data_dir))
 
 
 @pytest.fixture(scope="session")

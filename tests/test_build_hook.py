@@ -1,9 +1,12 @@
 """The `mlenv` build hook under the real frontends: `hatch build`, `python -m build`, `pip wheel`.
 
 Isolated build environments would have to download hatchling and hatch-mlenv;
-these tests build offline, so `hatch build` reuses the interpreter's packages
-(`[tool.hatch.envs.hatch-build] system-packages = true`, as the quickstart
-does) and `build`/`pip` run with isolation off.
+these tests build offline with the interpreter that runs them (a test harness
+choice, see conftest.py):
+`[tool.hatch.envs.hatch-build] type = "system"` makes `hatch build` use the
+`python` on PATH (conftest puts this interpreter first), and `build`/`pip`
+run with isolation off. The quickstart's find-links route, which a fresh
+virtualenv or a pipx-installed hatch needs, is tested in test_quickstart.py.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ packages = ["src/demo"]
 {hook}
 
 [tool.hatch.envs.hatch-build]
-system-packages = true
+type = "system"
 """
 
 

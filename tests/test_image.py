@@ -268,7 +268,7 @@ bypass-selection = true
 [tool.hatch.build.hooks.mlenv]
 image = "build"
 [tool.hatch.envs.hatch-build]
-system-packages = true
+type = "system"
 """)
     build = subprocess.Popen([sys.executable, "-m", "hatch", "build", "-t", "wheel"], cwd=image_project,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -76,6 +76,16 @@ def test_run_activates_and_returns_the_exit_code(project: Path, monkeypatch: pyt
     assert_clean_error(missing, 1, "cannot run 'no-such-command-xyz'")
 
 
+def test_run_never_falls_through_to_the_callers_python(project: Path) -> None:
+    # The fixture channel's python is a demo: it installs bin/python3-fixture, no bin/python.
+    prefix = project / ".mlenv" / "envs" / "demo"
+    for name in ("python", "python3", "pip"):
+        result = mlenv("run", "--project", str(project), "--", name, "-c", "import sys; print(sys.executable)")
+        assert_clean_error(result, 1, "environment demo locks python but provides no", repr(name), str(prefix / "bin"))
+        assert result.stdout == ""  # the caller's interpreter never ran
+    assert mlenv("run", "--project", str(project), "--", "python3-fixture", check=True).stdout == "fixture python 3.11.7\n"
+
+
 def test_install_into_a_chosen_prefix_and_bad_prefixes(project: Path, tmp_path: Path) -> None:
     target = tmp_path / "elsewhere" / "env"
     mlenv("install", "--project", str(project), "--prefix", str(target), check=True)

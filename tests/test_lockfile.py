@@ -20,7 +20,7 @@ from tests.conftest import LOCK_SAMPLES, assert_clean_error, mlenv, tree_hashes,
         ("robostack-turtlesim-conda-lock.yml", None),
     ],
 )
-def test_reads_real_conda_lock_output(sample: str, platforms: set[str] | None) -> None:
+def test_reads_real_conda_lock_output(sample: str, platforms: set[str] | None, shared_data: Path) -> None:
     path = LOCK_SAMPLES / sample
     lock = read_lock(path)
     raw = yaml.safe_load(path.read_text())
@@ -33,7 +33,7 @@ def test_reads_real_conda_lock_output(sample: str, platforms: set[str] | None) -
     assert len(lock.digest()) == 64
 
 
-def test_sample_digest_ignores_order_and_layout(tmp_path: Path) -> None:
+def test_sample_digest_ignores_order_and_layout(tmp_path: Path, shared_data: Path) -> None:
     raw = yaml.safe_load((LOCK_SAMPLES / "numpy-conda-lock.yml").read_text())
     digest = read_lock(LOCK_SAMPLES / "numpy-conda-lock.yml").digest()
     random.Random(1).shuffle(raw["package"])

@@ -123,7 +123,7 @@ def test_labels_move_and_archive_hides(project: Path, tmp_path: Path) -> None:
     assert json.loads(mlenv("list", "--json", check=True).stdout)[0]["versions"] == 1
 
 
-def test_register_real_conda_lock_files(tmp_path: Path) -> None:
+def test_register_real_conda_lock_files(tmp_path: Path, shared_data: Path) -> None:
     one = mlenv("register", "--lockfile", str(NUMPY_SAMPLE), "--name", "numpy-env", check=True)
     assert one.stdout.startswith("numpy-env:1 sha256:")
     two = mlenv("register", "--lockfile", str(ROBOSTACK_SAMPLE), "--name", "numpy-env", check=True)
@@ -133,7 +133,7 @@ def test_register_real_conda_lock_files(tmp_path: Path) -> None:
     assert (tmp_path / "got" / "conda-lock.yml").read_bytes() == NUMPY_SAMPLE.read_bytes()
 
 
-def test_diff_between_versions_and_files(project: Path) -> None:
+def test_diff_between_versions_and_files(project: Path, shared_data: Path) -> None:
     mlenv("register", "--project", str(project), check=True)
     before = (project / "conda-lock.yml").read_text()
     bump_numpy(project)
@@ -161,7 +161,7 @@ def test_diff_between_versions_and_files(project: Path) -> None:
     assert samples["packages"]["linux-64"]["conda"]["added"]
 
 
-def test_bad_references_and_unknown_names(project: Path) -> None:
+def test_bad_references_and_unknown_names(project: Path, shared_data: Path) -> None:
     mlenv("register", "--project", str(project), check=True)
     home = Path(os.environ["MLENV_HOME"])
     before = tree_hashes(home)
@@ -275,7 +275,7 @@ def test_build_hook_registers_and_records_the_version(tmp_path: Path, channel: P
         [tool.hatch.build.hooks.mlenv]
         {hook}
         [tool.hatch.envs.hatch-build]
-        system-packages = true
+        type = "system"
         """
     )
     body = f'channels = ["{channel}"]\nplatforms = ["linux-64"]\nconda = ["mlenv-hello"]\n'

@@ -28,7 +28,7 @@ def oci(oci_registry, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: ANN001
     return url
 
 
-def test_register_get_history_labels_archive(oci: str, tmp_path: Path) -> None:
+def test_register_get_history_labels_archive(oci: str, shared_data: Path, tmp_path: Path) -> None:
     first = mlenv("register", "--lockfile", str(NUMPY_SAMPLE), "--name", "numpy-env", check=True)
     assert first.stdout.startswith("numpy-env:1 sha256:") and "(new)" in first.stdout
     again = mlenv("register", "--lockfile", str(NUMPY_SAMPLE), "--name", "numpy-env", check=True)
@@ -62,7 +62,7 @@ def test_register_get_history_labels_archive(oci: str, tmp_path: Path) -> None:
     assert "win-64" in diff["platforms"]["added"]
 
 
-def test_artifact_layout(oci: str, oci_registry) -> None:  # noqa: ANN001
+def test_artifact_layout(oci: str, shared_data: Path, oci_registry) -> None:  # noqa: ANN001
     import requests
 
     mlenv("register", "--lockfile", str(NUMPY_SAMPLE), "--name", "Layout-Env", check=True)
@@ -81,7 +81,7 @@ def test_artifact_layout(oci: str, oci_registry) -> None:  # noqa: ANN001
     assert manifest["annotations"]["io.mlenv.name"] == "Layout-Env"
 
 
-def test_bad_credentials_unreachable_and_anonymous(oci: str, oci_registry, monkeypatch: pytest.MonkeyPatch,
+def test_bad_credentials_unreachable_and_anonymous(oci: str, shared_data: Path, oci_registry, monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:  # noqa: ANN001
     mlenv("register", "--lockfile", str(NUMPY_SAMPLE), "--name", "env", check=True)
     before = tree_hashes(oci_registry.root / "data")
@@ -101,7 +101,7 @@ def test_bad_credentials_unreachable_and_anonymous(oci: str, oci_registry, monke
     assert_clean_error(mlenv("list", "--registry", "oci://"), 2, "malformed registry URL")
 
 
-def test_docker_config_credentials(oci: str, oci_registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: ANN001
+def test_docker_config_credentials(oci: str, shared_data: Path, oci_registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: ANN001
     import base64
 
     monkeypatch.delenv("MLENV_REGISTRY_USERNAME")
@@ -114,7 +114,7 @@ def test_docker_config_credentials(oci: str, oci_registry, monkeypatch: pytest.M
     assert mlenv("register", "--lockfile", str(NUMPY_SAMPLE), "--name", "cfg").returncode == 0
 
 
-def test_credentials_are_never_written(oci: str, oci_registry, isolated_registry: Path) -> None:  # noqa: ANN001
+def test_credentials_are_never_written(oci: str, shared_data: Path, oci_registry, isolated_registry: Path) -> None:  # noqa: ANN001
     mlenv("register", "--lockfile", str(NUMPY_SAMPLE), "--name", "secretive", check=True)
     password = oci_registry.password.encode()
     for root in (oci_registry.root / "data", isolated_registry):

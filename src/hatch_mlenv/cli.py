@@ -413,17 +413,18 @@ def install(project: Path, env: str | None, prefix: Path | None, force: bool, ve
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(project: Path, env: str | None, prefix: Path | None, command: tuple[str, ...]) -> None:
     """Run COMMAND inside the installed environment (installing it first if needed): mlenv run -- CMD ARGS..."""
-    from hatch_mlenv.install import activation, install_environment
+    from hatch_mlenv.install import activation, install_environment, resolve_command
 
     env = _environment(project, env)
     result = install_environment(env, prefix)
     variables, missing = activation(env, result.prefix, dict(os.environ))
+    executable = resolve_command(env, result.prefix, command[0], variables["PATH"])
     for name in missing:
         click.echo(f"mlenv: warning: secret variable {name} is not set in the environment", err=True)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvpe(command[0], list(command), variables)
+        os.execve(executable, list(command), variables)
     except OSError as exc:
         raise MlenvError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import urllib.parse
 from dataclasses import dataclass
@@ -510,3 +511,35 @@ def activation(env: Any, prefix: Path, base: dict[str, str]) -> tuple[dict[str, 
         elif name not in base:  # a secret: only ever from the caller's environment
             missing.append(name)
     return variables, missing
+
+
+# Names an environment that locks a conda `python` is meant to answer itself.
+_INTERPRETER = re.compile(r"(python|pip)(\d+(\.\d+)?)?")
+
+
+def resolve_command(env: Any, prefix: Path, command: str, path: str) -> str:
+    """The executable `mlenv run` starts for `command`: the environment's `bin` first.
+
+    A python (or pip) that the environment locks but whose prefix has no such
+    executable is an error naming the environment: falling through to the
+    caller's interpreter would run code outside the environment while
+    everything looks fine. Other commands (`sh`, `ls`) may come from PATH.
+    """
+    if os.sep in command:
+        return command
+    bin_dir = prefix / "bin"
+    found = shutil.which(command, path=path)
+    if found and Path(found).parent.resolve() == bin_dir.resolve():
+        return found
+    if env.spec.managed and _INTERPRETER.fullmatch(command):
+        from hatch_mlenv.spec import current_platform
+
+        locked = {p.name for p in env.lock.for_platform(current_platform()) if p.manager == "conda"}
+        if "python" in locked:
+            elsewhere = f"; not running {found}, which is outside the environment" if found else ""
+            raise MlenvError(
+                f"environment {env.name} locks python but provides no {command!r} in {bin_dir}{elsewhere}"
+            )
+    if found:
+        return found
+    raise MlenvError(f"cannot run {command!r}: not in environment {env.name} ({bin_dir}) nor on PATH")
