@@ -12,7 +12,7 @@ from hatch_mlenv import plugins
 from hatch_mlenv.hookspecs import hookimpl
 from hatch_mlenv.lockfile import atomic_write, read_lock
 from hatch_mlenv.solve import RattlerSolver
-from tests.conftest import mlenv, write_project
+from tests.conftest import assert_clean_error, mlenv, write_project
 
 
 def test_version() -> None:
@@ -71,3 +71,20 @@ def test_reordered_spec_gives_the_same_lock_and_digest(tmp_path: Path, channel: 
     mlenv("lock", "--project", str(b), check=True)
     assert (a / "conda-lock.yml").read_bytes() == (b / "conda-lock.yml").read_bytes()
     assert read_lock(a / "conda-lock.yml").digest() == read_lock(b / "conda-lock.yml").digest()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["export", "--format", "explicit", "-o", "/proc/mlenv-nope.txt"], "/proc/mlenv-nope.txt: "),
+        (["sbom", "-o", "/sys/mlenv-nope.json"], "/sys/mlenv-nope.json: permission denied"),
+        (["install", "--prefix", "/proc/mlenv-env"], "/proc/"),
+    ],
+)
+def test_os_errors_are_one_line_naming_the_path(tmp_path: Path, channel: Path, args: list[str], needle: str) -> None:
+    project = write_project(tmp_path, f'channels = ["{channel}"]\nplatforms = ["linux-64"]\npython = "3.11"\n'
+                                      'conda = ["six"]\n')
+    mlenv("lock", "--project", str(project), check=True)
+    result = mlenv(*args, "--project", str(project))
+    assert_clean_error(result, 1, needle)
+    assert "internal error" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -46,10 +47,31 @@ class _Group(click.Group):
             _fail(f"{exc.format_message()} (see `{command} --help`)", EXIT_USAGE)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OSError as exc:  # the file system said no: name the path and what to do
+            _fail(_os_error(exc), EXIT_FAILURE)
         except Exception as exc:  # a bug of ours: one line, the traceback only on request
             if os.environ.get("MLENV_DEBUG"):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (set MLENV_DEBUG=1 for the traceback)", EXIT_FAILURE)
+
+
+_WHAT_TO_DO = {
+    errno.ENOSPC: "no space left on the device; free some space and run it again",
+    errno.EDQUOT: "over the disk quota; free some space and run it again",
+    errno.EACCES: "permission denied; check the owner and mode of the path, or choose another one",
+    errno.EPERM: "operation not permitted; check the owner and mode of the path, or choose another one",
+    errno.EROFS: "read-only file system; choose a writable location",
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "is a directory where a file is expected; move it away",
+    errno.ENOTDIR: "a part of the path is a file where a directory is expected",
+}
+
+
+def _os_error(exc: OSError) -> str:
+    path = exc.filename if exc.filename is not None else "(unknown path)"
+    also = f" (and {exc.filename2})" if exc.filename2 is not None else ""
+    reason = _WHAT_TO_DO.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"{path}{also}: {reason}"
 
 
 def _fail(message: str, code: int) -> None:

@@ -325,9 +325,12 @@ def atomic_write(path: Path, text: str) -> None:
     the next write removes what a killed writer left behind."""
     import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_leftovers(path.parent, f".{path.name}.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_leftovers(path.parent, f".{path.name}.")
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the user asked for, not our temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
