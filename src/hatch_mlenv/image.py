@@ -191,9 +191,10 @@ def write_context(
 
 
 def _install_prefix(env: Any, prefix: Path, target_prefix: str) -> None:
-    from hatch_mlenv.install import install_conda, install_wheels, wheel_indexes
+    from hatch_mlenv.install import check_lock_integrity, install_conda, install_wheels, wheel_indexes
 
     lock, lockfile = env.lock, env.spec.lockfile
+    check_lock_integrity(lock, lockfile)
     install_conda(lockfile, PLATFORM, prefix, target_prefix=target_prefix, channels=env.spec.channel_fetch_urls())
     wheels = [p for p in lock.for_platform(PLATFORM) if p.manager == "pip"]
     if wheels:

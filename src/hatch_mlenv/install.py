@@ -137,6 +137,16 @@ def _scrub_records(prefix: Path, authenticated: dict[str, str]) -> None:
             record.chmod(mode)
 
 
+def check_lock_integrity(lock: Any, lockfile: Path) -> None:
+    """Refuse a lock whose packages were edited after it was written (a URL, an md5, a
+    sha256): the download checks would otherwise trust the edited values."""
+    if lock.recorded_digest is not None and lock.recorded_digest != lock.digest():
+        raise InstallError(
+            f"{lockfile}: the lock was edited by hand: its packages no longer match the digest recorded "
+            f"when it was locked; restore it or run `mlenv lock --force`"
+        )
+
+
 def verify_local_archives(records: list) -> None:
     """Check every `file://` archive against the lock's sha256 and md5 before anything is linked.
 
@@ -308,6 +318,7 @@ def install_environment(
                              "user-managed")
     platform = current_platform()
     lock = env.lock
+    check_lock_integrity(lock, env.spec.lockfile)
     packages = lock.for_platform(platform)
     if not packages:
         raise InstallError(
