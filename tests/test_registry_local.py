@@ -351,7 +351,7 @@ while True:
 """
 
 
-@pytest.mark.parametrize("delay", [0.35, 0.5, 0.65, 0.8])
+@pytest.mark.parametrize("delay", [round(0.3 + 0.03 * trial, 2) for trial in range(20)])
 def test_sigkill_mid_registration_leaves_whole_versions(tmp_path: Path, delay: float) -> None:
     db = tmp_path / "killed.sqlite3"
     root = str(Path(__file__).resolve().parents[1])

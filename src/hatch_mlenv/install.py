@@ -326,6 +326,10 @@ def install_environment(
             f"(locked: {', '.join(lock.platforms) or 'none'}); add it to tool.mlenv.platforms and run `mlenv lock`"
         )
     prefix = (prefix or default_prefix(env)).absolute()
+    from hatch_mlenv.lockfile import remove_dead_leftovers
+
+    for leftover in (f".{prefix.name}.staging-", f".{prefix.name}.old-"):
+        remove_dead_leftovers(prefix.parent, leftover)  # of installs that were killed
     state_path = prefix / STATE_FILE
     old_state = _read_state(state_path)
     damage: tuple[str, ...] = ()
@@ -343,10 +347,6 @@ def install_environment(
     if prefix.exists() and not (prefix / "conda-meta").is_dir() and any(prefix.iterdir()):
         raise InstallError(f"{prefix}: exists and is not a conda prefix (no conda-meta); choose another --prefix")
 
-    from hatch_mlenv.lockfile import remove_dead_leftovers
-
-    for leftover in (f".{prefix.name}.staging-", f".{prefix.name}.old-"):
-        remove_dead_leftovers(prefix.parent, leftover)  # of installs that were killed
     staging = prefix.parent / f".{prefix.name}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:

@@ -159,6 +159,9 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
 
 def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> LockOutcome:
     """Bring `spec.lockfile` up to date with `spec`; see the module docstring."""
+    from hatch_mlenv.lockfile import remove_dead_leftovers
+
+    remove_dead_leftovers(spec.lockfile.parent, f".{spec.lockfile.name}.")  # of a lock that was killed
     if not update and not force:
         digest = stamped_digest(spec)
         if digest is not None:
