@@ -392,3 +392,21 @@ def test_show_and_manifest_carry_provenance(project: Path) -> None:
     assert data["provenance"]["lockfile_sha256"] == hashlib.sha256((project / "conda-lock.yml").read_bytes()).hexdigest()
     human = mlenv("show", "--project", str(project), check=True).stdout
     assert "demo:1" in human and head[:12] in human
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["get", "x:99999999999999999999999"], 2, "the version must be an integer from 1 to 2147483647"),
+        (["get", "x:0"], 2, "the version must be an integer from 1"),
+        (["get", "n" * 300], 2, "at most 100 characters"),
+        (["history", "n" * 300], 1, "no environment named"),
+        (["label", "demo:1", "bad label!"], 2, "invalid label"),
+        (["get", "demo:1", "-o", "/proc/mlenv-x"], 1, "/proc/mlenv-x"),
+    ],
+)
+def test_bad_registry_input_is_one_clean_line(project: Path, args: list[str], code: int, needle: str) -> None:
+    mlenv("register", "--project", str(project), check=True)
+    result = mlenv(*args)
+    assert_clean_error(result, code, needle)
+    assert "internal error" not in result.stderr

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from hatch_mlenv.errors import MlenvError, RegistryError, UsageError
 
 LATEST = "latest"
+MAX_VERSION = 2**31 - 1  # version numbers are SQLite integers and OCI tags: keep them in range
 ENV_REGISTRY = "MLENV_REGISTRY"
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # at most 100 characters, as in [tool.mlenv] name
@@ -44,11 +45,13 @@ class Reference:
 def parse_reference(text: str, *, require_version: bool = False) -> Reference:
     match = _REF_RE.match(text.strip())
     if not match:
-        raise UsageError(f"malformed reference {text!r}: use NAME, NAME:VERSION or NAME@LABEL")
+        shown = f"{text[:60]!r}..." if len(text) > 60 else repr(text)
+        raise UsageError(f"malformed reference {shown}: use NAME, NAME:VERSION or NAME@LABEL "
+                         "(a name has at most 100 characters)")
     version = match["version"]
     if version is not None:
-        if not version.isdigit() or int(version) < 1:
-            raise UsageError(f"malformed reference {text!r}: the version must be a positive integer")
+        if not version.isdigit() or not 1 <= int(version) <= MAX_VERSION:
+            raise UsageError(f"malformed reference {text[:120]!r}: the version must be an integer from 1 to {MAX_VERSION}")
         return Reference(match["name"], int(version))
     if require_version:
         raise UsageError(f"malformed reference {text!r}: use NAME:VERSION")
