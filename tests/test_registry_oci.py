@@ -51,7 +51,7 @@ def test_register_get_history_labels_archive(oci: str, shared_data: Path, tmp_pa
 
     listing = json.loads(mlenv("list", "--json", check=True).stdout)
     assert listing == [{"name": "numpy-env", "latest": 2, "versions": 2,
-                        "labels": {"latest": 2, "prod": 2, "staging": 1}, "description": None}]
+                        "labels": {"latest": 2, "prod": 2, "staging": 1}, "dangling_labels": {}, "description": None}]
     mlenv("archive", "numpy-env:1", check=True)
     assert json.loads(mlenv("list", "--json", check=True).stdout)[0]["versions"] == 1
     mlenv("get", "numpy-env:1", "-o", str(tmp_path / "archived"), check=True)
@@ -177,8 +177,24 @@ def test_corrupted_artifact_is_never_served(oci: str, oci_registry, tmp_path: Pa
             tampered += 1
     assert tampered == 1
     result = mlenv("get", "tamper:1", "-o", str(tmp_path / "out"))
-    assert_clean_error(result, 1, "registry entry tamper:1 is corrupted: digest mismatch")
+    assert_clean_error(result, 1, "registry entry tamper:1 is corrupted")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_renumbered_version_is_refused(oci: str, tmp_path: Path) -> None:
+    """Moving the tag v2 onto version 1's manifest does not make version 1 into version 2."""
+    from hatch_mlenv.registry import open_registry
+
+    for text in ("first", "second"):
+        lockfile = tmp_path / f"{text}.yml"
+        lockfile.write_text(small_lock(text))
+        mlenv("register", "--lockfile", str(lockfile), "--name", "renum", check=True)
+    registry = open_registry(oci)
+    repo = registry.target.repository("renum")
+    body, _ = registry._manifest(repo, "v1")  # what a user with push rights could do by hand
+    registry._put_manifest(repo, "v2", body)
+    assert_clean_error(mlenv("get", "renum:2", "-o", str(tmp_path / "out")), 1, "registry entry renum:2 is corrupted")
+    assert mlenv("get", "renum:1", "-o", str(tmp_path / "one")).returncode == 0
 
 
 def test_listings_follow_pages(oci: str, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from hatch_mlenv.registry import (
     Registration,
     Version,
     check_label,
+    entry_hash,
     verify,
 )
 
@@ -316,7 +317,9 @@ class OciRegistry:
             else:
                 number = max((int(m[1]) for t in tags if (m := _VERSION_TAG.match(t))), default=0) + 1
                 config = json.dumps(
-                    {"name": name, "version": number, "digest": digest, "provenance": provenance}, sort_keys=True
+                    {"name": name, "version": number, "digest": digest, "provenance": provenance,
+                     "entry_hash": entry_hash(name, number, lockfile, manifest, provenance)},
+                    sort_keys=True,
                 ).encode()
                 body = self._artifact(
                     repo,
@@ -372,8 +375,9 @@ class OciRegistry:
             labels = tuple(sorted(self._labels_of(repo, body)))
         if archived is None:
             archived = number in self._index(repo).get("archived", [])
+        # entry_hash covers the number too: a v<N> tag moved onto another version's manifest is refused
         return Version(name, number, config["digest"], lockfile, env_manifest, config.get("provenance", {}),
-                       labels, archived)
+                       labels, archived, config.get("entry_hash"))
 
     def _labels_of(self, repo: str, body: bytes) -> list[str]:
         wanted = "sha256:" + hashlib.sha256(body).hexdigest()
