@@ -87,3 +87,29 @@ def test_credentials_are_used_and_never_written(
     for result in outputs:
         for secret in SECRETS[:3]:
             assert secret not in result.stdout + result.stderr, (result.args, secret)
+
+
+def test_rattler_authentication_storage_is_used_for_channels(
+    tmp_path: Path, channel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A channel URL without credentials: rattler's RATTLER_AUTH_FILE has them (keyed by host)."""
+    import json
+
+    auth = tmp_path / "rattler-auth.json"
+    auth.write_text(json.dumps({"127.0.0.1": {"BasicHTTP": {"username": "mlenv-bot", "password": PASSWORD}}}))
+    with serve(channel, auth=("mlenv-bot", PASSWORD)) as url:
+        base = url.removesuffix("/simple/")
+        project = write_project(tmp_path / "proj", f"""
+            channels = ["{base}"]
+            platforms = ["linux-64"]
+            python = "3.11"
+            conda = ["mlenv-hello ==1.0.0"]
+            """)
+        refused = mlenv("lock", "--project", str(project))
+        assert_clean_error(refused, 1, "cannot read the channels for linux-64")
+        assert "401" in refused.stderr
+        monkeypatch.setenv("RATTLER_AUTH_FILE", str(auth))
+        mlenv("lock", "--project", str(project), check=True)
+        mlenv("install", "--project", str(project), "--prefix", str(tmp_path / "env"), check=True)
+    assert (tmp_path / "env" / "bin" / "mlenv-hello").is_file()
+    assert _files_holding_secrets(project, tmp_path / "env") == []

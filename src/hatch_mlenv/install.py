@@ -65,6 +65,7 @@ def install_conda(
 
     import rattler
 
+    from rattler.networking import Client
     from rattler.package_cache import PackageCacheLayer, ValidationMode
 
     records = conda_records(lockfile, platform)
@@ -88,6 +89,8 @@ def install_conda(
                 installed_packages=installed,
                 show_progress=show_progress,
                 execute_link_scripts=False,
+                # the standard client reads rattler's authentication storage (RATTLER_AUTH_FILE, keyring, netrc)
+                client=Client.default_client(),
             )
         )
     except Exception as exc:  # rattler's InstallerError, LinkError, fetch errors

@@ -56,7 +56,11 @@ class RattlerSolver:
 
         import rattler
 
-        gateway = rattler.Gateway()
+        from rattler.networking import Client
+
+        # The standard client carries rattler's authentication storage (RATTLER_AUTH_FILE,
+        # keyring, netrc); the gateway's own default client does not (py-rattler 0.28).
+        gateway = rattler.Gateway(client=Client.default_client())
         channels = [rattler.Channel(url) for url in request.channels]
         specs = [rattler.MatchSpec(s, strict=False) for s in request.specs]
         results = await asyncio.gather(
