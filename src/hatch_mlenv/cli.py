@@ -614,11 +614,9 @@ def curated_show(name: str) -> None:
     from hatch_mlenv import curated as catalog
 
     if name not in catalog.names():
-        import difflib
+        from hatch_mlenv.errors import did_you_mean
 
-        close = difflib.get_close_matches(name, catalog.names(), n=1)
-        hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(catalog.names())})"
-        raise UsageError(f"unknown curated environment {name!r}{hint}")
+        raise UsageError(f"unknown curated environment {name!r}{did_you_mean(name, catalog.names(), known=True)}")
     click.echo(f"# extends = \"curated:{name}\"")
     click.echo(catalog.path(name).read_text(), nl=False)
 

@@ -55,3 +55,31 @@ class RegistryError(MlenvError):
 
 class NotFoundError(RegistryError):
     """No such environment, version or label in the registry."""
+
+
+class InstallError(MlenvError):
+    """A package could not be fetched, verified or linked."""
+
+
+class ImageError(MlenvError):
+    """The image cannot be built or pushed; the message names the cause."""
+
+
+class PackError(MlenvError):
+    """The environment cannot be packed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (another library's, usually), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...], *, known: bool = False) -> str:
+    """`; did you mean X?` for the closest choice; with `known`, the list of choices otherwise."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]}?"
+    return f" (known: {', '.join(choices)})" if known else ""

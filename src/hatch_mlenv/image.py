@@ -21,17 +21,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hatch_mlenv import __version__
-from hatch_mlenv.errors import MlenvError
+from hatch_mlenv.errors import ImageError
+from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import Lock
 
 PLATFORM = "linux-64"
 DEFAULT_BASE_IMAGE = "debian:12-slim"
 MICROMAMBA_IMAGE = "mambaorg/micromamba:1.5.10"
 STRATEGIES = ("host", "dockerfile")
-
-
-class ImageError(MlenvError):
-    """The image cannot be built or pushed; the message names the cause."""
 
 
 @dataclass(frozen=True)
@@ -365,6 +362,3 @@ def _auth_config() -> dict[str, str] | None:
     return {"username": user, "password": password} if user and password else None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

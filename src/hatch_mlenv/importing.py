@@ -73,10 +73,9 @@ def from_environment_yml(path: Path) -> Imported:
         raise ConfigError(path, None, "not an environment.yml: expected a mapping with `dependencies`")
     for key in document:
         if key not in _ENV_YML_KEYS + _ENV_YML_IGNORED:
-            import difflib
+            from hatch_mlenv.errors import did_you_mean
 
-            close = difflib.get_close_matches(str(key), _ENV_YML_KEYS, n=1)
-            hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(_ENV_YML_KEYS)})"
+            hint = did_you_mean(str(key), _ENV_YML_KEYS, known=True)
             raise ConfigError(path, str(key), f"unknown environment.yml section{hint}")
     result = Imported(str(path), name=document.get("name"))
     if "prefix" in document:

@@ -18,13 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from hatch_mlenv.errors import MlenvError
+from hatch_mlenv.errors import InstallError, MlenvError
+from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import LockedPackage
 from hatch_mlenv.paths import cache_dir
-
-
-class InstallError(MlenvError):
-    """A package could not be fetched, verified or linked."""
 
 
 def conda_records(lockfile: Path, platform: str) -> list:  # -> list[rattler.RepoDataRecord]
@@ -268,11 +265,6 @@ def file_hashes(path: Path, kinds: Sequence[str]) -> dict[str, str]:
 
 def file_sha256(path: Path) -> str:
     return file_hashes(path, ["sha256"])["sha256"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _settle_rattler() -> None:

@@ -17,14 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv.errors import MlenvError, UsageError
+from hatch_mlenv.errors import PackError, UsageError
 
 PLATFORM = "linux-64"
 ARCHIVE_ALIAS = "environment"
-
-
-class PackError(MlenvError):
-    """The environment cannot be packed."""
 
 
 def default_archive(env: Any) -> Path:

@@ -8,7 +8,6 @@ just before a solve.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import platform as _platform
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from hatch_mlenv.errors import ConfigError
+from hatch_mlenv.errors import ConfigError, did_you_mean
+from hatch_mlenv.errors import first_line as _first_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -331,11 +331,6 @@ def python_match_spec(python: str) -> str:
 
 def _normalize_spec(text: str) -> str:
     return " ".join(text.split())
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_spec(project_dir: Path | str, env: str | None = None) -> Spec:
@@ -751,8 +746,7 @@ def _type_name(value: object) -> str:
 
 
 def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
+    return did_you_mean(word, choices)
 
 
 class _Reader:

@@ -6,12 +6,11 @@ table. A project's own keys override and extend them (see `spec.merge_tables`).
 
 from __future__ import annotations
 
-import difflib
 import sys
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv.errors import ConfigError
+from hatch_mlenv.errors import ConfigError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -36,7 +35,5 @@ def read(name: str) -> dict[str, Any]:
 def load(name: str, source: Path, key: str) -> tuple[Path, dict[str, Any]]:
     """The curated table `name`; an unknown name is a ConfigError naming `source` and `key`."""
     if name not in names():
-        close = difflib.get_close_matches(name, names(), n=1)
-        hint = f"; did you mean {close[0]}?" if close else f" (known: {', '.join(names())})"
-        raise ConfigError(source, key, f"unknown curated environment {name!r}{hint}")
+        raise ConfigError(source, key, f"unknown curated environment {name!r}{did_you_mean(name, names(), known=True)}")
     return path(name), read(name)

@@ -51,6 +51,7 @@ from hatch.env.plugin.interface import EnvironmentInterface
 from hatch.utils.structures import EnvVars
 
 from hatch_mlenv.errors import ConfigError, MlenvError, StaleLockError
+from hatch_mlenv.errors import first_line as _first_line
 
 if TYPE_CHECKING:
     from hatch_mlenv.environment import Environment
@@ -287,7 +288,7 @@ class MlenvEnvironment(EnvironmentInterface):
             )
 
     def _python_version(self, env: Environment) -> str:
-        from hatch_mlenv.install import InstallError
+        from hatch_mlenv.errors import InstallError
         from hatch_mlenv.spec import current_platform
 
         platform = current_platform()
@@ -322,7 +323,8 @@ class MlenvEnvironment(EnvironmentInterface):
         from installer.destinations import SchemeDictionaryDestination
         from installer.sources import WheelFile
 
-        from hatch_mlenv.install import InstallError, _uninstall_dist, record_addition
+        from hatch_mlenv.errors import InstallError
+        from hatch_mlenv.install import _uninstall_dist, record_addition
 
         env = self._environment()
         python_version = self._python_version(env)
@@ -353,7 +355,7 @@ class MlenvEnvironment(EnvironmentInterface):
     def _build_wheel(self, out: Path, *, editable: bool) -> Path:
         from pyproject_hooks import BackendUnavailable, BuildBackendHookCaller, HookMissing
 
-        from hatch_mlenv.install import InstallError
+        from hatch_mlenv.errors import InstallError
 
         build_system = self.metadata.config.get("build-system", {})
         backend = build_system.get("build-backend") or "setuptools.build_meta:__legacy__"
@@ -453,6 +455,4 @@ def _fish_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+
