@@ -170,9 +170,10 @@ def from_prefix(prefix: Path) -> Imported:
         else:
             result.conda.append(f"{name} =={version}")
         conda_names.add(name)
-    from hatch_mlenv.verify import normalize_name, pip_distributions
+    from hatch_mlenv.pypi_names import canonical
+    from hatch_mlenv.verify import pip_distributions
 
-    provided = {normalize_name(n) for n in conda_names}
+    provided = {canonical(n) for n in conda_names}
     for name, (version, dist_info) in pip_distributions(prefix).items():
         if name not in provided:
             result.pip.append(f"{_dist_name(dist_info) or name}=={version}")

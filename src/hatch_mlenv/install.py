@@ -401,10 +401,11 @@ def _damage(lock: Any, prefix: Path, platform: str, state: dict[str, Any], *, fu
     an unrelated file added) only refreshes the fingerprint."""
     if not full and state.get("fingerprint") == _fingerprint(prefix):
         return ()
-    from hatch_mlenv.verify import normalize_name, verify_prefix
+    from hatch_mlenv.pypi_names import canonical
+    from hatch_mlenv.verify import verify_prefix
 
     drift = verify_prefix(lock, prefix, platform, check_files=True)
-    known = {f"pip {normalize_name(name)} " for name in state.get("additions", [])}
+    known = {f"pip {canonical(name)} " for name in state.get("additions", [])}
     drift.extra = [e for e in drift.extra if not any(e.startswith(k) for k in known)]
     if drift.clean:
         try:
@@ -418,12 +419,12 @@ def _damage(lock: Any, prefix: Path, platform: str, state: dict[str, Any], *, fu
 def record_addition(prefix: Path, distribution: str) -> None:
     """Accept a distribution installed into the prefix after the lock (the hatch plugin's
     project in dev mode): it is not damage, and the fingerprint now includes it."""
-    from hatch_mlenv.verify import normalize_name
+    from hatch_mlenv.pypi_names import canonical
 
     state = _read_state(prefix / STATE_FILE)
     if not state:
         return
-    additions = sorted({*state.get("additions", []), normalize_name(distribution)})
+    additions = sorted({*state.get("additions", []), canonical(distribution)})
     (prefix / STATE_FILE).write_text(json_dumps({**state, "additions": additions, "fingerprint": _fingerprint(prefix)}))
 
 

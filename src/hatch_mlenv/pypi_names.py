@@ -26,8 +26,10 @@ _PURL_PYPI = re.compile(r"^pkg:pypi/([^@?#]+)")
 
 
 def canonical(name: str) -> str:
-    """PEP 503 normalised name: `Msgpack_Python` -> `msgpack-python`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    """The one normalisation of PyPI names (packaging's): `Msgpack_Python` -> `msgpack-python`."""
+    from packaging.utils import canonicalize_name
+
+    return str(canonicalize_name(name))
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,6 +16,7 @@ from typing import Any
 
 from hatch_mlenv.errors import UsageError
 from hatch_mlenv.install import file_sha256
+from hatch_mlenv.pypi_names import canonical
 
 
 @dataclass
@@ -87,7 +88,7 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
     for name in sorted(records.keys() - conda.keys()):
         drift.extra.append(f"conda {name} {records[name].get('version')} {records[name].get('build')}")
 
-    pip = {normalize_name(p.name): p for p in locked if p.manager == "pip"}
+    pip = {canonical(p.name): p for p in locked if p.manager == "pip"}
     installed = pip_distributions(prefix)
     for name, package in sorted(pip.items()):
         found = installed.get(name)
@@ -97,7 +98,7 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
             drift.changed.append(f"pip {package.name}: locked {package.version}, installed {found[0]}")
         elif check_files:
             drift.modified_files += _modified_wheel_files(found[1])
-    conda_names = {normalize_name(n) for n in records}
+    conda_names = {canonical(n) for n in records}
     for name in sorted(installed.keys() - pip.keys() - conda_names):
         drift.extra.append(f"pip {name} {installed[name][0]}")
     drift.unowned_files = _unowned_files(prefix, records.values(), [d for _, d in installed.values()])
@@ -143,10 +144,6 @@ def _unowned_files(prefix: Path, records: Any, dist_infos: list[Path]) -> list[s
     return sorted(unowned)
 
 
-def normalize_name(name: str) -> str:
-    return name.lower().replace("_", "-").replace(".", "-")
-
-
 def _modified_conda_files(prefix: Path, record: dict[str, Any]) -> list[str]:
     modified = []
     for entry in (record.get("paths_data") or {}).get("paths", []):
@@ -178,7 +175,7 @@ def pip_distributions(prefix: Path) -> dict[str, tuple[str, Path]]:
             continue
         fields = dict(line.split(": ", 1) for line in metadata.read_text(errors="replace").splitlines()[:30] if ": " in line)
         if fields.get("Name"):
-            found[normalize_name(fields["Name"])] = (fields.get("Version", ""), dist_info)
+            found[canonical(fields["Name"])] = (fields.get("Version", ""), dist_info)
     return found
 
 
