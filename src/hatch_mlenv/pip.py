@@ -249,6 +249,9 @@ def _compile(
             find_uv_bin(), "pip", "compile", str(root / "requirements.in"),
             "--constraints", str(root / "constraints.txt"),
             "--config-file", str(root / "uv.toml"),
+            # Any interpreter will do (nothing is built); without one uv runs every python on
+            # PATH to find one, which cost ~1 s per platform behind pyenv shims (bench/pip.py).
+            "--python", sys.executable,
             "--python-version", python_version,
             "--python-platform", target,
             "--only-binary", ":all:",
