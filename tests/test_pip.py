@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.parser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -360,3 +361,20 @@ def test_bad_pip_configuration(tmp_path: Path, pip_channel: Path, body: str, key
     before = tree_hashes(tmp_path)
     assert_clean_error(mlenv("lock", "--project", str(proj)), 2, key, message)
     assert tree_hashes(tmp_path) == before
+
+
+def test_wheel_metadata_is_cached_by_sha256(tmp_path: Path, pip_channel: Path, isolated_registry: Path) -> None:
+    root = build_index(tmp_path / "index", [Wheel("mlenv-a", "1.0", requires=("mlenv-b>=1",)), Wheel("mlenv-b", "1.0")])
+    with serve(root) as url:
+        proj = project(tmp_path / "p", pip_channel, 'python = "3.11"\npip = ["mlenv-a"]\n', url)
+        mlenv("lock", "--project", str(proj), check=True)
+        a = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-a")
+        assert (isolated_registry / "cache" / "wheel-metadata" / f"{a.sha256}.METADATA").is_file()
+        # the index no longer serves PEP 658 metadata (uv reads the wheels): the relock reads our cache
+        for metadata in (root / "files").glob("*.metadata"):
+            metadata.unlink()
+        for page in (root / "simple").rglob("index.html"):
+            page.write_text(re.sub(r' data-(dist-info|core)-metadata="[^"]*"', "", page.read_text()))
+        mlenv("lock", "--force", "--project", str(proj), check=True)
+    a = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-a")
+    assert a.dependencies == {"mlenv-b": ">=1"}

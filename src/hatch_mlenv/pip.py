@@ -323,12 +323,35 @@ def _requirements(
     """Each wheel's `Requires-Dist` for the target, as conda-lock records dependencies: {name: specifier}.
 
     Read from the core metadata that indexes serve next to wheels (PEP 658), or
-    from the wheel itself for a local file; fetched in parallel.
+    from the wheel itself for a local file; fetched in parallel, and kept in the
+    user cache by the wheel's sha256 (a wheel's metadata never changes), so a
+    relock or another platform with the same wheels asks the index nothing.
     """
     if not entries:
         return []
+    from hatch_mlenv.paths import cache_dir
+
+    cache = cache_dir() / "wheel-metadata"
+
+    def metadata(entry: dict[str, str]) -> str | None:
+        cached = cache / f"{entry['sha256']}.METADATA"
+        try:
+            return cached.read_text(encoding="utf-8")
+        except OSError:
+            pass
+        text = _core_metadata(entry["url"], known)
+        if text is not None:
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                partial = cached.with_suffix(f".{os.getpid()}.part")
+                partial.write_text(text, encoding="utf-8")
+                os.replace(partial, cached)
+            except OSError:  # a cache: never worth failing a lock for
+                pass
+        return text
+
     with ThreadPoolExecutor(max_workers=8) as pool:
-        texts = list(pool.map(lambda entry: _core_metadata(entry["url"], known), entries))
+        texts = list(pool.map(metadata, entries))
     return [_dependencies(text, environment) for text in texts]
 
 
