@@ -250,7 +250,7 @@ class MlenvEnvironment(EnvironmentInterface):
     # --- running things inside ------------------------------------------------
 
     @contextmanager
-    def command_context(self) -> Iterator[dict[str, str]]:
+    def command_context(self) -> Iterator[dict[str, str | None]]:
         """Runs commands in `activation()`'s environment; yields what it changed (None: unset; PATH: the
         entries it added), for `enter_shell`."""
         from hatch_mlenv.install import activation
@@ -406,7 +406,7 @@ class MlenvEnvironment(EnvironmentInterface):
         once, there), not the scripts themselves: rattler writes no csh, and running
         them again in the shell would prepend their PATH entries twice. PATH gets the
         entries activation added, in front of whatever the startup files made of it.
-        Secrets stay in the shell's inherited environment: activation never changes them.
+        Secrets stay in the shell's inherited environment: only what activation changed is written.
         """
         from hatch_mlenv.lockfile import atomic_write
 
