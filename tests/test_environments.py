@@ -196,6 +196,11 @@ def test_user_managed_environment_is_versioned_not_solved(tmp_path: Path) -> Non
     assert mlenv("lock", "--check", "--project", str(project)).returncode == 0
     installed = mlenv("install", "--project", str(project), check=True)
     assert "user-managed" in installed.stdout and not (project / ".mlenv").exists()
+    # run activates the interpreter's own prefix, whose python comes first
+    interpreter_prefix = Path(sys.executable).parent.parent
+    ran = mlenv("run", "--project", str(project), "--", "python", "-c",
+                "import os, sys; print(os.environ['CONDA_PREFIX'], sys.executable)", check=True)
+    assert ran.stdout.split() == [str(interpreter_prefix), sys.executable]
     assert mlenv("register", "--project", str(project), check=True).stdout.startswith("demo:1 ")
     out = tmp_path / "ctx"
     mlenv("image", "context", "-o", str(out), "--project", str(project), check=True)

@@ -276,3 +276,41 @@ def test_hatch_shell(tmp_path: Path, host_channel: Path) -> None:
     assert child.exitstatus == 4
     activate = (prefix / "etc" / "hatch-mlenv" / "activate").read_text()
     assert f"export CONDA_PREFIX={prefix}" in activate and "API_TOKEN" not in activate
+
+
+def test_hatch_run_and_shell_run_the_packages_activation_scripts(tmp_path: Path, host_channel: Path) -> None:
+    project = make_project(tmp_path / "demo", host_channel)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"mlenv-greeting ==1.0"]',
+                                                       '"mlenv-greeting ==1.0", "mlenv-activate"]'))
+    mlenv("lock", "--project", str(project), check=True)
+    prefix = project / ".mlenv" / "envs" / "demo"
+    probe = 'echo "MARK:$MLENV_ACTIVATED:$(command -v python):$OMP_NUM_THREADS:$PATH"'
+    expected = f"MARK:activated in {prefix}:{prefix}/bin/python:2:{prefix}/bin:{prefix}/share/mlenv-activate/bin:"
+
+    ran = hatch("run", "train:sh", "-c", probe, cwd=project)
+    assert [x for x in ok(ran).splitlines() if x.startswith(expected)], (expected, ran.stdout)
+    assert "mlenv-activate: activated" in ran.stderr  # the script's own output, on stderr
+
+    piped = hatch("shell", "train", "--name", "sh", "--path", "/bin/sh", cwd=project, stdin=f"{probe}\nexit 3\n")
+    assert piped.returncode == 3, piped.stderr
+    assert [x for x in piped.stdout.splitlines() if x.startswith(expected)], (expected, piped.stdout)
+
+    # In a terminal the shell's startup files run after activation; the activate script hatch
+    # sources then replays what the packages' scripts set, without running them a second time.
+    child = pexpect.spawn(sys.executable, ["-m", "hatch", "shell", "train", "--name", "bash", "--path", "/bin/bash"],
+                          cwd=str(project), encoding="utf-8", timeout=60, env=dict(os.environ))
+    try:
+        child.expect('hatch-mlenv/activate"')
+        child.expect(r"[#$] ")
+        child.sendline(probe)
+        child.expect(r"MARK:(activated in [^\r\n]*)\r\n")  # not the echo of the typed line
+        assert ("MARK:" + child.match.group(1)).startswith(expected)
+        child.sendline("exit 4")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 4
+    activate = (prefix / "etc" / "hatch-mlenv" / "activate").read_text()
+    assert f"export PATH={prefix}/bin:{prefix}/share/mlenv-activate/bin:\"$PATH\"" in activate
+    assert f"export MLENV_ACTIVATED='activated in {prefix}'" in activate

@@ -127,6 +127,35 @@ def test_secrets_never_reach_the_image(image_project: Path, docker_client) -> No
                 assert SECRET.encode() not in layer
 
 
+def test_the_image_runs_the_packages_activation_scripts(image_project: Path, docker_client) -> None:  # noqa: ANN001
+    pyproject = image_project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"python-dateutil"]', '"python-dateutil", "mlenv-activate"]'))
+    pyproject.write_text(pyproject.read_text().replace('OMP_NUM_THREADS = "3"', 'OMP_NUM_THREADS = "3", A_B = "it\'s"'))
+    mlenv("lock", "--project", str(image_project), check=True)
+    tag = _tag(image_project)
+    mlenv("image", "build", "--project", str(image_project), check=True)
+    probe = 'echo "$MLENV_ACTIVATED"; echo "$PATH"; echo "$OMP_NUM_THREADS $A_B $CONDA_PREFIX"; mlenv-hello'
+    activated, path, values, hello = run(docker_client, tag, probe).splitlines()  # the script's chatter: stderr
+    assert activated == "activated in /opt/env"
+    assert path.startswith("/opt/env/bin:/opt/env/share/mlenv-activate/bin:") and path.count("/opt/env/bin") == 1
+    assert values == "3 it's /opt/env" and hello == "hello from /opt/env"
+    logs = docker_client.containers.run(tag, ["true"], remove=False, stderr=True, stdout=False, detach=True)
+    try:
+        assert logs.wait()["StatusCode"] == 0
+        assert logs.logs(stdout=False, stderr=True).decode() == "mlenv-activate: activated\n"
+    finally:
+        logs.remove()
+    import docker
+
+    with pytest.raises(docker.errors.ContainerError) as failed:  # the command's exit status is the container's
+        run(docker_client, tag, "exit 7")
+    assert failed.value.exit_status == 7
+    config = docker_client.images.get(tag).attrs["Config"]
+    assert config["Entrypoint"] == ["/opt/env/etc/hatch-mlenv/entrypoint.sh"] and config["Cmd"] == ["/bin/sh"]
+    assert SECRET not in docker_client.containers.run(tag, ["cat", "/opt/env/etc/hatch-mlenv/entrypoint.sh"],
+                                                       remove=True).decode()
+
+
 def test_push_remove_pull_by_digest_and_run(image_project: Path, docker_client, oci_registry,
                                             monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     pyproject = image_project / "pyproject.toml"
@@ -186,6 +215,8 @@ def test_host_context_has_an_installed_prefix(image_project: Path, tmp_path: Pat
     assert (out / "env" / "conda-meta").is_dir()
     assert (out / "env" / "bin" / "mlenv-hello").read_text().strip().endswith('"hello from /opt/env"')
     assert (out / "Dockerfile").read_text().splitlines()[1].startswith("FROM mlenv-test-base:busybox")
+    # nothing to activate beyond ENV: no entrypoint, the base image's own is kept
+    assert "ENTRYPOINT" not in (out / "Dockerfile").read_text() and not (out / "env" / "etc" / "hatch-mlenv").exists()
     busy = mlenv("image", "context", "-o", str(out), "--project", str(image_project))
     assert_clean_error(busy, 1, "not empty")
 

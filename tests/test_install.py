@@ -76,6 +76,46 @@ def test_run_activates_and_returns_the_exit_code(project: Path, monkeypatch: pyt
     assert_clean_error(missing, 1, "cannot run 'no-such-command-xyz'")
 
 
+def test_run_runs_the_packages_activation_scripts(tmp_path: Path, channel: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    project = write_project(
+        tmp_path / "proj",
+        f"""
+        channels = ["{channel}"]
+        platforms = ["linux-64"]
+        conda = ["mlenv-hello ==1.0.0", "mlenv-activate"]
+        variables = {{ OMP_NUM_THREADS = "2" }}
+        """,
+    )
+    mlenv("lock", "--project", str(project), check=True)
+    prefix = project / ".mlenv" / "envs" / "demo"
+    probe = 'echo "$MLENV_ACTIVATED"; echo "$PATH"; echo "$OMP_NUM_THREADS $CONDA_SHLVL"; mlenv-hello; exit 5'
+    result = mlenv("run", "--project", str(project), "--", "sh", "-c", probe)
+    assert result.returncode == 5, result.stderr
+    activated, path, numbers, hello = result.stdout.splitlines()
+    assert activated == f"activated in {prefix}"
+    # the script's PATH entry is there, behind the environment's bin
+    assert path.startswith(f"{prefix}/bin:{prefix}/share/mlenv-activate/bin:")
+    assert numbers == "2 1" and hello == f"hello from {prefix}"
+    assert "mlenv-activate: activated" in result.stderr  # a script's own output, kept off the command's stdout
+
+    # the spec's value wins over a package's script: it is what the user asked for
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('OMP_NUM_THREADS = "2"', 'MLENV_ACTIVATED = "by the spec"'))
+    mlenv("lock", "--project", str(project), check=True)
+    spec = mlenv("run", "--project", str(project), "--", "sh", "-c", 'echo "$MLENV_ACTIVATED"', check=True)
+    assert spec.stdout == "by the spec\n"
+
+    monkeypatch.setenv("MLENV_ACTIVATE_EXIT", "3")
+    broken = mlenv("run", "--project", str(project), "--", "sh", "-c", "echo ran")
+    assert broken.returncode == 1 and broken.stdout == "" and "Traceback" not in broken.stderr
+    # the script's own words, then ours
+    assert broken.stderr.splitlines() == [
+        "mlenv-activate: activated",
+        f"error: activating {prefix} failed: a script in etc/conda/activate.d exited with status 3",
+    ]
+
+
 def test_run_never_falls_through_to_the_callers_python(project: Path) -> None:
     # The fixture channel's python is a demo: it installs bin/python3-fixture, no bin/python.
     prefix = project / ".mlenv" / "envs" / "demo"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import shutil
+import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -506,18 +508,80 @@ def _swap(staging: Path, prefix: Path) -> None:
 
 
 def activation(env: Any, prefix: Path, base: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """The environment of a command run inside `prefix`, and the secret variables it lacks."""
-    variables = dict(base)
-    variables["PATH"] = os.pathsep.join([str(prefix / "bin"), base.get("PATH", "")]).rstrip(os.pathsep)
-    variables["CONDA_PREFIX"] = str(prefix)
+    """The environment of a command run inside `prefix`, and the secret variables it lacks.
+
+    conda's activation, as rattler writes it (PATH, CONDA_PREFIX, CONDA_SHLVL, the
+    prefix's `etc/conda/env_vars.d`, then every `etc/conda/activate.d/*.sh`), run by
+    a POSIX shell whose resulting environment is taken, as pixi does: packages such
+    as GDAL, Java or CUDA toolkits set their variables only in those scripts.
+    The scripts see the lock's variables; the lock's values are applied again after
+    them, since the spec is what the user asked for, and the prefix's `bin` is kept
+    first so `resolve_command` finds the environment's own executables.
+    """
+    locked = {name: value for name, value in env.lock.variables.items() if value is not None}
+    # a secret: only ever from the caller's environment
+    missing = [name for name, value in env.lock.variables.items() if value is None and name not in base]
+    start = {**base, **locked, "CONDA_DEFAULT_ENV": env.name}
+    variables = run_activation(prefix, start)
+    variables.update(locked)
     variables["CONDA_DEFAULT_ENV"] = env.name
-    missing = []
-    for name, value in env.lock.variables.items():
-        if value is not None:
-            variables[name] = value
-        elif name not in base:  # a secret: only ever from the caller's environment
-            missing.append(name)
+    variables["PATH"] = _bin_first(prefix / "bin", variables.get("PATH", ""))
     return variables, missing
+
+
+# Printed after the activation scripts: an environment entry always has a `=`, so
+# this one cannot be mistaken for a variable; its absence means a script exited.
+_ACTIVATED = b"mlenv:activated"
+
+
+def run_activation(prefix: Path, base: dict[str, str]) -> dict[str, str]:
+    """`base` as conda's activation of `prefix` leaves it (rattler's script, run by bash or sh)."""
+    from rattler.shell import ActivationVariables, PathModificationBehavior, Shell, activate
+
+    entries = [entry for entry in base.get("PATH", "").split(os.pathsep) if entry]
+    # Replace, with the caller's PATH spelled out: Prepend would append "${PATH}" to
+    # the same list and double every entry.
+    script = activate(
+        prefix,
+        ActivationVariables(None, entries or [str(prefix / "bin")], PathModificationBehavior.Replace),
+        Shell.bash,
+    ).script
+    # The environment is dumped before and after the scripts and only what they changed
+    # is kept: the shell itself exports SHLVL, PWD and `_`. Scripts' own output goes to
+    # stderr, where the user sees it, so it cannot corrupt the dump on stdout.
+    search = base.get("PATH") or os.defpath
+    env_command = shlex.quote(shutil.which("env", path=search) or "/usr/bin/env")
+    program = f"{env_command} -0\n{{\n{script}\n}} >&2\nprintf '%s\\0' '{_ACTIVATED.decode()}'\n{env_command} -0\n"
+    shell = shutil.which("bash", path=search) or "/bin/sh"
+    environ = {name: value for name, value in base.items() if name not in ("BASH_ENV", "ENV")}
+    try:
+        process = subprocess.run([shell, "-c", program], env=environ, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, check=False)
+    except OSError as exc:
+        raise MlenvError(f"cannot activate {prefix}: cannot start {shell}: {exc.strerror or exc}") from None
+    entries_out = process.stdout.split(b"\0")
+    if _ACTIVATED not in entries_out:
+        raise MlenvError(
+            f"activating {prefix} failed: a script in etc/conda/activate.d exited with status {process.returncode}"
+        )
+    marker = entries_out.index(_ACTIVATED)
+    before, after = _environ(entries_out[:marker]), _environ(entries_out[marker + 1:])
+    variables = dict(base)
+    for name in before.keys() - after.keys():
+        variables.pop(name, None)
+    variables.update({name: value for name, value in after.items() if before.get(name) != value})
+    return variables
+
+
+def _environ(entries: list[bytes]) -> dict[str, str]:
+    pairs = (entry.partition(b"=") for entry in entries if b"=" in entry)
+    return {os.fsdecode(name): os.fsdecode(value) for name, _, value in pairs}
+
+
+def _bin_first(bin_dir: Path, path: str) -> str:
+    """`path` with `bin_dir` first, once: a package's script may have prepended its own directory."""
+    rest = [entry for entry in path.split(os.pathsep) if entry and entry != str(bin_dir)]
+    return os.pathsep.join([str(bin_dir), *rest])
 
 
 # Names an environment that locks a conda `python` is meant to answer itself.

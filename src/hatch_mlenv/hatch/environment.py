@@ -22,8 +22,10 @@ Hatch drives the life cycle; each step maps onto a stage that already exists:
   `dependencies_in_sync` after every relock (and spec edit); in sync means the
   prefix's installed digest is the lock's digest and the project is installed.
   `sync_dependencies` installs the new lock (only changed packages move).
-- Commands and shells run with `activation()`'s environment: PATH, CONDA_PREFIX,
-  the spec's variables, and secrets only from the caller's environment.
+- Commands and shells run with `activation()`'s environment: conda's activation
+  of the prefix through rattler (PATH, CONDA_PREFIX, the packages'
+  `etc/conda/activate.d` scripts), the spec's variables, and secrets only from
+  the caller's environment.
 
 hatch's own `dependencies`/`extra-dependencies` are refused: they would put
 unlocked packages into a locked environment.
@@ -249,30 +251,39 @@ class MlenvEnvironment(EnvironmentInterface):
     # --- running things inside ------------------------------------------------
 
     @contextmanager
-    def command_context(self) -> Iterator[None]:
+    def command_context(self) -> Iterator[dict[str, str | None]]:
+        """Runs commands in `activation()`'s environment; yields what it changed (None: unset; PATH: the
+        entries it added), for `enter_shell`."""
         from hatch_mlenv.install import activation
 
         with self.get_env_vars():
+            base = dict(os.environ)
             with self._errors():
                 env, prefix = self._environment(), self.prefix
-            variables, missing = activation(env, prefix, dict(os.environ))
+                variables, missing = activation(env, prefix, base)
             for name in missing:
                 self.app.display_warning(f"mlenv: warning: secret variable {name} is not set in the environment")
+            # Always re-applied in a shell, even where the caller already had the same value.
+            kept = {"CONDA_PREFIX", "CONDA_DEFAULT_ENV", *(k for k, v in env.lock.variables.items() if v is not None)}
+            changes = {k: v for k, v in variables.items() if k in kept or base.get(k) != v}
+            changes.update({k: None for k in base.keys() - variables.keys()})
+            inherited = set(base.get("PATH", "").split(os.pathsep))
+            changes["PATH"] = os.pathsep.join(e for e in variables["PATH"].split(os.pathsep) if e not in inherited)
             with EnvVars(variables):
-                yield
+                yield changes
 
     def enter_shell(self, name: str, path: str, args: Any) -> None:
         from hatch.utils.shells import ShellManager
 
         executor = getattr(ShellManager(self), f"enter_{name}", None) if name in _SCRIPT_SHELLS else None
-        with self.command_context():
+        with self.command_context() as changes:
             # ShellManager drives the shell through a pty and needs a terminal; piped
             # input (`echo ... | hatch shell train`) gets the shell exec'd instead.
             if executor is None or self.platform.windows or not sys.stdin.isatty():
                 self.platform.exit_with_command([path, *args])
             else:
                 with self._errors():
-                    directory = self._write_activation_scripts()
+                    directory = self._write_activation_scripts(changes)
                 executor(path, args, directory)
 
     # --- helpers ----------------------------------------------------------------
@@ -390,26 +401,33 @@ class MlenvEnvironment(EnvironmentInterface):
             raise InstallError(f"cannot build {kind} of the project with {backend!r}:\n{exc}") from None
         return out / name
 
-    def _write_activation_scripts(self) -> Path:
+    def _write_activation_scripts(self, changes: dict[str, str | None]) -> Path:
         """`activate`, `activate.fish` and `activate.csh` for hatch's ShellManager, in `<prefix>/etc/hatch-mlenv/`.
 
-        Only what the lock says is written: secrets stay in the shell's inherited environment.
+        They replay what `activation()` changed (the packages' activate.d scripts ran
+        once, there), not the scripts themselves: rattler writes no csh, and running
+        them again in the shell would prepend their PATH entries twice. PATH gets the
+        entries activation added, in front of whatever the startup files made of it.
+        Secrets stay in the shell's inherited environment: only what activation changed is written.
         """
         from hatch_mlenv.lockfile import atomic_write
 
-        env = self._environment()
-        values = {"CONDA_PREFIX": str(self.prefix), "CONDA_DEFAULT_ENV": env.name}
-        values.update({k: v for k, v in env.lock.variables.items() if v is not None})
+        values = {k: v for k, v in changes.items() if k != "PATH" and v is not None}
+        unset = sorted(k for k, v in changes.items() if v is None)
         bin_dir = str(self.prefix / "bin")
+        added = [bin_dir] + [e for e in (changes.get("PATH") or "").split(os.pathsep) if e and e != bin_dir]
         directory = self.prefix / "etc" / "hatch-mlenv"
         header = f"# written by hatch-mlenv for `hatch shell {self.name}`: re-applied after the shell's startup files\n"
-        posix = [f"export PATH={shlex.quote(bin_dir)}:\"$PATH\""]
+        posix = [f"export PATH={shlex.quote(os.pathsep.join(added))}:\"$PATH\""]
         posix += [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+        posix += [f"unset {k}" for k in unset]
         posix += ["hash -r 2>/dev/null || true"]
-        fish = [f"set -gx PATH {_fish_quote(bin_dir)} $PATH"]
+        fish = [f"set -gx PATH {' '.join(map(_fish_quote, added))} $PATH"]
         fish += [f"set -gx {k} {_fish_quote(v)}" for k, v in values.items()]
-        csh = [f"setenv PATH {shlex.quote(bin_dir)}:\"$PATH\""]
+        fish += [f"set -e {k}" for k in unset]
+        csh = [f"setenv PATH {shlex.quote(os.pathsep.join(added))}:\"$PATH\""]
         csh += [f"setenv {k} {shlex.quote(v)}" for k, v in values.items()]
+        csh += [f"unsetenv {k}" for k in unset]
         csh += ["rehash"]
         for name, lines in (("activate", posix), ("activate.fish", fish), ("activate.csh", csh)):
             atomic_write(directory / name, header + "\n".join(lines) + "\n")
