@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.errors import MlenvError
 from hatch_mlenv.lockfile import LockedPackage
 from hatch_mlenv.paths import cache_dir
@@ -77,7 +78,7 @@ def install_conda(
     # paths.json before it is linked, so a damaged cache entry is re-extracted
     # from its (hash-checked) archive instead of being copied into a prefix.
     cache = rattler.PackageCache.from_layers([PackageCacheLayer(packages).with_validation_mode(ValidationMode.full())])
-    _settle_rattler()
+    settle_rattler_at_exit()
     try:
         asyncio.run(
             rattler.install(
@@ -273,12 +274,6 @@ def file_sha256(path: Path) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _settle_rattler() -> None:
-    from hatch_mlenv.solve import settle_rattler_at_exit
-
-    settle_rattler_at_exit()
 
 
 # Outside conda-meta/: conda and rattler read every conda-meta/*.json as a package record.
