@@ -254,7 +254,8 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
         names = {canonical(n) for n in update}
         preferred = tuple(p for p in previous.packages if canonical(p.name) not in names)
     available = plugins.solvers()
-    solver = available["rattler"]
+    spec.check_solver(available)
+    solver = available[spec.solver]
     request = SolveRequest(
         channels=tuple(spec.channel_fetch_urls()),
         specs=tuple(spec.conda_specs),
