@@ -176,3 +176,31 @@ def test_an_unknown_solver_is_a_config_error(tmp_path: Path, channel: Path) -> N
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (project / "conda-lock.yml").exists()
 
+
+# -- the public API --------------------------------------------------------------------
+def test_public_api_resolves_without_loading_the_heavy_parts() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hatch_mlenv\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('rattler', 'conda_lock', 'docker', 'oras')))\n"
+        "missing = [n for n in hatch_mlenv.__all__ if getattr(hatch_mlenv, n, None) is None]\n"
+        "print(missing)\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True).stdout
+    assert shown.splitlines() == ["[]", "[]"], shown
+    assert callable(hatch_mlenv.spark.configure) and callable(hatch_mlenv.lock.lock)
+
+
+def test_the_wheel_ships_py_typed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    checkout = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+                   cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True, timeout=300)
+    (wheel,) = tmp_path.glob("hatch_mlenv-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hatch_mlenv/py.typed" in names and "hatch_mlenv/_compat.py" in names
