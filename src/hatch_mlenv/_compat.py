@@ -77,9 +77,10 @@ def settle_rattler_at_exit() -> None:
     """Pause briefly at exit once rattler has solved, indexed or installed.
 
     py-rattler's runtime threads can still hold the GIL machinery when the
-    interpreter finalizes, which aborts the process ("PyGILState_Release") after
-    a failed solve or an install. A short pause at exit lets them finish; measured
-    0 crashes in 200 runs with it, up to 17% without (py-rattler 0.28.0).
+    interpreter finalizes, which aborts the process (SIGSEGV or "Fatal Python
+    error: PyGILState_Release") after a failed solve, an install (~17% of runs)
+    or `index_fs` (~2%). A short pause at exit, before finalization, lets them
+    finish: 0 crashes in 200 runs each (py-rattler 0.28.0).
     """
     import atexit
     import time
