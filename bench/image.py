@@ -155,17 +155,18 @@ print(json.dumps({"phases": phases, "lines": lines, "end": end}))
 # The warm install with a chosen cache validation mode: install_conda() of
 # hatch_mlenv.install, with only the ValidationMode changed.
 INSTALL_MODE = """\
-import asyncio, sys, time
+import asyncio, sys
 from pathlib import Path
 import rattler
 from rattler.package_cache import PackageCacheLayer, ValidationMode
+from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.install import conda_records
+settle_rattler_at_exit()
 mode, lockfile, packages, prefix = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 records = conda_records(lockfile, "linux-64")
 cache = rattler.PackageCache.from_layers([PackageCacheLayer(packages).with_validation_mode(getattr(ValidationMode, mode)())])
 asyncio.run(rattler.install(records, target_prefix=prefix, package_cache=cache, platform=rattler.Subdir("linux-64"),
                             alternative_target_prefix="/opt/env", show_progress=False, execute_link_scripts=False))
-time.sleep(0.02)  # py-rattler 0.28: let its worker thread settle before exit (see fixtures/conda_channel.py)
 """
 
 # The reuse path of `mlenv image build`, phase by phase in one fresh process: the

@@ -58,7 +58,7 @@ VIRTUAL_PACKAGES = [
 ]
 
 JSON_LOAD = "import json, sys\nfor p in sys.argv[1:]:\n    with open(p, 'rb') as f:\n        json.load(f)\n"
-# The same 20 ms pause at exit that mlenv registers (hatch_mlenv.solve.settle_rattler_at_exit):
+# The same 20 ms pause at exit that mlenv registers (hatch_mlenv._compat.settle_rattler_at_exit):
 # without it py-rattler's threads sometimes abort the interpreter at shutdown.
 BARE_SOLVE = """\
 import asyncio, atexit, json, sys, time

@@ -89,6 +89,14 @@ def test_spec_hash_ignores_order_and_formatting(tmp_path: Path) -> None:
     assert load_spec(a).hash() != load_spec(c).hash()
 
 
+def test_the_default_solver_keeps_existing_locks_fresh(tmp_path: Path) -> None:
+    absent = load_spec(write_project(tmp_path / "absent", 'conda = ["numpy"]\n'))
+    default = load_spec(write_project(tmp_path / "default", 'conda = ["numpy"]\nsolver = "rattler"\n'))
+    other = load_spec(write_project(tmp_path / "other", 'conda = ["numpy"]\nsolver = "conda"\n'))
+    assert absent.solver == default.solver == "rattler" and other.solver == "conda"
+    assert absent.hash() == default.hash() != other.hash()
+
+
 def test_secret_value_does_not_reach_the_hash_payload(tmp_path: Path) -> None:
     one = write_project(tmp_path / "one", 'variables = { T = { value = "s3cr3t-1", secret = true } }\n')
     two = write_project(tmp_path / "two", 'variables = { T = { value = "s3cr3t-2", secret = true } }\n')
@@ -118,6 +126,8 @@ def test_secret_value_does_not_reach_the_hash_payload(tmp_path: Path) -> None:
         ('lockfile = "../../x.yml"\n', "tool.mlenv.lockfile", "outside the project directory"),
         ('lockfile = "/nonexistent/dir/l.yml"\n', "tool.mlenv.lockfile", "outside the project directory"),
         (f'name = "{"n" * 101}"\n', "tool.mlenv.name", "at most 100 characters"),
+        ("solver = 1\n", "tool.mlenv.solver", "must be a string, not an integer"),
+        ('solver = " "\n', "tool.mlenv.solver", "must name a solver"),
         (f"variables = {{ BIG = '{'x' * (32 * 1024 + 1)}' }}\n", "tool.mlenv.variables.BIG", "longer than 32 KiB"),
         (f"variables = {{ BIG = {{ value = '{'x' * (32 * 1024 + 1)}' }} }}\n", "tool.mlenv.variables.BIG",
          "longer than 32 KiB"),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.errors import InstallError, MlenvError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import LockedPackage
@@ -76,7 +77,7 @@ def install_conda(
     # paths.json before it is linked, so a damaged cache entry is re-extracted
     # from its (hash-checked) archive instead of being copied into a prefix.
     cache = rattler.PackageCache.from_layers([PackageCacheLayer(packages).with_validation_mode(ValidationMode.full())])
-    _settle_rattler()
+    settle_rattler_at_exit()
     try:
         asyncio.run(
             rattler.install(
@@ -267,12 +268,6 @@ def file_hashes(path: Path, kinds: Sequence[str]) -> dict[str, str]:
 
 def file_sha256(path: Path) -> str:
     return file_hashes(path, ["sha256"])["sha256"]
-
-
-def _settle_rattler() -> None:
-    from hatch_mlenv.solve import settle_rattler_at_exit
-
-    settle_rattler_at_exit()
 
 
 # Outside conda-meta/: conda and rattler read every conda-meta/*.json as a package record.

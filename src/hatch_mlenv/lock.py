@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from hatch_mlenv import __version__
+from hatch_mlenv._compat import preload_conda_lock_models
 from hatch_mlenv.errors import ConfigError, LockfileError
 from hatch_mlenv.lockfile import (
     META_BASE_IMAGE,
@@ -28,7 +28,6 @@ from hatch_mlenv.lockfile import (
     Lock,
     LockedPackage,
     atomic_write,
-    import_conda_lock_models,
     lock_digest,
     parse_lock,
     read_lock,
@@ -255,7 +254,8 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
         names = {canonical(n) for n in update}
         preferred = tuple(p for p in previous.packages if canonical(p.name) not in names)
     available = plugins.solvers()
-    solver = available["rattler"]
+    spec.check_solver(available)
+    solver = available[spec.solver]
     request = SolveRequest(
         channels=tuple(spec.channel_fetch_urls()),
         specs=tuple(spec.conda_specs),
@@ -263,7 +263,7 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
         virtual_packages=spec.virtual_packages,
         preferred=preferred,
     )
-    preload = _preload_writer()
+    preload = preload_conda_lock_models()
     try:
         conda = solver.solve(request)
     finally:
@@ -345,31 +345,6 @@ def _record(package: LockedPackage):  # -> rattler.PackageRecord
         build_number=0,
         subdir=package.platform,
     )
-
-
-def _preload_writer() -> threading.Thread:
-    """Import conda-lock's models while rattler solves (the solve runs outside the GIL).
-
-    Two threads importing at once can deadlock on module locks (urllib3's
-    vendored `six` importer defeats CPython's deadlock detection: seen here as a
-    hang, one run in ~30). So everything the solving thread imports is imported
-    here first, and the solve itself imports nothing.
-    """
-    import asyncio  # noqa: F401
-    import atexit  # noqa: F401
-
-    import rattler  # noqa: F401
-    import rattler.exceptions  # noqa: F401
-
-    def load() -> None:
-        try:
-            import_conda_lock_models()
-        except Exception:  # the real import, later, reports any problem
-            pass
-
-    thread = threading.Thread(target=load, name="mlenv-preload", daemon=True)
-    thread.start()
-    return thread
 
 
 def _rel(spec: Spec, path: os.PathLike[str] | str) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from hatch_mlenv._compat import import_conda_lock_models
 from hatch_mlenv.errors import LockfileError
 
 # Keys of conda-lock's `metadata.custom_metadata` (a str -> str mapping).
@@ -239,30 +240,6 @@ def split_dependency(depend: str) -> tuple[str, str]:
     """`"numpy >=1.21,<2"` -> `("numpy", ">=1.21,<2")`, the shape conda-lock writes."""
     name, _, constraint = depend.strip().partition(" ")
     return name, " ".join(constraint.split()) or "*"
-
-
-def import_conda_lock_models() -> None:
-    """Import conda-lock's lockfile models without its command line.
-
-    `conda_lock/__init__.py` imports conda-lock's whole CLI (its solver, vendored
-    conda and poetry: ~0.5 s) only to re-export `main`. When nothing has imported
-    conda-lock yet, register the package without running that file; submodules
-    then import normally. `conda_lock.main` is the one name this leaves out.
-    """
-    import sys
-
-    if "conda_lock" not in sys.modules:
-        import importlib.util
-        import types
-
-        found = importlib.util.find_spec("conda_lock")
-        if found is not None and found.submodule_search_locations:
-            package = types.ModuleType("conda_lock")
-            package.__path__ = list(found.submodule_search_locations)
-            package.__file__ = found.origin
-            package.__spec__ = found
-            sys.modules["conda_lock"] = package
-    import conda_lock.lockfile  # noqa: F401
 
 
 def to_conda_lock(package: LockedPackage):  # -> conda_lock's LockedDependency

@@ -7,11 +7,11 @@ third-party solver would use.
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.credentials import public, redact
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.hookspecs import hookimpl
@@ -116,18 +116,6 @@ class RattlerSolver:
         specs = sorted({f"{p.name}=={p.version}" for p in wanted.values()})
         found = await gateway.query(channels, subdirs, specs, recursive=False)
         return [record for batch in found for record in batch if public(str(record.url)) in wanted]
-
-
-@functools.lru_cache(maxsize=None)
-def settle_rattler_at_exit() -> None:
-    """py-rattler's runtime threads can still hold the GIL machinery when the
-    interpreter finalizes, which aborts the process ("PyGILState_Release") after
-    a failed solve or an install. A short pause at exit lets them finish; measured
-    0 crashes in 200 runs with it, up to 17% without."""
-    import atexit
-    import time
-
-    atexit.register(time.sleep, 0.02)
 
 
 def _locked(record: rattler.RepoDataRecord, platform: str) -> LockedPackage:

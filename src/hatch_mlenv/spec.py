@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from hatch_mlenv.errors import ConfigError, did_you_mean
@@ -30,6 +30,8 @@ PYPROJECT = "pyproject.toml"
 DEFAULT_CHANNELS = ("conda-forge",)
 DEFAULT_LOCKFILE = "conda-lock.yml"
 DEFAULT_PREFIX = "/opt/env"
+# The built-in solver (hatch_mlenv.solve), registered through the same hook as any other.
+DEFAULT_SOLVER = "rattler"
 CONDA_CHANNEL_ALIAS = "https://conda.anaconda.org"
 
 KNOWN_PLATFORMS = (
@@ -103,6 +105,7 @@ _TOP_KEYS = (
     "managed",
     "interpreter",
     "spark",
+    "solver",
 )
 # Keys whose values extend the inherited ones (by package name) instead of replacing them.
 _LIST_MERGE_KEYS = ("conda", "pip")
@@ -231,6 +234,7 @@ class Spec:
     pip_find_links: tuple[str, ...] = ()
     # conda package name -> the PyPI distribution it provides (user overrides).
     pypi_names: dict[str, str] = field(default_factory=dict, hash=False)
+    solver: str = DEFAULT_SOLVER
 
     @property
     def project_dir(self) -> Path:
@@ -262,6 +266,17 @@ class Spec:
             path = channel.local_path
             if path is not None and not path.is_dir():
                 raise ConfigError(self.pyproject, channel.key, f"channel directory {str(path)!r} does not exist")
+
+    def check_solver(self, available: Mapping[str, object]) -> None:
+        """The solver named must be registered (checked before a solve, so that
+        installing from a fresh lock does not need the solver's plugin)."""
+        if self.solver not in available:
+            registered = ", ".join(sorted(available)) or "none"
+            raise ConfigError(
+                self.pyproject,
+                "tool.mlenv.solver",
+                f"unknown solver {self.solver!r} (registered: {registered}){_suggest(self.solver, sorted(available))}",
+            )
 
     def check_match_specs(self) -> None:
         """Parse every conda spec with rattler; raise ConfigError naming the first bad one."""
@@ -305,6 +320,8 @@ class Spec:
             payload["pip-find-links"] = [self._find_links_identity(f) for f in self.pip_find_links]
         if self.pypi_names:
             payload["pypi-names"] = sorted(self.pypi_names.items())
+        if self.solver != DEFAULT_SOLVER:
+            payload["solver"] = self.solver
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -577,6 +594,10 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
     if managed and interpreter is not None:
         raise ConfigError(pyproject, "tool.mlenv.interpreter", "only for user-managed environments (managed = false)")
 
+    solver = reader.string(table, "solver", DEFAULT_SOLVER)
+    if not solver.strip():
+        raise ConfigError(pyproject, "tool.mlenv.solver", f"must name a solver, such as {DEFAULT_SOLVER!r}")
+
     variables = _parse_variables(reader, table)
     virtual_packages = _parse_virtual_packages(reader, table, platforms)
     docker = _parse_docker(reader, table)
@@ -605,6 +626,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         spark=_parse_spark(reader, table),
         pip_find_links=tuple(find_links),
         pypi_names=dict(sorted(pypi_names.items())),
+        solver=solver,
     )
 
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from hatch_mlenv._compat import oras_has_credentials, oras_request_once
 from hatch_mlenv.errors import NotFoundError, RegistryError, UsageError
 from hatch_mlenv.hookspecs import hookimpl
 from hatch_mlenv.registry import (
@@ -133,7 +134,7 @@ class OciRegistry:
                 client.auth.load_configs(container, configs=configs or None)
             except Exception:  # an unreadable Docker config: go on anonymously
                 pass
-        if probe.status_code == 401 and not getattr(client.auth, "_basic_auth", None):
+        if probe.status_code == 401 and not oras_has_credentials(client):
             raise RegistryError(
                 f"registry {self.url} requires credentials; set MLENV_REGISTRY_USERNAME and "
                 "MLENV_REGISTRY_PASSWORD or log in with docker"
@@ -142,16 +143,12 @@ class OciRegistry:
         return client
 
     def _request(self, method: str, path: str, **kwargs: Any):  # -> requests.Response
-        import oras.provider
         import requests
 
         client = self._oras()
-        # The undecorated method: oras retries every failure five times with
-        # pauses growing to 81 s, which turns "registry down" into minutes.
-        do_request = oras.provider.Registry.do_request.__wrapped__
         url = f"{self.scheme}://{self.target.host}/v2/{path}"
         try:
-            response = do_request(client, url, method, data=kwargs.get("data"), headers=dict(kwargs.get("headers", {})))
+            response = oras_request_once(client, url, method, data=kwargs.get("data"), headers=kwargs.get("headers"))
         except requests.exceptions.ConnectionError:
             raise RegistryError(f"registry {self.url} is unreachable (connection refused or no route)") from None
         except requests.exceptions.RequestException as exc:

@@ -1,0 +1,112 @@
+"""Every place hatch-mlenv relies on another library's internals, in one file.
+
+Each patch names the upstream version it was checked against and why it
+exists; tests/test_compat.py fails when upstream changes what it relies on,
+so an upgrade shows up as a failing test, not as a hang or a crash.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+# The versions each patch below was checked against.
+CHECKED = {"conda-lock": "2.5.8", "oras": "0.2.43", "py-rattler": "0.28.0"}
+
+
+# -- conda-lock 2.5.8: its lockfile models without its CLI ---------------------------
+def import_conda_lock_models() -> None:
+    """Import conda-lock's lockfile models without its command line.
+
+    `conda_lock/__init__.py` imports conda-lock's whole CLI (its solver, vendored
+    conda and poetry: ~0.5 s) only to re-export `main`. When nothing has imported
+    conda-lock yet, register the package without running that file; submodules
+    then import normally. `conda_lock.main` is the one name this leaves out.
+    """
+    import sys
+
+    if "conda_lock" not in sys.modules:
+        import importlib.util
+        import types
+
+        found = importlib.util.find_spec("conda_lock")
+        if found is not None and found.submodule_search_locations:
+            package = types.ModuleType("conda_lock")
+            package.__path__ = list(found.submodule_search_locations)
+            package.__file__ = found.origin
+            package.__spec__ = found
+            sys.modules["conda_lock"] = package
+    import conda_lock.lockfile  # noqa: F401
+
+
+# -- conda-lock 2.5.8 + py-rattler 0.28: importing while rattler solves --------------
+# What the solving thread imports. Imported on the calling thread before the
+# preload starts, so that the solve imports nothing while the preload does.
+SOLVE_IMPORTS = ("asyncio", "atexit", "rattler", "rattler.exceptions", "rattler.networking")
+
+
+def preload_conda_lock_models() -> threading.Thread:
+    """Import conda-lock's models in a thread while rattler solves (outside the GIL).
+
+    Two threads importing at once can deadlock on module locks: conda-lock's
+    imports install six's `_SixMetaPathImporter` (urllib3's and vendored
+    conda's), which defeats CPython's import deadlock detection; seen here as a
+    hang, one run in ~30. So everything the solving thread imports is imported
+    first (SOLVE_IMPORTS), and the solve itself imports nothing.
+    """
+    import importlib
+
+    for name in SOLVE_IMPORTS:
+        importlib.import_module(name)
+
+    def load() -> None:
+        try:
+            import_conda_lock_models()
+        except Exception:  # the real import, later, reports any problem
+            pass
+
+    thread = threading.Thread(target=load, name="mlenv-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+# -- py-rattler 0.28: its runtime threads at interpreter exit -------------------------
+@functools.lru_cache(maxsize=None)
+def settle_rattler_at_exit() -> None:
+    """Pause briefly at exit once rattler has solved, indexed or installed.
+
+    py-rattler's runtime threads can still hold the GIL machinery when the
+    interpreter finalizes, which aborts the process (SIGSEGV or "Fatal Python
+    error: PyGILState_Release") after a failed solve, an install (~17% of runs)
+    or `index_fs` (~2%). A short pause at exit, before finalization, lets them
+    finish: 0 crashes in 200 runs each (py-rattler 0.28.0).
+    """
+    import atexit
+    import time
+
+    atexit.register(time.sleep, 0.02)
+
+
+# -- oras 0.2.43: one request, no retries; whether credentials were found ------------
+def oras_request_once(client: Any, url: str, method: str, *, data: Any = None, headers: dict | None = None) -> Any:
+    """`oras.provider.Registry.do_request` without its `@decorator.retry()`.
+
+    oras retries every failure five times with pauses growing to 81 s, which
+    turns "registry down" into minutes; the undecorated method (kept by
+    `functools.wraps` as `__wrapped__`) still does oras' auth handshake.
+    """
+    import oras.provider
+
+    do_request = oras.provider.Registry.do_request.__wrapped__
+    return do_request(client, url, method, data=data, headers=dict(headers or {}))
+
+
+def oras_has_credentials(client: Any) -> bool:
+    """Whether the client's auth backend holds a username and password.
+
+    oras has no public accessor: both its `basic` and `token` backends keep the
+    credentials from `set_basic_auth` or the Docker config in `_basic_auth`
+    (the token backend only once one was set).
+    """
+    return bool(getattr(client.auth, "_basic_auth", None))
