@@ -21,8 +21,8 @@ _PUBLIC = {
     "register_environment": "hatch_mlenv.registry",
     "Registry": "hatch_mlenv.registry",
     "Version": "hatch_mlenv.registry",
-    "SolveRequest": "hatch_mlenv.solve",
-    "Solver": "hatch_mlenv.solve",
+    "SolveRequest": "hatch_mlenv.hookspecs",
+    "Solver": "hatch_mlenv.hookspecs",
     "hookimpl": "hatch_mlenv.hookspecs",
     "MlenvError": "hatch_mlenv.errors",
     "ConfigError": "hatch_mlenv.errors",
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from hatch_mlenv.lock import LockOutcome
     from hatch_mlenv.lockfile import Lock, LockedPackage, read_lock
     from hatch_mlenv.registry import Registry, Version, open_registry, register_environment
-    from hatch_mlenv.solve import Solver, SolveRequest
+    from hatch_mlenv.hookspecs import Solver, SolveRequest
     from hatch_mlenv.spec import Spec, load_spec
 
 

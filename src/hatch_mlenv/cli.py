@@ -287,7 +287,7 @@ def history(name: str, registry_url: str | None, as_json: bool) -> None:
 def get(reference: str, output: Path | None, registry_url: str | None, as_json: bool) -> None:
     """Write the lockfile and manifest of NAME[:VERSION|@LABEL]."""
     from hatch_mlenv.lockfile import atomic_write
-    from hatch_mlenv.registry import parse_reference
+    from hatch_mlenv.reference import parse_reference
 
     ref = parse_reference(reference)
     version = _registry(registry_url).get(ref)
@@ -306,7 +306,7 @@ def get(reference: str, output: Path | None, registry_url: str | None, as_json: 
 @registry_option
 def label(reference: str, label: str, registry_url: str | None) -> None:
     """Point LABEL at NAME:VERSION (labels move; versions never change)."""
-    from hatch_mlenv.registry import parse_reference
+    from hatch_mlenv.reference import parse_reference
 
     ref = parse_reference(reference, require_version=True)
     version = _registry(registry_url).label(ref.name, ref.version, label)
@@ -330,7 +330,7 @@ def restore(reference: str, registry_url: str | None) -> None:
 
 
 def _set_archived(reference: str, registry_url: str | None, archived: bool) -> None:
-    from hatch_mlenv.registry import parse_reference
+    from hatch_mlenv.reference import parse_reference
 
     ref = parse_reference(reference, require_version=True)
     version = _registry(registry_url).set_archived(ref.name, ref.version, archived)
@@ -363,7 +363,7 @@ def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
 
 def _side(text: str, registry: Callable[[], Any]):  # -> Lock
     from hatch_mlenv.lockfile import parse_lock, read_lock
-    from hatch_mlenv.registry import parse_reference
+    from hatch_mlenv.reference import parse_reference
 
     path = Path(text)
     if path.suffix in (".yml", ".yaml") or path.is_file() or "/" in text:

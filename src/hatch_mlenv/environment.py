@@ -35,7 +35,7 @@ class Environment:
         """The manifest (`mlenv.json`) shipped in wheels and written next to dist files."""
         import hashlib
 
-        from hatch_mlenv.registry import git_state
+        from hatch_mlenv.provenance import git_state
 
         spec = self.spec
         commit, dirty = git_state(spec.project_dir)

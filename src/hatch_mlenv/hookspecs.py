@@ -6,16 +6,39 @@ Each hookspec's docstring says what an implementation returns; README.md's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import pluggy
 
+from hatch_mlenv.lockfile import LockedPackage
+
 if TYPE_CHECKING:
-    from hatch_mlenv.registry import Backend
-    from hatch_mlenv.solve import Solver
+    from hatch_mlenv.registry.base import Backend
 
 hookspec = pluggy.HookspecMarker("mlenv")
 hookimpl = pluggy.HookimplMarker("mlenv")
+
+
+# The interface a solver plugin implements (registry backends: registry/base.py `Backend`).
+@dataclass(frozen=True)
+class SolveRequest:
+    """Everything a conda solver needs; values only, no files."""
+
+    channels: tuple[str, ...]
+    specs: tuple[str, ...]
+    platforms: tuple[str, ...]
+    virtual_packages: dict[str, dict[str, tuple[str, str]]] = field(hash=False)
+    # Packages to keep at their locked version where the specs allow (`lock --update`).
+    preferred: tuple[LockedPackage, ...] = ()
+
+
+class Solver(Protocol):
+    name: str
+
+    def solve(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
+        """Pinned conda packages for every platform of the request, or raise SolveError."""
+
 
 
 @hookspec

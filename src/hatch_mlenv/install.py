@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.errors import InstallError, MlenvError
+from hatch_mlenv.hashes import file_hashes, file_sha256
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import LockedPackage
 from hatch_mlenv.paths import cache_dir
@@ -254,20 +255,6 @@ def wheel_indexes(spec: Any, lock: Any) -> list[str]:
     from hatch_mlenv.pip import index_urls
 
     return index_urls(spec)
-
-
-def file_hashes(path: Path, kinds: Sequence[str]) -> dict[str, str]:
-    """Hex digests of `path` for each hashlib name in `kinds`, in one read."""
-    digests = {kind: hashlib.new(kind) for kind in kinds}
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            for digest in digests.values():
-                digest.update(block)
-    return {kind: digest.hexdigest() for kind, digest in digests.items()}
-
-
-def file_sha256(path: Path) -> str:
-    return file_hashes(path, ["sha256"])["sha256"]
 
 
 # Outside conda-meta/: conda and rattler read every conda-meta/*.json as a package record.

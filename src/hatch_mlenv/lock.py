@@ -245,7 +245,7 @@ def _write_stamp(spec: Spec, lock: Lock) -> None:
 def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list[LockedPackage]:
     """Solve conda for every platform, then pip against each platform's python."""
     from hatch_mlenv import plugins
-    from hatch_mlenv.solve import SolveRequest
+    from hatch_mlenv.hookspecs import SolveRequest
 
     preferred: tuple[LockedPackage, ...] = ()
     if update and previous is not None:

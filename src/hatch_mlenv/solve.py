@@ -8,36 +8,16 @@ third-party solver would use.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.credentials import public, redact
 from hatch_mlenv.errors import SolveError
-from hatch_mlenv.hookspecs import hookimpl
+from hatch_mlenv.hookspecs import SolveRequest, Solver, hookimpl  # the interface lives with the hooks
 from hatch_mlenv.lockfile import LockedPackage, split_dependency
 
 if TYPE_CHECKING:
     import rattler
-
-
-@dataclass(frozen=True)
-class SolveRequest:
-    """Everything a conda solver needs; values only, no files."""
-
-    channels: tuple[str, ...]
-    specs: tuple[str, ...]
-    platforms: tuple[str, ...]
-    virtual_packages: dict[str, dict[str, tuple[str, str]]] = field(hash=False)
-    # Packages to keep at their locked version where the specs allow (`lock --update`).
-    preferred: tuple[LockedPackage, ...] = ()
-
-
-class Solver(Protocol):
-    name: str
-
-    def solve(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
-        """Pinned conda packages for every platform of the request, or raise SolveError."""
 
 
 class RattlerSolver:

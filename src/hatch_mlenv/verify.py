@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv.errors import UsageError
-from hatch_mlenv.install import file_sha256
+from hatch_mlenv.hashes import file_sha256
 from hatch_mlenv.pypi_names import canonical
 
 

@@ -16,14 +16,12 @@ from typing import Any, Iterator
 
 from hatch_mlenv.errors import NotFoundError, RegistryError
 from hatch_mlenv.hookspecs import hookimpl
-from hatch_mlenv.registry import (
-    LATEST,
+from hatch_mlenv.reference import LATEST, Reference, check_label
+from hatch_mlenv.registry.base import (
     EnvironmentSummary,
-    Reference,
     Registration,
     Version,
     check_entry,
-    check_label,
     entry_hash,
     verify,
 )

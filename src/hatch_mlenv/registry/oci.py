@@ -41,16 +41,8 @@ from urllib.parse import urlparse
 from hatch_mlenv._compat import oras_has_credentials, oras_request_once
 from hatch_mlenv.errors import NotFoundError, RegistryError, UsageError
 from hatch_mlenv.hookspecs import hookimpl
-from hatch_mlenv.registry import (
-    LATEST,
-    EnvironmentSummary,
-    Reference,
-    Registration,
-    Version,
-    check_label,
-    entry_hash,
-    verify,
-)
+from hatch_mlenv.reference import LATEST, Reference, check_label
+from hatch_mlenv.registry.base import EnvironmentSummary, Registration, Version, entry_hash, verify
 
 ARTIFACT_TYPE = "application/vnd.mlenv.environment.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.mlenv.environment.config.v1+json"

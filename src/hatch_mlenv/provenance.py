@@ -1,0 +1,57 @@
+"""Where a version came from: time, git commit and dirty state, project, tools, user.
+
+Low in the package: the environment's manifest and the registries both use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def provenance(project_dir: Path | None, *, spec_hash: str | None, project: dict[str, Any] | None) -> dict[str, Any]:
+    """Where a version came from: time, git state, project, tools, user."""
+    import datetime
+    import getpass
+    from importlib import metadata
+
+    from hatch_mlenv import __version__
+
+    commit, dirty = git_state(project_dir) if project_dir else (None, None)
+    try:
+        rattler_version = metadata.version("py-rattler")
+    except metadata.PackageNotFoundError:
+        rattler_version = None
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name in some containers
+        user = None
+    return {
+        "time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "project": project or {},
+        "spec_hash": spec_hash,
+        "hatch_mlenv": __version__,
+        "py_rattler": rattler_version,
+        "user": user,
+    }
+
+
+def git_state(directory: Path) -> tuple[str | None, bool | None]:
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            process = subprocess.run(
+                ["git", *args], cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return process.stdout if process.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit.strip(), bool(status.strip()) if status is not None else None

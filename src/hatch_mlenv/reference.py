@@ -1,0 +1,66 @@
+"""References to registered versions: `NAME`, `NAME:VERSION`, `NAME@LABEL`, and the name and label rules.
+
+Low in the package: every command that takes a reference parses it here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hatch_mlenv.errors import UsageError
+
+LATEST = "latest"
+MAX_VERSION = 2**31 - 1  # version numbers are SQLite integers and OCI tags: keep them in range
+
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # at most 100 characters, as in [tool.mlenv] name
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+_REF_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<version>[^@:]+)|@(?P<label>[^@:]+))?$")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """`NAME`, `NAME:VERSION` or `NAME@LABEL`; a bare name means `@latest`."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}:{self.version}"
+        return f"{self.name}@{self.label or LATEST}"
+
+
+def parse_reference(text: str, *, require_version: bool = False) -> Reference:
+    match = _REF_RE.match(text.strip())
+    if not match:
+        shown = f"{text[:60]!r}..." if len(text) > 60 else repr(text)
+        raise UsageError(f"malformed reference {shown}: use NAME, NAME:VERSION or NAME@LABEL "
+                         "(a name has at most 100 characters)")
+    version = match["version"]
+    if version is not None:
+        if not version.isdigit() or not 1 <= int(version) <= MAX_VERSION:
+            raise UsageError(f"malformed reference {text[:120]!r}: the version must be an integer from 1 to {MAX_VERSION}")
+        return Reference(match["name"], int(version))
+    if require_version:
+        raise UsageError(f"malformed reference {text!r}: use NAME:VERSION")
+    label = match["label"]
+    if label is not None:
+        check_label(label)
+    return Reference(match["name"], label=label)
+
+
+def check_label(label: str) -> str:
+    if not _LABEL_RE.match(label):
+        raise UsageError(f"invalid label {label!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    return label
+
+
+_NAME_RE = re.compile(rf"^{_NAME}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise UsageError(f"invalid environment name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name

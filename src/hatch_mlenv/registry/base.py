@@ -1,0 +1,154 @@
+"""What every registry backend stores and serves: versions, summaries, the backend
+interfaces, and the integrity checks every read goes through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hatch_mlenv.errors import MlenvError, RegistryError
+from hatch_mlenv.reference import Reference
+
+
+@dataclass(frozen=True)
+class Version:
+    """One registered, immutable version of a named environment."""
+
+    name: str
+    version: int
+    digest: str
+    lockfile: str
+    manifest: dict[str, Any] = field(hash=False)
+    provenance: dict[str, Any] = field(hash=False)
+    labels: tuple[str, ...] = ()
+    archived: bool = False
+    # sha256 over name, number, lock text, manifest and provenance, stored with the entry
+    # (None where the backend stores content-addressed blobs, as OCI registries do).
+    entry_hash: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def manifest_with_version(self) -> dict[str, Any]:
+        return {**self.manifest, "version": self.version, "registry_ref": self.ref}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "digest": f"sha256:{self.digest}",
+            "labels": list(self.labels),
+            "archived": self.archived,
+            "created": self.provenance.get("time"),
+            "git_commit": self.provenance.get("git_commit"),
+            "git_dirty": self.provenance.get("git_dirty"),
+        }
+
+
+@dataclass(frozen=True)
+class EnvironmentSummary:
+    name: str
+    latest: int | None
+    versions: int
+    labels: dict[str, int]
+    description: str | None = None
+    # Labels whose version is not in the registry: a damaged registry, reported, never followed.
+    dangling: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "latest": self.latest,
+            "versions": self.versions,
+            "labels": dict(sorted(self.labels.items())),
+            "dangling_labels": dict(sorted(self.dangling.items())),
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True)
+class Registration:
+    version: Version
+    created: bool
+
+
+class Registry(Protocol):
+    """What every backend implements. Errors are `RegistryError` with a clear message."""
+
+    url: str
+
+    def register(
+        self,
+        name: str,
+        lockfile: str,
+        manifest: dict[str, Any],
+        provenance: dict[str, Any],
+        *,
+        labels: tuple[str, ...] = (),
+        description: str | None = None,
+    ) -> Registration:
+        """Store a version (its digest is computed from `lockfile`), or find the existing one."""
+
+    def get(self, ref: Reference) -> Version: ...
+
+    def find_digest(self, name: str, digest: str) -> int | None:
+        """The version `name` registered for `digest`, if any."""
+
+    def history(self, name: str) -> list[Version]: ...
+
+    def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]: ...
+
+    def label(self, name: str, version: int, label: str) -> Version: ...
+
+    def set_archived(self, name: str, version: int, archived: bool) -> Version: ...
+
+    def dangling_labels(self, name: str) -> dict[str, int]:
+        """Labels of `name` whose version is not in the registry (empty for a sound registry)."""
+
+
+class Backend(Protocol):
+    """A registry backend: which URLs it serves and how to open one."""
+
+    name: str
+
+    def handles(self, url: str) -> bool: ...
+
+    def open(self, url: str) -> Registry: ...
+
+
+def entry_hash(name: str, number: int, lockfile: str, manifest: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """One hash over everything a stored version is: who, which number, and all its content."""
+    import hashlib
+    import json
+
+    payload = {"name": name, "version": number, "lockfile": lockfile, "manifest": manifest, "provenance": provenance}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_entry(version: Version) -> Version:
+    """Refuse a stored version whose lock, manifest, provenance, name or number is not what was stored."""
+    if version.entry_hash is not None and version.entry_hash != entry_hash(
+        version.name, version.version, version.lockfile, version.manifest, version.provenance
+    ):
+        raise RegistryError(
+            f"registry entry {version.ref} is corrupted: its lock, manifest, provenance or number "
+            f"changed after it was registered"
+        )
+    return version
+
+
+def verify(version: Version) -> Version:
+    """Refuse to serve a stored version whose content is not what was stored: the entry hash,
+    then the lock's own digest."""
+    from hatch_mlenv.lockfile import parse_lock
+
+    check_entry(version)
+
+    try:
+        actual = parse_lock(version.lockfile, f"registry entry {version.ref}").digest()
+    except MlenvError:
+        actual = None
+    if actual != version.digest:
+        raise RegistryError(f"registry entry {version.ref} is corrupted: digest mismatch")
+    return version
