@@ -628,11 +628,8 @@ def image() -> None:
 
 def _environment(project: Path, env: str | None):  # -> Environment
     from hatch_mlenv.environment import Environment
-    from hatch_mlenv.lockfile import read_lock
-    from hatch_mlenv.spec import load_spec
 
-    spec = load_spec(project, env)
-    return Environment(spec, read_lock(spec.lockfile))
+    return Environment.load(project, env)
 
 
 def _registered_version(env, registry_url: str | None) -> int | None:  # noqa: ANN001

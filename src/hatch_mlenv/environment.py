@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from hatch_mlenv import __version__
@@ -16,23 +18,41 @@ TAG_LENGTH = 12
 
 @dataclass(frozen=True)
 class Environment:
+    """The value every stage takes: the spec and its lock; the facts derived from them
+    (digest, image reference, manifest with provenance) are computed once, on first use."""
+
     spec: Spec
     lock: Lock
+
+    @classmethod
+    def load(cls, project: Path | str = ".", env: str | None = None) -> Environment:
+        """The environment of a project directory (`env`: a `[tool.mlenv.envs.NAME]`) and its lockfile."""
+        from hatch_mlenv.lockfile import read_lock
+        from hatch_mlenv.spec import load_spec
+
+        spec = load_spec(project, env)
+        return cls(spec, read_lock(spec.lockfile))
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return self.lock.digest()
 
-    @property
+    @cached_property
     def image(self) -> str:
-        return image_reference(self.lock.digest(), self.spec)
+        return image_reference(self.digest, self.spec)
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest (`mlenv.json`) shipped in wheels and written next to dist files."""
+        """The manifest (`mlenv.json`) shipped in wheels and written next to dist files (a copy)."""
+        import copy
+
+        return copy.deepcopy(self._manifest)
+
+    @cached_property
+    def _manifest(self) -> dict[str, Any]:
         import hashlib
 
         from hatch_mlenv.provenance import git_state

@@ -113,8 +113,12 @@ class Lock:
         }
 
     def digest(self) -> str:
-        """sha256 of the canonical content; see `lock_digest`."""
-        return lock_digest(self.packages, self.variables, self.base_image)
+        """sha256 of the canonical content; see `lock_digest`. Computed once per Lock."""
+        cached = self.__dict__.get("_digest")
+        if cached is None:
+            cached = lock_digest(self.packages, self.variables, self.base_image)
+            object.__setattr__(self, "_digest", cached)  # a frozen value's cache, not a change
+        return cached
 
 
 def lock_digest(

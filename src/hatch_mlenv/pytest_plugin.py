@@ -32,21 +32,19 @@ def pytest_sessionstart(session: Any) -> None:
         return
     from hatch_mlenv.environment import Environment
     from hatch_mlenv.errors import MlenvError
-    from hatch_mlenv.lockfile import read_lock
-    from hatch_mlenv.spec import current_platform, load_spec
+    from hatch_mlenv.spec import current_platform
     from hatch_mlenv.verify import verify_prefix
 
     root = Path(session.config.rootpath)
     try:
-        spec = load_spec(root, option or None)
-        env = Environment(spec, read_lock(spec.lockfile))
+        env = Environment.load(root, option or None)
         drift = verify_prefix(env.lock, Path(sys.prefix), current_platform())
     except MlenvError as exc:
         raise pytest.UsageError(f"--mlenv-verify: {exc}") from None
     if not drift.clean:
         lines = "\n".join(f"  {kind}: {what}" for kind, what in drift.rows())
         pytest.exit(
-            f"mlenv: {sys.prefix} does not match {spec.lockfile.name} (sha256:{env.digest[:12]}):\n{lines}",
+            f"mlenv: {sys.prefix} does not match {env.spec.lockfile.name} (sha256:{env.digest[:12]}):\n{lines}",
             returncode=pytest.ExitCode.TESTS_FAILED,
         )
     session.config._mlenv_verified = env.digest  # noqa: SLF001 - shown in the header

@@ -106,11 +106,8 @@ def configure(builder: Any, project: Path | str = ".", *, env: str | None = None
     Python work in the driver's directory and cannot use the archive.
     """
     from hatch_mlenv.environment import Environment
-    from hatch_mlenv.lockfile import read_lock
-    from hatch_mlenv.spec import load_spec
 
-    spec = load_spec(project, env)
-    environment = Environment(spec, read_lock(spec.lockfile))
+    environment = Environment.load(project, env)
     properties = settings(environment, archive or default_archive(environment))
     for key, value in properties.items():
         builder = builder.config(key, value)

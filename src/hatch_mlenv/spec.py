@@ -297,7 +297,11 @@ class Spec:
 
         Reordering or reformatting the spec keeps the hash; changing a package,
         channel (as resolved), platform, index, variable or base image changes it.
+        Computed once per Spec.
         """
+        cached = self.__dict__.get("_hash")
+        if cached is not None:
+            return cached
         payload = {
             "format": 1,
             "name": self.name,
@@ -323,8 +327,9 @@ class Spec:
         if self.solver != DEFAULT_SOLVER:
             payload["solver"] = self.solver
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
-
+        cached = hashlib.sha256(text.encode()).hexdigest()
+        object.__setattr__(self, "_hash", cached)  # a frozen value's cache, not a change
+        return cached
 
     def _find_links_identity(self, location: str) -> str:
         """A project-relative directory as written, so a moved checkout keeps its lock."""
