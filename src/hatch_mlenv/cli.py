@@ -126,25 +126,16 @@ def lock(project: Path, env: str | None, check: bool, update: tuple[str, ...], f
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show(project: Path, env: str | None, as_json: bool) -> None:
     """Show the environment: name, digest, platforms, packages, image, lock status."""
-    from hatch_mlenv import lock as locking
     from hatch_mlenv.environment import Environment
     from hatch_mlenv.lockfile import read_lock
+    from hatch_mlenv.registry import describe
     from hatch_mlenv.spec import load_spec
 
     spec = load_spec(project, env)
-    if not spec.lockfile.exists():
+    if not spec.lockfile.exists():  # nothing to show yet: a failure (1), not a broken file (2)
         raise MlenvError(f"{spec.lockfile}: lockfile not found; run `mlenv lock` first")
-    lock_ = read_lock(spec.lockfile)
-    env = Environment(spec, lock_)
-    reason = locking.staleness(spec, lock_)
-    data = env.manifest() | {"lockfile": str(spec.lockfile), "fresh": reason is None, "stale_reason": reason}
-    from hatch_mlenv.errors import RegistryError
-
-    try:
-        registry = _registry(None, spec.registry)
-        data |= {"registry": registry.url, "version": registry.find_digest(env.name, env.digest)}
-    except RegistryError as exc:  # show what is known locally; say why the version is not
-        data |= {"registry": None, "version": None, "registry_error": str(exc)}
+    data = describe(Environment(spec, read_lock(spec.lockfile)))
+    reason = data["stale_reason"]
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
@@ -209,17 +200,9 @@ def register(project: Path, env: str | None, lockfile: Path | None, name: str | 
     else:
         if name:
             raise click.UsageError("--name goes with --lockfile; the project's name is [tool.mlenv] name")
-        from hatch_mlenv import lock as locking
-        from hatch_mlenv.environment import Environment
-        from hatch_mlenv.lockfile import read_lock
-        from hatch_mlenv.spec import load_spec
-
-        spec = load_spec(project, env)
-        lock_ = read_lock(spec.lockfile)
-        reason = locking.staleness(spec, lock_)
-        if reason is not None:
-            raise MlenvError(f"{spec.lockfile} is stale: {reason}; run `mlenv lock` before registering")
-        registration = register_environment(_registry(registry_url, spec.registry), Environment(spec, lock_), labels=labels)
+        environment = _environment(project, env)
+        registration = register_environment(_registry(registry_url, environment.spec.registry), environment,
+                                            labels=labels)
     version = registration.version
     if as_json:
         _print_json(version.summary() | {"created": registration.created})
@@ -482,21 +465,10 @@ def import_(project: Path, env: str | None, file: Path | None, from_prefix: Path
     import sys as _sys
 
     from hatch_mlenv import importing
-    from hatch_mlenv.lockfile import atomic_write
-    from hatch_mlenv.spec import PYPROJECT, parse_spec, tomllib
 
     if (file is None) == (from_prefix is None):
         raise click.UsageError("give either FILE (environment.yml or requirements.txt) or --from-prefix PATH")
-    if from_prefix is not None:
-        imported = importing.from_prefix(from_prefix)
-    elif file.suffix in (".yml", ".yaml"):
-        imported = importing.from_environment_yml(file)
-    else:
-        imported = importing.from_requirements(file)
-    pyproject = project.resolve() / PYPROJECT
-    text = importing.merge_into_pyproject(pyproject, imported, env)
-    parse_spec(tomllib.loads(text), pyproject, env)  # the result must be a valid spec before it is written
-    atomic_write(pyproject, text)
+    pyproject, imported = importing.import_into_project(project, file=file, prefix=from_prefix, env=env)
     target = f"[tool.mlenv.envs.{env}]" if env else "[tool.mlenv]"
     click.echo(
         f"imported {len(imported.conda) + bool(imported.python)} conda, {len(imported.pip)} pip packages and "

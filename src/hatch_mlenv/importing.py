@@ -232,3 +232,26 @@ def merge_into_pyproject(pyproject: Path, imported: Imported, env: str | None = 
         else:
             table[key] = value
     return tomlkit.dumps(document)
+
+
+def import_into_project(
+    project: Path, *, file: Path | None = None, prefix: Path | None = None, env: str | None = None
+) -> tuple[Path, Imported]:
+    """Read `file` (environment.yml by suffix, else requirements.txt) or the conda `prefix`,
+    merge it into the project's pyproject.toml, and write that only if the result is a valid spec."""
+    from hatch_mlenv.lockfile import atomic_write
+    from hatch_mlenv.spec import PYPROJECT, parse_spec, tomllib
+
+    if prefix is not None:
+        imported = from_prefix(prefix)
+    elif file is not None and file.suffix in (".yml", ".yaml"):
+        imported = from_environment_yml(file)
+    elif file is not None:
+        imported = from_requirements(file)
+    else:
+        raise ValueError("a file or a prefix to import from")
+    pyproject = project.resolve() / PYPROJECT
+    text = merge_into_pyproject(pyproject, imported, env)
+    parse_spec(tomllib.loads(text), pyproject, env)  # the result must be a valid spec before it is written
+    atomic_write(pyproject, text)
+    return pyproject, imported

@@ -53,8 +53,15 @@ def open_registry(url: str) -> Registry:
 
 
 def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...] = ()) -> Registration:
-    """Register a project's locked `Environment` with its provenance."""
+    """Register a project's locked `Environment` with its provenance; a stale lock is refused
+    (a version must be what the spec asks for), for the CLI and the build hook alike."""
+    from hatch_mlenv.errors import StaleLockError
+    from hatch_mlenv.lock import staleness
+
     spec = env.spec
+    reason = staleness(spec, env.lock)
+    if reason is not None:
+        raise StaleLockError(f"{spec.lockfile} is stale: {reason}; run `mlenv lock` before registering")
     text = spec.lockfile.read_text(encoding="utf-8")
     return registry.register(
         env.name,
@@ -68,6 +75,22 @@ def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...
         labels=labels,
         description=spec.description,
     )
+
+
+def describe(env: Any) -> dict[str, Any]:
+    """What `mlenv show` says of an environment: its manifest, whether the lock is fresh,
+    and its version in the project's registry (or why that is unknown)."""
+    from hatch_mlenv.errors import RegistryError
+    from hatch_mlenv.lock import staleness
+
+    reason = staleness(env.spec, env.lock)
+    data = env.manifest() | {"lockfile": str(env.spec.lockfile), "fresh": reason is None, "stale_reason": reason}
+    try:
+        registry = open_registry(select_url(None, env.spec.registry))
+        data |= {"registry": registry.url, "version": registry.find_digest(env.name, env.digest)}
+    except RegistryError as exc:  # show what is known locally; say why the version is not
+        data |= {"registry": None, "version": None, "registry_error": str(exc)}
+    return data
 
 
 def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tuple[str, ...] = ()) -> Registration:
