@@ -296,7 +296,7 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     }
     if spec.docker.base_image:
         custom[META_BASE_IMAGE] = spec.docker.base_image
-    if any(p.manager == "pip" for p in packages) or spec.pip:
+    if spec.pip:  # only a lock with pip packages needs to know which names conda provides
         from hatch_mlenv.pypi_names import renamed
 
         names = renamed((p for p in packages if p.manager == "conda"), spec.pypi_names)

@@ -56,10 +56,12 @@ def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...
     """Register a project's locked `Environment` with its provenance; a stale lock is refused
     (a version must be what the spec asks for), for the CLI and the build hook alike."""
     from hatch_mlenv.errors import StaleLockError
-    from hatch_mlenv.lock import staleness
+    from hatch_mlenv.lock import stamped_digest, staleness
 
     spec = env.spec
-    reason = staleness(spec, env.lock)
+    # A lock just written or checked (the build hook's, a fresh `mlenv lock`'s) has its stamp:
+    # no second full check on the hot path.
+    reason = None if stamped_digest(spec) == env.digest else staleness(spec, env.lock)
     if reason is not None:
         raise StaleLockError(f"{spec.lockfile} is stale: {reason}; run `mlenv lock` before registering")
     text = spec.lockfile.read_text(encoding="utf-8")
