@@ -378,3 +378,19 @@ def test_wheel_metadata_is_cached_by_sha256(tmp_path: Path, pip_channel: Path, i
         mlenv("lock", "--force", "--project", str(proj), check=True)
     a = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-a")
     assert a.dependencies == {"mlenv-b": ">=1"}
+
+
+def test_each_platform_locks_the_wheel_its_installer_would_pick(tmp_path: Path, pip_channel: Path) -> None:
+    """A version with several fitting wheels (a pure one and platform builds, as charset-normalizer
+    has on PyPI): each platform locks the most specific one for it, never the pure fallback."""
+    tags = ["py3-none-any", "cp311-cp311-manylinux_2_17_x86_64", "cp311-abi3-macosx_11_0_arm64",
+            "cp311-cp311-manylinux_2_34_x86_64"]  # newer than the platform's __glibc 2.28: unusable there
+    root = build_index(tmp_path / "index", [Wheel("mlenv-built", "1.0", tag=tag) for tag in tags])
+    with serve(root) as url:
+        proj = project(tmp_path / "p", pip_channel, 'python = "3.11"\npip = ["mlenv-built"]\n', url)
+        text = (proj / "pyproject.toml").read_text().replace('platforms = ["linux-64"]', 'platforms = ["linux-64", "osx-arm64"]')
+        (proj / "pyproject.toml").write_text(text)
+        mlenv("lock", "--project", str(proj), check=True)
+    chosen = {p.platform: p.url.rsplit("/", 1)[1] for p in read_lock(proj / "conda-lock.yml").packages if p.manager == "pip"}
+    assert chosen == {"linux-64": "mlenv_built-1.0-cp311-cp311-manylinux_2_17_x86_64.whl",
+                      "osx-arm64": "mlenv_built-1.0-cp311-abi3-macosx_11_0_arm64.whl"}

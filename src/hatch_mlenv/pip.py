@@ -181,7 +181,7 @@ def resolve_pip(
     with step(f"resolving {what} for {platform} (python {python.version}) with uv"):
         entries = _compile(
             wanted, provided, python.version, target, variables, indexes, spec.pip_find_links,
-            previous, [canonical(n) for n in update], platform,
+            previous, [canonical(n) for n in update], platform, target_tags(spec, platform, python.version),
         )
         requires = _requirements(entries, environment, [*indexes, *spec.pip_find_links])
     return [
@@ -218,6 +218,7 @@ def _compile(
     previous: list[LockedPackage],
     upgrade: list[str],
     platform: str,
+    ranking: dict[str, int],
 ) -> list[dict[str, str]]:
     """Run `uv pip compile` once; the pylock.toml's packages as {name, version, url, sha256}."""
     from uv import find_uv_bin
@@ -276,16 +277,70 @@ def _compile(
         name = canonical(package["name"])
         if name in installed or name in provided:
             continue
-        wheels = package.get("wheels") or []
-        if len(wheels) != 1 or "sha256" not in wheels[0].get("hashes", {}):
-            raise SolveError(
-                f"cannot lock {package['name']} {package.get('version')} for {platform}: uv returned "
-                f"{len(wheels)} wheels for it, expected one with a sha256"
-            )
-        wheel = wheels[0]
+        wheel = _best_wheel(package, ranking, platform)
         url = wheel.get("url") or Path(wheel["path"]).resolve().as_uri()
         entries.append({"name": name, "version": package["version"], "url": url, "sha256": wheel["hashes"]["sha256"]})
     return entries
+
+
+def _best_wheel(package: dict, ranking: dict[str, int], platform: str) -> dict:
+    """The wheel an installer on the target would pick among those uv lists for a version (a
+    release may have several that fit: an abi3 build and a pure one): the one whose best tag
+    comes first in the target's tag order, as pip and uv order them."""
+    from urllib.parse import unquote, urlsplit
+
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    def rank(wheel: dict) -> int:
+        location = urlsplit(wheel["url"]).path if wheel.get("url") else wheel.get("path") or ""
+        filename = wheel.get("name") or unquote(location.rsplit("/", 1)[-1])
+        try:
+            wheel_tags = parse_wheel_filename(filename)[3]
+        except InvalidWheelFilename:
+            return len(ranking)
+        return min((ranking.get(str(tag), len(ranking)) for tag in wheel_tags), default=len(ranking))
+
+    wheels = [w for w in package.get("wheels") or [] if "sha256" in w.get("hashes", {})]
+    best = min(wheels, key=rank, default=None)
+    if best is None or rank(best) == len(ranking):
+        raise SolveError(
+            f"cannot lock {package['name']} {package.get('version')} for {platform}: uv returned no wheel "
+            f"with a sha256 that fits the target ({len(package.get('wheels') or [])} listed)"
+        )
+    return best
+
+
+# manylinux_2_X levels that also have a legacy name
+_LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+_WINDOWS = {"win-64": "win_amd64", "win-arm64": "win_arm64", "win-32": "win32"}
+
+
+def target_tags(spec: Spec, platform: str, python_version: str) -> dict[str, int]:
+    """The wheel tags an installer accepts on the target, best first, as {tag: rank}."""
+    from packaging import tags
+
+    version = tuple(int(x) for x in python_version.split(".")[:2])
+    virtual = spec.virtual_packages.get(platform, {})
+    system, _, arch = platform.partition("-")
+    if system == "linux":
+        cpu = _UV_LINUX_CPU.get(platform, arch)
+        level = int(virtual.get("__glibc", ("2.17", "0"))[0].split(".")[1])
+        platforms = []
+        for minor in range(level, 4, -1):
+            platforms.append(f"manylinux_2_{minor}_{cpu}")
+            if minor in _LEGACY_MANYLINUX:
+                platforms.append(f"{_LEGACY_MANYLINUX[minor]}_{cpu}")
+    elif system == "osx":
+        macos = tuple(int(x) for x in virtual.get("__osx", ("11.0", "0"))[0].split(".")[:2])
+        platforms = list(tags.mac_platforms(macos, "arm64" if arch == "arm64" else "x86_64"))
+    else:
+        platforms = [_WINDOWS.get(platform, platform)]
+    ordered = [*tags.cpython_tags(version, platforms=platforms),
+               *tags.compatible_tags(version, f"cp{version[0]}{version[1]}", platforms)]
+    ranking: dict[str, int] = {}
+    for tag in ordered:
+        ranking.setdefault(str(tag), len(ranking))
+    return ranking
 
 
 def _installed_versions(provided: Mapping[str, LockedPackage]) -> dict[str, str]:
