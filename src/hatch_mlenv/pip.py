@@ -104,10 +104,7 @@ def uv_platform(spec: Spec, platform: str) -> tuple[str, dict[str, str]]:
     virtual = spec.virtual_packages.get(platform, {})
     if platform in _UV_LINUX_CPU:
         glibc = virtual.get("__glibc", ("2.17", "0"))[0]
-        try:
-            major, minor = (int(x) for x in glibc.split(".")[:2])
-        except ValueError:
-            major, minor = 2, 17
+        major, minor = _glibc(virtual)
         usable = [m for m in _UV_MANYLINUX_MINORS if major > 2 or m <= minor]
         if not usable:
             raise ConfigError(
@@ -125,6 +122,15 @@ def uv_platform(spec: Spec, platform: str) -> tuple[str, dict[str, str]]:
         f"pip packages cannot be locked for {platform}: uv resolves for "
         f"{', '.join(sorted([*_UV_LINUX_CPU, *_UV_OTHER]))}",
     )
+
+
+def _glibc(virtual: Mapping[str, tuple[str, str]]) -> tuple[int, int]:
+    """(major, minor) of a platform's `__glibc` virtual package; 2.17 when absent or unreadable."""
+    try:
+        major, minor = (int(x) for x in virtual.get("__glibc", ("2.17", "0"))[0].split(".")[:2])
+    except ValueError:
+        return 2, 17
+    return major, minor
 
 
 def index_urls(spec: Spec) -> list[str]:
@@ -324,9 +330,9 @@ def target_tags(spec: Spec, platform: str, python_version: str) -> dict[str, int
     system, _, arch = platform.partition("-")
     if system == "linux":
         cpu = _UV_LINUX_CPU.get(platform, arch)
-        level = int(virtual.get("__glibc", ("2.17", "0"))[0].split(".")[1])
+        major, level = _glibc(virtual)
         platforms = []
-        for minor in range(level, 4, -1):
+        for minor in range(level if major == 2 else 40, 4, -1):
             platforms.append(f"manylinux_2_{minor}_{cpu}")
             if minor in _LEGACY_MANYLINUX:
                 platforms.append(f"{_LEGACY_MANYLINUX[minor]}_{cpu}")
