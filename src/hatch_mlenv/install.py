@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,20 +359,24 @@ def install_environment(
 
 def _fingerprint(prefix: Path) -> str:
     """sha256 over every file's path, type, size and mtime: one walk tells whether anything
-    was added, removed, replaced or rewritten since the install (bytecode caches excluded)."""
-    entries = []
-    for root, dirs, files in os.walk(prefix):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if name == STATE_FILE and root == str(prefix) or name.endswith((".pyc", ".pyo")):
-                continue
-            info = os.lstat(path)
-            entries.append(f"{os.path.relpath(path, prefix)}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}")
-        for name in dirs:
-            if os.path.islink(os.path.join(root, name)):
-                entries.append(f"{os.path.relpath(os.path.join(root, name), prefix)}\0link")
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+    was added, removed, replaced or rewritten since the install (bytecode caches excluded).
+    It runs before every no-op install and `mlenv run`: scandir and string slicing, no relpath."""
+    digest = hashlib.sha256()
+    base = len(str(prefix)) + 1
+    pending = [str(prefix)]
+    while pending:
+        directory = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        pending.append(entry.path)
+                    continue
+                if entry.name.endswith((".pyc", ".pyo")) or (directory == str(prefix) and entry.name == STATE_FILE):
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                digest.update(f"{entry.path[base:]}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _damage(lock: Any, prefix: Path, platform: str, state: dict[str, Any], *, full: bool) -> tuple[str, ...]:
@@ -518,6 +520,9 @@ _ACTIVATED = b"mlenv:activated"
 
 def run_activation(prefix: Path, base: dict[str, str]) -> dict[str, str]:
     """`base` as conda's activation of `prefix` leaves it (rattler's script, run by bash or sh)."""
+    import shlex
+    import subprocess  # here, not at the top: the no-op install path must not pay for it
+
     from rattler.shell import ActivationVariables, PathModificationBehavior, Shell, activate
 
     entries = [entry for entry in base.get("PATH", "").split(os.pathsep) if entry]
