@@ -62,7 +62,8 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))  # fixtures.oci_registry, tests.registry_helpers
 
 from fixtures.oci_registry import run_registry  # noqa: E402
-from hatch_mlenv.environment import image_reference_for, lock_manifest  # noqa: E402
+from hatch_mlenv.manifest import lock_manifest  # noqa: E402
+from hatch_mlenv.image import image_reference_for  # noqa: E402
 from hatch_mlenv.lockfile import lock_digest, parse_lock  # noqa: E402
 from hatch_mlenv.registry import Reference, provenance  # noqa: E402
 from hatch_mlenv.registry.local import LocalRegistry  # noqa: E402

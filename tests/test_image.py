@@ -60,7 +60,7 @@ def image_project(tmp_path: Path, channel: Path, pip_index: str, docker_client) 
 
 
 def _tag(project: Path) -> str:
-    from hatch_mlenv.environment import image_reference
+    from hatch_mlenv.image import image_reference
     from hatch_mlenv.spec import load_spec
 
     return image_reference(read_lock(project / "conda-lock.yml").digest(), load_spec(project))

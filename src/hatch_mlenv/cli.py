@@ -31,6 +31,39 @@ env_option = click.option(
     "--env", "env", metavar="NAME", default=None, help="A named environment ([tool.mlenv.envs.NAME]); default: the top level."
 )
 
+registry_option = click.option(
+    "--registry",
+    "registry_url",
+    metavar="URL",
+    default=None,
+    help="local (default), sqlite:///PATH or oci://HOST[:PORT]/NAMESPACE; else $MLENV_REGISTRY, else [tool.mlenv] registry.",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+REFERENCE_HELP = ("REF is a project directory (default: --project, else .), a conda-lock.yml, "
+                  "or NAME, NAME:VERSION or NAME@LABEL in the registry (--registry, $MLENV_REGISTRY, "
+                  "the project's `registry`, else local).")
+
+
+def environment_arguments(command: F) -> F:
+    """`[REF] [--project DIR] [--env NAME] [--registry URL]`: every command that reads an environment."""
+    command.__doc__ = f"{(command.__doc__ or '').rstrip()}\n\n{REFERENCE_HELP}"
+    command = click.argument("reference", required=False, metavar="[REF]")(command)
+    command = click.option("--project", "project", type=click.Path(file_okay=False, path_type=Path), default=None,
+                           help="Project directory holding pyproject.toml (same as REF; default .).")(command)
+    command = env_option(command)
+    return registry_option(command)
+
+
+def _load(reference: str | None, project: Path | None, env: str | None, registry_url: str | None):  # -> Environment
+    """The one way a command gets its environment (see `Environment.load`)."""
+    from hatch_mlenv.environment import Environment
+
+    if reference is not None and project is not None:
+        raise click.UsageError(f"give REF ({reference}) or --project ({project}), not both")
+    return Environment.load(reference if reference is not None else (project or Path(".")), env, registry=registry_url)
+
 
 class _Group(click.Group):
     """Turn every MlenvError into one clear line on stderr and its exit code."""
@@ -121,20 +154,18 @@ def lock(project: Path, env: str | None, check: bool, update: tuple[str, ...], f
 
 
 @main.command()
-@project_option
-@env_option
+@environment_arguments
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(project: Path, env: str | None, as_json: bool) -> None:
+def show(reference: str | None, project: Path | None, env: str | None, as_json: bool, registry_url: str | None) -> None:
     """Show the environment: name, digest, platforms, packages, image, lock status."""
-    from hatch_mlenv.environment import Environment
-    from hatch_mlenv.lockfile import read_lock
+    from hatch_mlenv.errors import MissingLockError
     from hatch_mlenv.registry import describe
-    from hatch_mlenv.spec import load_spec
 
-    spec = load_spec(project, env)
-    if not spec.lockfile.exists():  # nothing to show yet: a failure (1), not a broken file (2)
-        raise MlenvError(f"{spec.lockfile}: lockfile not found; run `mlenv lock` first")
-    data = describe(Environment(spec, read_lock(spec.lockfile)))
+    try:
+        environment = _load(reference, project, env, registry_url)
+    except MissingLockError as exc:  # nothing to show yet: a failure (1), not a broken file (2)
+        raise MlenvError(f"{exc.path}: lockfile not found; run `mlenv lock` first") from None
+    data = describe(environment)
     reason = data["stale_reason"]
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -145,10 +176,13 @@ def show(project: Path, env: str | None, as_json: bool) -> None:
     console = Console(highlight=False)
     console.print(f"[bold]{data['name']}[/bold]  {data['digest']}")
     console.print(f"image     {data['image']}")
-    console.print(f"lockfile  {data['lockfile']} ({'fresh' if reason is None else 'stale: ' + reason})")
+    if data["fresh"] is None:
+        console.print(f"lockfile  {data['lockfile']} (of {data['reference']})")
+    else:
+        console.print(f"lockfile  {data['lockfile']} ({'fresh' if reason is None else 'stale: ' + reason})")
     if data.get("version"):
         console.print(f"version   {data['name']}:{data['version']} in {data['registry']}")
-    commit = data["provenance"]["git_commit"]
+    commit = data.get("provenance", {}).get("git_commit")
     if commit:
         console.print(f"commit    {commit[:12]}{' (dirty)' if data['provenance']['git_dirty'] else ''}")
     table = Table("platform", "conda", "pip")
@@ -160,14 +194,6 @@ def show(project: Path, env: str | None, as_json: bool) -> None:
         console.print("variables " + ", ".join(names))
 
 
-registry_option = click.option(
-    "--registry",
-    "registry_url",
-    metavar="URL",
-    default=None,
-    help="local (default), sqlite:///PATH or oci://HOST[:PORT]/NAMESPACE; else $MLENV_REGISTRY, else [tool.mlenv] registry.",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 def _registry(url: str | None, configured: str | None = None):  # -> Registry
@@ -200,7 +226,7 @@ def register(project: Path, env: str | None, lockfile: Path | None, name: str | 
     else:
         if name:
             raise click.UsageError("--name goes with --lockfile; the project's name is [tool.mlenv] name")
-        environment = _environment(project, env)
+        environment = _load(None, project, env, None)
         registration = register_environment(_registry(registry_url, environment.spec.registry), environment,
                                             labels=labels)
     version = registration.version
@@ -387,16 +413,15 @@ def _print_diff(result: dict[str, Any]) -> None:
 
 
 @main.command()
-@project_option
-@env_option
+@environment_arguments
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Install here instead of .mlenv/envs/NAME.")
 @click.option("--force", is_flag=True, help="Reinstall every package, even into an intact prefix.")
 @click.option("--verify", is_flag=True, help="Check every file's hash (not only sizes and times) before saying up to date.")
-def install(project: Path, env: str | None, prefix: Path | None, force: bool, verify: bool) -> None:
+def install(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, force: bool, verify: bool, registry_url: str | None) -> None:
     """Install the lock for this platform into a prefix (rattler + installer); never solves."""
     from hatch_mlenv.install import install_environment
 
-    env = _environment(project, env)
+    env = _load(reference, project, env, registry_url)
     result = install_environment(env, prefix, show_progress=sys.stderr.isatty(), force=force, verify=verify)
     where = _display(result.prefix)
     if result.status == "user-managed":
@@ -411,16 +436,36 @@ def install(project: Path, env: str | None, prefix: Path | None, force: bool, ve
         click.echo(f"{result.status} {env.name} sha256:{env.digest[:12]} into {where}{changed}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@project_option
-@env_option
+class _RunCommand(click.Command):
+    """`mlenv run [REF] [OPTIONS] -- COMMAND...`: what follows `--` is the command, untouched;
+    without `--`, every argument is the command (`mlenv run pytest -x`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            index = args.index("--")
+            ctx.meta["mlenv.command"] = tuple(args[index + 1:])
+            args = args[:index]
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_RunCommand, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@environment_arguments
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Use this prefix instead of .mlenv/envs/NAME.")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(project: Path, env: str | None, prefix: Path | None, command: tuple[str, ...]) -> None:
-    """Run COMMAND inside the installed environment (installing it first if needed): mlenv run -- CMD ARGS..."""
+@click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
+def run(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, command: tuple[str, ...], registry_url: str | None) -> None:
+    """Run COMMAND inside the installed environment (installing it first if needed): mlenv run [REF] -- CMD ARGS..."""
     from hatch_mlenv.install import activation, install_environment, resolve_command
 
-    env = _environment(project, env)
+    after = click.get_current_context().meta.get("mlenv.command")
+    if after is None:  # no `--`: everything is the command
+        command, reference = ((reference, *command) if reference is not None else command), None
+    elif command:
+        raise click.UsageError(f"one REF before `--`, then the command (got {reference} {' '.join(command)})")
+    else:
+        command = after
+    if not command:
+        raise click.UsageError("missing the command to run: mlenv run [REF] -- COMMAND [ARGS]...")
+    env = _load(reference, project, env, registry_url)
     result = install_environment(env, prefix)
     variables, missing = activation(env, result.prefix, dict(os.environ))
     executable = resolve_command(env, result.prefix, command[0], variables["PATH"])
@@ -435,18 +480,17 @@ def run(project: Path, env: str | None, prefix: Path | None, command: tuple[str,
 
 
 @main.command(name="export")
-@project_option
-@env_option
+@environment_arguments
 @click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), required=True)
 @click.option("--platform", help="Platform to export (default: this machine's).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
-def export_(project: Path, env: str | None, fmt: str, platform: str | None, output: Path | None) -> None:
+def export_(reference: str | None, project: Path | None, env: str | None, fmt: str, platform: str | None, output: Path | None, registry_url: str | None) -> None:
     """Export the lock as a pinned environment.yml, a conda explicit spec, pip requirements with hashes, or pylock.toml."""
     from hatch_mlenv.export import export
     from hatch_mlenv.lockfile import atomic_write
     from hatch_mlenv.spec import current_platform
 
-    env = _environment(project, env)
+    env = _load(reference, project, env, registry_url)
     text = export(env.lock, env.name, platform or current_platform(), fmt)
     if output is None:
         click.echo(text, nl=False)
@@ -480,18 +524,17 @@ def import_(project: Path, env: str | None, file: Path | None, from_prefix: Path
 
 
 @main.command()
-@project_option
-@env_option
+@environment_arguments
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="The prefix to check (default .mlenv/envs/NAME).")
 @click.option("--no-files", is_flag=True, help="Compare packages only, not file contents.")
 @json_option
-def verify(project: Path, env: str | None, prefix: Path | None, no_files: bool, as_json: bool) -> None:
+def verify(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, no_files: bool, as_json: bool, registry_url: str | None) -> None:
     """Compare an installed prefix with the lock; exit 1 on drift with a table of differences."""
     from hatch_mlenv.install import default_prefix
     from hatch_mlenv.spec import current_platform
     from hatch_mlenv.verify import verify_prefix
 
-    environment = _environment(project, env)
+    environment = _load(reference, project, env, registry_url)
     target = (prefix or default_prefix(environment)).absolute()
     drift = verify_prefix(environment.lock, target, current_platform(), check_files=not no_files)
     if as_json:
@@ -513,16 +556,15 @@ def verify(project: Path, env: str | None, prefix: Path | None, no_files: bool, 
 
 
 @main.command()
-@project_option
-@env_option
+@environment_arguments
 @click.option("--format", "fmt", type=click.Choice(["cyclonedx"]), default="cyclonedx", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE instead of stdout.")
-def sbom(project: Path, env: str | None, fmt: str, output: Path | None) -> None:
+def sbom(reference: str | None, project: Path | None, env: str | None, fmt: str, output: Path | None, registry_url: str | None) -> None:
     """A CycloneDX JSON SBOM of the lock: purls, hashes and licenses where the channel gives them."""
     from hatch_mlenv.lockfile import atomic_write
     from hatch_mlenv.sbom import cyclonedx
 
-    environment = _environment(project, env)
+    environment = _load(reference, project, env, registry_url)
     text = json.dumps(cyclonedx(environment), indent=2, sort_keys=True) + "\n"
     if output is None:
         click.echo(text, nl=False)
@@ -532,30 +574,28 @@ def sbom(project: Path, env: str | None, fmt: str, output: Path | None) -> None:
 
 
 @main.command()
-@project_option
-@env_option
+@environment_arguments
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Archive to write (default .mlenv/packs/NAME-DIGEST12.tar.gz).")
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Installed prefix to pack.")
-def pack(project: Path, env: str | None, output: Path | None, prefix: Path | None) -> None:
+def pack(reference: str | None, project: Path | None, env: str | None, output: Path | None, prefix: Path | None, registry_url: str | None) -> None:
     """Pack the installed linux-64 environment into a relocatable .tar.gz for Spark (conda-pack)."""
     from hatch_mlenv.spark import pack as pack_environment
 
-    environment = _environment(project, env)
+    environment = _load(reference, project, env, registry_url)
     archive = pack_environment(environment, output, prefix)
     click.echo(f"packed {environment.name} sha256:{environment.digest[:12]} -> {_display(archive)}")
 
 
 @main.command(name="spark-conf")
-@project_option
-@env_option
+@environment_arguments
 @click.option("--archive", help="Where executors get the packed environment (path or URL; default the `mlenv pack` output).")
 @click.option("--format", "fmt", type=click.Choice(["properties", "json", "submit"]), default="properties", show_default=True)
-def spark_conf(project: Path, env: str | None, archive: str | None, fmt: str) -> None:
+def spark_conf(reference: str | None, project: Path | None, env: str | None, archive: str | None, fmt: str, registry_url: str | None) -> None:
     """Spark settings that run Python work in the packed environment (spark-defaults, JSON or spark-submit args)."""
     from hatch_mlenv.spark import default_archive, render, settings
 
-    environment = _environment(project, env)
+    environment = _load(reference, project, env, registry_url)
     click.echo(render(settings(environment, archive or default_archive(environment)), fmt), nl=False)
 
 
@@ -598,27 +638,22 @@ def image() -> None:
     """Docker images of the locked environment: tag, context, build, push."""
 
 
-def _environment(project: Path, env: str | None):  # -> Environment
-    from hatch_mlenv.environment import Environment
-
-    return Environment.load(project, env)
-
-
 def _registered_version(env, registry_url: str | None) -> int | None:  # noqa: ANN001
-    """The registered version of this lock in the selected registry, if any (for the `v<N>` tag)."""
+    """The registered version of this lock (for the `v<N>` tag): known for a version loaded by
+    reference, else looked up in the selected registry."""
+    if env.version is not None:
+        return env.version
     return _registry(registry_url, env.spec.registry).find_digest(env.name, env.digest)
 
 
 @image.command(name="tag")
-@project_option
-@env_option
-@registry_option
+@environment_arguments
 @json_option
-def image_tag(project: Path, env: str | None, registry_url: str | None, as_json: bool) -> None:
+def image_tag(reference: str | None, project: Path | None, env: str | None, as_json: bool, registry_url: str | None) -> None:
     """Print the image reference (and the v<N> tag of a registered version)."""
     from hatch_mlenv.image import plan_for
 
-    env = _environment(project, env)
+    env = _load(reference, project, env, registry_url)
     plan = plan_for(env, _registered_version(env, registry_url))
     if as_json:
         _print_json({"reference": plan.reference, "repository": plan.repository, "tags": plan.tags})
@@ -628,31 +663,27 @@ def image_tag(project: Path, env: str | None, registry_url: str | None, as_json:
 
 
 @image.command(name="context")
-@project_option
-@env_option
+@environment_arguments
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("mlenv-image"),
               show_default=True, help="Directory for the build context (must not exist or be empty).")
 @click.option("--strategy", type=click.Choice(["host", "dockerfile"]), default="host", show_default=True)
-@registry_option
-def image_context(project: Path, env: str | None, output: Path, strategy: str, registry_url: str | None) -> None:
+def image_context(reference: str | None, project: Path | None, env: str | None, output: Path, strategy: str, registry_url: str | None) -> None:
     """Write a Docker build context: `host` (installed prefix + Dockerfile) or `dockerfile` (micromamba)."""
     from hatch_mlenv.image import write_context
 
-    env = _environment(project, env)
+    env = _load(reference, project, env, registry_url)
     plan = write_context(env, output, strategy=strategy, version=_registered_version(env, registry_url))
     click.echo(f"{_display(output.resolve())}: {strategy} context for {plan.reference}")
 
 
 @image.command(name="build")
-@project_option
-@env_option
+@environment_arguments
 @click.option("--push", "also_push", is_flag=True, help="Also push to [tool.mlenv.docker] registry.")
-@registry_option
-def image_build(project: Path, env: str | None, also_push: bool, registry_url: str | None) -> None:
+def image_build(reference: str | None, project: Path | None, env: str | None, also_push: bool, registry_url: str | None) -> None:
     """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
     from hatch_mlenv import image as images
 
-    env = _environment(project, env)
+    env = _load(reference, project, env, registry_url)
     version = _registered_version(env, registry_url)
     echo = _step_echo()
     result = images.build(env, version=version, echo=echo)
@@ -663,14 +694,12 @@ def image_build(project: Path, env: str | None, also_push: bool, registry_url: s
 
 
 @image.command(name="push")
-@project_option
-@env_option
-@registry_option
-def image_push(project: Path, env: str | None, registry_url: str | None) -> None:
+@environment_arguments
+def image_push(reference: str | None, project: Path | None, env: str | None, registry_url: str | None) -> None:
     """Push the image to its registry (building it first if needed); reused when the registry has it."""
     from hatch_mlenv import image as images
 
-    env = _environment(project, env)
+    env = _load(reference, project, env, registry_url)
     reference, status = images.push(env, version=_registered_version(env, registry_url), echo=_step_echo())
     click.echo(f"{reference} {status}")
 

@@ -3,35 +3,81 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv import __version__
+from hatch_mlenv.errors import UsageError
+from hatch_mlenv.image import TAG_LENGTH, image_reference
 from hatch_mlenv.lockfile import Lock
+from hatch_mlenv.manifest import lock_manifest
 from hatch_mlenv.spec import Spec
-
-MANIFEST_NAME = "mlenv.json"
-TAG_LENGTH = 12
 
 
 @dataclass(frozen=True)
 class Environment:
     """The value every stage takes: the spec and its lock; the facts derived from them
-    (digest, image reference, manifest with provenance) are computed once, on first use."""
+    (digest, image reference, manifest with provenance) are computed once, on first use.
+
+    Loaded from a project, a lockfile or a registered version (`Environment.load`); a
+    registered version also knows its number, its registry and the manifest stored with it."""
 
     spec: Spec
     lock: Lock
+    version: int | None = None  # the registered version, when loaded as NAME:VERSION / NAME@LABEL
+    registry: str | None = None  # the registry it was loaded from
+    reference: str | None = None  # the reference as given (`fraud-train@production`), or the lockfile's path
+    stored_manifest: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def load(cls, project: Path | str = ".", env: str | None = None) -> Environment:
-        """The environment of a project directory (`env`: a `[tool.mlenv.envs.NAME]`) and its lockfile."""
+    def load(cls, reference: Path | str = ".", env: str | None = None, *, registry: str | None = None) -> Environment:
+        """The one resolver of every command: `reference` is a project directory (`env`: one of its
+        `[tool.mlenv.envs.NAME]`), a lockfile, or `NAME`, `NAME:VERSION`, `NAME@LABEL` in the registry
+        chosen by `registry`, then `$MLENV_REGISTRY`, then the current project's `registry`, then `local`."""
+        from hatch_mlenv.reference import Target, parse_target
+
+        target = Target(str(reference), path=str(reference)) if isinstance(reference, Path) else parse_target(reference)
+        if target.reference is None:
+            path = Path(target.path or ".")
+            if path.is_dir() or not path.exists():
+                return cls._from_project(path, env)
+            if env is not None:
+                raise UsageError(f"--env names an environment of a project; {path} is a lockfile")
+            return _from_lockfile(path)
+        if env is not None:
+            raise UsageError(f"--env names an environment of a project; {target.text} is a registered version")
+        return _from_registry(target.text, target.reference, registry)
+
+    @classmethod
+    def _from_project(cls, project: Path, env: str | None) -> Environment:
         from hatch_mlenv.lockfile import read_lock
         from hatch_mlenv.spec import load_spec
 
         spec = load_spec(project, env)
         return cls(spec, read_lock(spec.lockfile))
+
+    @property
+    def is_registered(self) -> bool:
+        """Loaded from a registry or a lockfile, not from a project: it lives in the user data directory."""
+        return self.reference is not None
+
+    @property
+    def state_dir(self) -> Path:
+        """Where installs and packs go: the project's `.mlenv/`, or for a version loaded by reference
+        the user data directory, shared by every project and command that asks for the same digest."""
+        if self.is_registered:
+            from hatch_mlenv.paths import data_dir
+
+            return data_dir()
+        return self.spec.project_dir / ".mlenv"
+
+    @property
+    def default_prefix(self) -> Path:
+        """`<project>/.mlenv/envs/NAME`; for a version loaded by reference, `<data>/envs/NAME-DIGEST12`."""
+        if self.is_registered:
+            return self.state_dir / "envs" / f"{self.name}-{self.digest[:TAG_LENGTH]}"
+        return self.state_dir / "envs" / self.name
 
     @property
     def name(self) -> str:
@@ -46,10 +92,11 @@ class Environment:
         return image_reference(self.digest, self.spec)
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest (`mlenv.json`) shipped in wheels and written next to dist files (a copy)."""
+        """The manifest (`mlenv.json`) shipped in wheels and written next to dist files (a copy);
+        for a registered version, the one stored with it."""
         import copy
 
-        return copy.deepcopy(self._manifest)
+        return copy.deepcopy(self.stored_manifest if self.stored_manifest is not None else self._manifest)
 
     @cached_property
     def _manifest(self) -> dict[str, Any]:
@@ -66,6 +113,7 @@ class Environment:
             lockfile=spec.lockfile.name,
             project={"name": spec.project_name, "version": spec.project_version},
         )
+        manifest["definition"] = spec.definition()
         # Which lock, which commit: enough for a model artifact to name the environment it was made in.
         manifest["provenance"] = {
             "lockfile_sha256": hashlib.sha256(spec.lockfile.read_bytes()).hexdigest(),
@@ -75,40 +123,91 @@ class Environment:
         return manifest
 
 
-def lock_manifest(
-    name: str, lock: Lock, *, image: str, lockfile: str = "conda-lock.yml", project: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The manifest of a lock: everything in it is derived from the lock, the name and the image."""
-    variables = lock.variables
-    return {
-        "name": name,
-        "digest": f"sha256:{lock.digest()}",
-        "image": image,
-        "platforms": sorted(lock.platforms),
-        "packages": lock.counts(),
-        "variables": {k: v for k, v in variables.items() if v is not None},
-        "secret_variables": sorted(k for k, v in variables.items() if v is None),
-        "base_image": lock.base_image,
-        "lockfile": lockfile,
-        "spec_hash": lock.spec_hash,
-        "project": project or {},
-        "hatch_mlenv": __version__,
-    }
+def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
+    """A registered version, checked against its digest, as a self-contained project in the user
+    data directory (`versions/NAME-DIGEST12/`: its definition as pyproject.toml, its lock)."""
+    from hatch_mlenv.lockfile import parse_lock
+    from hatch_mlenv.registry import open_registry, select_url
+
+    registry = open_registry(select_url(url, configured_registry()))
+    stored = registry.get(ref)  # verified: entry hash and the lock's own digest
+    lock = parse_lock(stored.lockfile, f"{stored.ref} in {registry.url}")
+    manifest = stored.manifest_with_version()
+    definition = manifest.get("definition") or _definition_from_lock(stored.name, lock)
+    project = manifest.get("project") or {}
+    directory = materialize(stored.name, stored.digest, stored.lockfile, definition, project)
+    return _registered(directory, lock, version=stored.version, registry=registry.url, reference=text,
+                       manifest=manifest)
 
 
-def repository_name(name: str, repository: str | None = None, registry: str | None = None) -> str:
-    """The image repository: `[tool.mlenv.docker] repository`, else the environment name, lowercased."""
-    repository = repository or re.sub(r"[^a-z0-9._/-]+", "-", name.lower())
-    if registry:
-        repository = f"{registry.rstrip('/')}/{repository}"
-    return repository
+def _from_lockfile(path: Path) -> Environment:
+    """Any conda-lock.yml (one conda-lock wrote, one `mlenv get` wrote) as an environment."""
+    from hatch_mlenv.lockfile import read_lock
+
+    lock = read_lock(path)
+    name = lock.name or _name_from_path(path)
+    directory = materialize(name, lock.digest(), path.read_text(encoding="utf-8"),
+                            _definition_from_lock(name, lock), {})
+    return _registered(directory, lock, reference=str(path))
 
 
-def image_reference(digest: str, spec: Spec) -> str:
-    """`[registry/]repository:<first 12 hex of the digest>`: known before any daemon is asked."""
-    return f"{repository_name(spec.name, spec.docker.repository, spec.docker.registry)}:{digest[:TAG_LENGTH]}"
+def _registered(directory: Path, lock: Lock, **origin: Any) -> Environment:
+    from hatch_mlenv.spec import load_spec
+
+    manifest = origin.pop("manifest", None)
+    return Environment(load_spec(directory), lock, stored_manifest=manifest, **origin)
 
 
-def image_reference_for(name: str, digest: str) -> str:
-    """The image reference of a lock registered without a project: `name:<digest12>`."""
-    return f"{repository_name(name)}:{digest[:TAG_LENGTH]}"
+def _name_from_path(path: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.resolve().parent.name).strip(".-_") or "environment"
+    return name[:100]
+
+
+def _definition_from_lock(name: str, lock: Lock) -> dict[str, Any]:
+    """What a lock alone says of its definition (versions registered without one)."""
+    table: dict[str, Any] = {"name": name, "channels": list(lock.channels) or ["conda-forge"],
+                             "platforms": sorted(lock.platforms)}
+    if lock.variables:
+        table["variables"] = {k: {"secret": True} if v is None else v for k, v in lock.variables.items()}
+    if lock.base_image:
+        table["docker"] = {"base-image": lock.base_image}
+    return table
+
+
+def materialize(name: str, digest: str, lock_text: str, definition: dict[str, Any], project: dict[str, Any]) -> Path:
+    """Write (or find) `versions/NAME-DIGEST12/` in the user data directory: pyproject.toml with
+    the definition and conda-lock.yml with the lock; written only when different."""
+    import tomlkit
+
+    from hatch_mlenv.lockfile import atomic_write
+    from hatch_mlenv.paths import data_dir
+
+    directory = data_dir() / "versions" / f"{name}-{digest[:TAG_LENGTH]}"
+    from hatch_mlenv.spec import Spec
+
+    document = {"project": {"name": project.get("name") or name}, "tool": {"mlenv": Spec.ordered(definition)}}
+    if project.get("version"):
+        document["project"]["version"] = project["version"]
+    pyproject_text = tomlkit.dumps(document)
+    for file, text in (("conda-lock.yml", lock_text), ("pyproject.toml", pyproject_text)):
+        path = directory / file
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                continue
+        except OSError:
+            pass
+        atomic_write(path, text)
+    return directory
+
+
+def configured_registry(directory: Path = Path(".")) -> str | None:
+    """`registry = ...` of the project in `directory` (default: the current one), if there is one:
+    cheap, and silent when there is none or it does not parse (the reference is not about that project)."""
+    import tomllib
+
+    try:
+        document = tomllib.loads((directory / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    value = document.get("tool", {}).get("mlenv", {}).get("registry")
+    return value if isinstance(value, str) else None

@@ -35,6 +35,10 @@ class LockfileError(MlenvError):
         super().__init__(f"{self.path}: {message}")
 
 
+class MissingLockError(LockfileError):
+    """A project has no lockfile yet (`mlenv lock` writes it)."""
+
+
 class SolveError(MlenvError):
     """The specs cannot be satisfied; the message carries the solver's explanation."""
 

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -35,6 +36,25 @@ PLATFORM = "linux-64"
 DEFAULT_BASE_IMAGE = "debian:12-slim"
 MICROMAMBA_IMAGE = "mambaorg/micromamba:1.5.10"
 STRATEGIES = ("host", "dockerfile")
+TAG_LENGTH = 12  # hex digits of the lock digest in the image tag
+
+
+def repository_name(name: str, repository: str | None = None, registry: str | None = None) -> str:
+    """The image repository: `[tool.mlenv.docker] repository`, else the environment name, lowercased."""
+    repository = repository or re.sub(r"[^a-z0-9._/-]+", "-", name.lower())
+    if registry:
+        repository = f"{registry.rstrip('/')}/{repository}"
+    return repository
+
+
+def image_reference(digest: str, spec: Any) -> str:
+    """`[registry/]repository:<first 12 hex of the digest>`: known before any daemon is asked."""
+    return f"{repository_name(spec.name, spec.docker.repository, spec.docker.registry)}:{digest[:TAG_LENGTH]}"
+
+
+def image_reference_for(name: str, digest: str) -> str:
+    """The image reference of a lock registered without a project: `name:<digest12>`."""
+    return f"{repository_name(name)}:{digest[:TAG_LENGTH]}"
 
 
 @dataclass(frozen=True)
@@ -54,11 +74,11 @@ class ImagePlan:
 
     @property
     def reference(self) -> str:
-        return f"{self.repository}:{self.digest[:12]}"
+        return f"{self.repository}:{self.digest[:TAG_LENGTH]}"
 
     @property
     def tags(self) -> list[str]:
-        tags = [self.digest[:12]]
+        tags = [self.digest[:TAG_LENGTH]]
         if self.version is not None:
             tags.append(f"v{self.version}")
         return tags
@@ -83,8 +103,6 @@ class ImagePlan:
 
 def plan_for(env: Any, version: int | None = None, base_digest: str | None = None) -> ImagePlan:
     """The plan of an `Environment`: base image and variables come from the lock (the digest covers them)."""
-    from hatch_mlenv.environment import repository_name
-
     spec, lock = env.spec, env.lock
     return ImagePlan(
         name=spec.name,

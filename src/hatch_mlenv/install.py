@@ -267,8 +267,8 @@ class InstallResult:
 
 
 def default_prefix(env: Any) -> Path:
-    """`<project>/.mlenv/envs/<name>`."""
-    return env.spec.project_dir / ".mlenv" / "envs" / env.name
+    """See `Environment.default_prefix`."""
+    return env.default_prefix
 
 
 def install_environment(

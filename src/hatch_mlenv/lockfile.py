@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hatch_mlenv._compat import import_conda_lock_models
-from hatch_mlenv.errors import LockfileError
+from hatch_mlenv.errors import LockfileError, MissingLockError
 
 # Keys of conda-lock's `metadata.custom_metadata` (a str -> str mapping).
 META_NAME = "mlenv.name"
@@ -144,7 +144,7 @@ def read_lock(path: Path) -> Lock:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise LockfileError(path, "lockfile not found; run `mlenv lock` to create it") from None
+        raise MissingLockError(path, "lockfile not found; run `mlenv lock` to create it") from None
     except UnicodeDecodeError:
         raise LockfileError(path, "corrupted lockfile: not UTF-8 text") from None
     except OSError as exc:

@@ -64,3 +64,38 @@ def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise UsageError(f"invalid environment name {name!r}: use letters, digits, '.', '_' and '-'")
     return name
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a command works on: a project directory, a lockfile, or a registered version."""
+
+    text: str
+    path: str | None = None  # a project directory or a lockfile, as given
+    reference: Reference | None = None
+
+    @property
+    def is_registered(self) -> bool:
+        return self.reference is not None
+
+
+_PATH_HINT = re.compile(r"^[.~]|[/\\]|\.(ya?ml|toml)$")
+
+
+def parse_target(text: str) -> Target:
+    """The one grammar of every command that reads an environment: a path that exists (a project
+    directory or a lockfile) wins; text that looks like a path (`./x`, `a/b`, `x.yml`) must exist;
+    anything else is `NAME`, `NAME:VERSION` or `NAME@LABEL` in a registry."""
+    import os
+
+    if not text.strip():
+        raise UsageError("empty environment reference: give a project directory, a lockfile, "
+                         "NAME, NAME:VERSION or NAME@LABEL")
+    if os.path.exists(text):
+        return Target(text, path=text)
+    if _PATH_HINT.search(text):
+        if ":" in text or "@" in text:
+            raise UsageError(f"malformed reference {text[:120]!r}: a name has no '/' and no leading '.'; "
+                             "a path (a project directory or a lockfile) must exist")
+        raise UsageError(f"{text}: no such project directory or lockfile")
+    return Target(text, reference=parse_reference(text))

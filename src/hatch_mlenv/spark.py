@@ -24,7 +24,7 @@ ARCHIVE_ALIAS = "environment"
 
 
 def default_archive(env: Any) -> Path:
-    return env.spec.project_dir / ".mlenv" / "packs" / f"{env.name}-{env.digest[:12]}.tar.gz"
+    return env.state_dir / "packs" / f"{env.name}-{env.digest[:12]}.tar.gz"
 
 
 def pack(env: Any, output: Path | None = None, prefix: Path | None = None) -> Path:
@@ -95,6 +95,7 @@ def render(properties: dict[str, str], fmt: str) -> str:
 
 def configure(builder: Any, project: Path | str = ".", *, env: str | None = None, archive: Path | str | None = None) -> Any:
     """Apply the environment's Spark settings to a `SparkSession.builder`; returns the builder.
+    `project` is anything `Environment.load` takes: a project, a lockfile, `NAME:VERSION`, `NAME@LABEL`.
 
     >>> spark = configure(SparkSession.builder.appName("train"), project=".").getOrCreate()
 

@@ -331,6 +331,65 @@ class Spec:
         object.__setattr__(self, "_hash", cached)  # a frozen value's cache, not a change
         return cached
 
+    def definition(self) -> dict[str, Any]:
+        """The `[tool.mlenv]` table this spec is, self-contained: `extends` and the named
+        environment applied, paths absolute, credentials only as `${VAR}` references and
+        secret variables without their values. A registered version stores it, and
+        `mlenv import NAME:VERSION` writes it back into a project."""
+        from hatch_mlenv.credentials import public
+
+        def url(text: str) -> str:
+            return text if "${" in text else public(text)
+
+        table: dict[str, Any] = {
+            "name": self.name,
+            "channels": [channel.raw if "${" in channel.raw else channel.public_url for channel in self.channels],
+            "platforms": list(self.platforms),
+        }
+        optional: dict[str, Any] = {
+            "description": self.description,
+            "python": self.python,
+            "conda": list(self.conda),
+            "pip": list(self.pip),
+            "pip-index-url": url(self.pip_index_url) if self.pip_index_url else None,
+            "pip-extra-index-urls": [url(u) for u in self.pip_extra_index_urls],
+            "pip-find-links": list(self.pip_find_links),
+            "pypi-names": dict(self.pypi_names),
+            "registry": self.registry,
+            "solver": self.solver if self.solver != DEFAULT_SOLVER else None,
+            "managed": False if not self.managed else None,
+            "interpreter": self.interpreter,
+            "variables": {v.name: {"secret": True} if v.secret else v.value for v in self.variables},
+        }
+        table |= {key: value for key, value in optional.items() if value not in (None, [], {})}
+        overrides: dict[str, dict[str, Any]] = {}
+        for plat, packages in self.virtual_packages.items():
+            default = default_virtual_packages(plat)
+            changed: dict[str, Any] = {n: f"{v}={b}" for n, (v, b) in packages.items() if default.get(n) != (v, b)}
+            changed |= {n: False for n in default if n not in packages}
+            if changed:
+                overrides[plat] = changed
+        if overrides:
+            table["virtual-packages"] = overrides
+        docker = {"base-image": self.docker.base_image, "registry": self.docker.registry,
+                  "repository": self.docker.repository,
+                  "prefix": self.docker.prefix if self.docker.prefix != DEFAULT_PREFIX else None}
+        docker = {k: v for k, v in docker.items() if v is not None}
+        if docker:
+            table["docker"] = docker
+        spark = {"packages": list(self.spark.packages), "repositories": list(self.spark.repositories),
+                 "conf": dict(self.spark.conf)}
+        spark = {k: v for k, v in spark.items() if v}
+        if spark:
+            table["spark"] = spark
+        return table
+
+    @staticmethod
+    def ordered(definition: dict[str, Any]) -> dict[str, Any]:
+        """A definition's keys in the order the README documents them (stored JSON sorts them)."""
+        rank = {key: index for index, key in enumerate(_TOP_KEYS)}
+        return {key: definition[key] for key in sorted(definition, key=lambda k: (rank.get(k, len(rank)), k))}
+
     def _find_links_identity(self, location: str) -> str:
         """A project-relative directory as written, so a moved checkout keeps its lock."""
         try:

@@ -57,7 +57,8 @@ class MlenvBuildHook(BuildHookInterface):
                 lock_relpath = os.path.relpath(spec.lockfile, self.root).replace(os.sep, "/")
                 build_data["force_include"][str(spec.lockfile)] = lock_relpath
                 return
-            from hatch_mlenv.environment import MANIFEST_NAME, Environment
+            from hatch_mlenv.environment import Environment
+            from hatch_mlenv.manifest import MANIFEST_NAME
 
             self._environment = Environment(spec, outcome.load(spec))
             self._registration = self._register(self._environment)
@@ -81,7 +82,7 @@ class MlenvBuildHook(BuildHookInterface):
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
         if self._output_is_project_dist():
-            from hatch_mlenv.environment import MANIFEST_NAME
+            from hatch_mlenv.manifest import MANIFEST_NAME
 
             name = f"{self.metadata.core.name.replace('-', '_')}-{self.metadata.version}.{MANIFEST_NAME}"
             from hatch_mlenv.lockfile import atomic_write

@@ -3,7 +3,8 @@
 ```toml
 [tool.hatch.envs.train]
 type = "mlenv"
-env = "gpu"            # optional: [tool.mlenv.envs.gpu] instead of the top-level environment
+env = "gpu"            # optional: [tool.mlenv.envs.gpu] instead of the top-level environment,
+                       # or a registered version: "fraud-train@production", "fraud-train:3"
 path = ".envs/train"   # optional: the prefix; default .mlenv/envs/<name>, the one `mlenv install` uses
 ```
 
@@ -46,7 +47,6 @@ import tempfile
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterator
 
 from hatch.env.plugin.interface import EnvironmentInterface
@@ -84,13 +84,34 @@ class MlenvEnvironment(EnvironmentInterface):
     # --- what and where ---------------------------------------------------
 
     @cached_property
+    def _env_option(self) -> str | None:
+        name = self.get_env_var_option("env") or self.config.get("env")
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(*self._config_key("env"), "must be the name of a [tool.mlenv.envs.NAME] table "
+                              "or a registered version (NAME:VERSION, NAME@LABEL)")
+        return name or None
+
+    @cached_property
+    def registered(self) -> Environment | None:
+        """`env = "NAME:VERSION"` or `"NAME@LABEL"`: a registered version instead of the project's lock
+        (from the registry `[tool.mlenv] registry` names, else $MLENV_REGISTRY, else local)."""
+        option = self._env_option
+        if option is None or not (":" in option or "@" in option):
+            return None
+        from hatch_mlenv.environment import Environment, configured_registry
+        from hatch_mlenv.reference import parse_reference
+        from hatch_mlenv.registry import select_url
+
+        return Environment.load(str(parse_reference(option)),
+                                registry=select_url(None, configured_registry(Path(self.root))))
+
+    @cached_property
     def spec(self) -> Spec:
         from hatch_mlenv.spec import load_spec
 
-        name = self.get_env_var_option("env") or self.config.get("env")
-        if name is not None and not isinstance(name, str):
-            raise ConfigError(*self._config_key("env"), "must be the name of a [tool.mlenv.envs.NAME] table")
-        return load_spec(Path(self.root), name or None)
+        if self.registered is not None:
+            return self.registered.spec
+        return load_spec(Path(self.root), self._env_option)
 
     @cached_property
     def prefix(self) -> Path:
@@ -99,11 +120,9 @@ class MlenvEnvironment(EnvironmentInterface):
             raise ConfigError(*self._config_key("path"), "must be a string")
         if chosen:
             return (Path(self.root) / Path(chosen).expanduser()).absolute()
-        from hatch_mlenv.install import default_prefix
-
-        # install.default_prefix wants an Environment, which needs a lock;
-        # the prefix must be known without one (`hatch env find`, `remove`).
-        return default_prefix(SimpleNamespace(spec=self.spec, name=self.spec.name)).absolute()
+        # Known without a lock (`hatch env find`, `remove`); a registered version too gets a prefix of this
+        # project's own, since hatch installs the project into it.
+        return (Path(self.root) / ".mlenv" / "envs" / self.spec.name).absolute()
 
     def _config_key(self, option: str) -> tuple[Path, str]:
         """Where this environment's option is written, for error messages."""
@@ -120,6 +139,8 @@ class MlenvEnvironment(EnvironmentInterface):
         from hatch_mlenv.environment import Environment
         from hatch_mlenv.lockfile import read_lock
 
+        if self.registered is not None:
+            return self.registered
         spec = self.spec
         if not spec.lockfile.is_file():
             raise StaleLockError(
@@ -131,7 +152,7 @@ class MlenvEnvironment(EnvironmentInterface):
     def _staleness(self, env: Environment) -> str | None:
         from hatch_mlenv.lock import staleness
 
-        return staleness(env.spec, env.lock)
+        return None if env.is_registered else staleness(env.spec, env.lock)
 
     def _fresh_environment(self) -> Environment:
         """The lock, refusing a stale one: installing it would run code against a spec it does not match."""

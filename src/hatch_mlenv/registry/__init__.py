@@ -81,12 +81,16 @@ def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...
 
 def describe(env: Any) -> dict[str, Any]:
     """What `mlenv show` says of an environment: its manifest, whether the lock is fresh,
-    and its version in the project's registry (or why that is unknown)."""
+    and its version in the project's registry (or why that is unknown). A version loaded by
+    reference is what it is: no freshness, its number and registry as loaded."""
     from hatch_mlenv.errors import RegistryError
     from hatch_mlenv.lock import staleness
 
+    data = env.manifest() | {"lockfile": str(env.spec.lockfile), "reference": env.reference}
+    if env.is_registered:
+        return data | {"fresh": None, "stale_reason": None, "registry": env.registry, "version": env.version}
     reason = staleness(env.spec, env.lock)
-    data = env.manifest() | {"lockfile": str(env.spec.lockfile), "fresh": reason is None, "stale_reason": reason}
+    data |= {"fresh": reason is None, "stale_reason": reason}
     try:
         registry = open_registry(select_url(None, env.spec.registry))
         data |= {"registry": registry.url, "version": registry.find_digest(env.name, env.digest)}
@@ -97,7 +101,8 @@ def describe(env: Any) -> dict[str, Any]:
 
 def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tuple[str, ...] = ()) -> Registration:
     """Register any conda-lock.yml (e.g. one conda-lock wrote) under `name`."""
-    from hatch_mlenv.environment import image_reference_for, lock_manifest
+    from hatch_mlenv.manifest import lock_manifest
+    from hatch_mlenv.image import image_reference_for
     from hatch_mlenv.lockfile import read_lock
 
     check_name(name)
