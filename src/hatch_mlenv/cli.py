@@ -352,17 +352,11 @@ def _set_archived(reference: str, registry_url: str | None, archived: bool) -> N
 @registry_option
 @json_option
 def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
-    """Compare two environments: NAME:VERSION, NAME@LABEL or a lockfile path on each side."""
-    from hatch_mlenv.diff import diff_locks
+    """Compare two environments, each a project directory, a lockfile, NAME:VERSION or NAME@LABEL:
+    packages, variables, base image and the [tool.mlenv] definition."""
+    from hatch_mlenv.diff import diff_environments
 
-    lazy: list[Any] = []
-
-    def registry():  # opened only when a side is a registry reference
-        if not lazy:
-            lazy.append(_registry(registry_url))
-        return lazy[0]
-
-    result = diff_locks(_side(old, registry), _side(new, registry))
+    result = diff_environments(_load(old, None, None, registry_url), _load(new, None, None, registry_url))
     result = {"old": old, "new": new} | result
     if as_json:
         _print_json(result)
@@ -370,23 +364,12 @@ def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
     _print_diff(result)
 
 
-def _side(text: str, registry: Callable[[], Any]):  # -> Lock
-    from hatch_mlenv.lockfile import parse_lock, read_lock
-    from hatch_mlenv.reference import parse_reference
-
-    path = Path(text)
-    if path.suffix in (".yml", ".yaml") or path.is_file() or "/" in text:
-        return read_lock(path)
-    version = registry().get(parse_reference(text))
-    return parse_lock(version.lockfile, version.ref)
-
-
 def _print_diff(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(highlight=False)
-    if result["identical"]:
+    if result["identical"] and not any((result["definition"] or {}).values()):
         console.print(f"{result['old']} and {result['new']} are the same environment")
         return
     table = Table("platform", "manager", "package", "change")
@@ -410,6 +393,10 @@ def _print_diff(result: dict[str, Any]) -> None:
             console.print(f"platform {kind}: {platform}")
     if result["base_image"]:
         console.print(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
+    for kind, items in (result["definition"] or {}).items():
+        for key, value in items.items():
+            shown = f"{json.dumps(value[0])} → {json.dumps(value[1])}" if kind == "changed" else json.dumps(value)
+            console.print(f"definition {kind}: {key} {shown}")
 
 
 @main.command()
@@ -502,17 +489,28 @@ def export_(reference: str | None, project: Path | None, env: str | None, fmt: s
 @main.command(name="import")
 @project_option
 @env_option
-@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", required=False, metavar="[FILE|REF]")
 @click.option("--from-prefix", type=click.Path(file_okay=False, path_type=Path), help="Import an existing conda prefix.")
-def import_(project: Path, env: str | None, file: Path | None, from_prefix: Path | None) -> None:
-    """Write or merge [tool.mlenv] from an environment.yml, a requirements.txt or a conda prefix."""
+@registry_option
+def import_(project: Path, env: str | None, source: str | None, from_prefix: Path | None, registry_url: str | None) -> None:
+    """Write or merge [tool.mlenv] from an environment.yml, a requirements.txt, a conda prefix, or the
+    definition of a registered version (NAME:VERSION, NAME@LABEL)."""
     import sys as _sys
 
     from hatch_mlenv import importing
+    from hatch_mlenv.reference import parse_target
 
-    if (file is None) == (from_prefix is None):
-        raise click.UsageError("give either FILE (environment.yml or requirements.txt) or --from-prefix PATH")
-    pyproject, imported = importing.import_into_project(project, file=file, prefix=from_prefix, env=env)
+    if (source is None) == (from_prefix is None):
+        raise click.UsageError("give either FILE (environment.yml or requirements.txt), a registered version "
+                               "(NAME:VERSION, NAME@LABEL) or --from-prefix PATH")
+    file, registered = None, None
+    if source is not None and (Path(source).exists() or Path(source).suffix):
+        file = Path(source)
+    elif source is not None:
+        target = parse_target(source)
+        registered = _load(str(target.reference), None, None, registry_url)
+    pyproject, imported = importing.import_into_project(project, file=file, prefix=from_prefix, env=env,
+                                                        registered=registered)
     target = f"[tool.mlenv.envs.{env}]" if env else "[tool.mlenv]"
     click.echo(
         f"imported {len(imported.conda) + bool(imported.python)} conda, {len(imported.pip)} pip packages and "
@@ -597,6 +595,36 @@ def spark_conf(reference: str | None, project: Path | None, env: str | None, arc
 
     environment = _load(reference, project, env, registry_url)
     click.echo(render(settings(environment, archive or default_archive(environment)), fmt), nl=False)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0), metavar="DAYS", default=None,
+              help="Only remove what has not changed for DAYS days.")
+@registry_option
+@json_option
+def gc(dry_run: bool, older_than: float | None, registry_url: str | None, as_json: bool) -> None:
+    """Remove prefixes, packs and cache entries that no registered, non-archived version and no
+    project lock on this machine uses; print what was freed."""
+    from hatch_mlenv.gc import collect
+
+    result = collect(_registry(registry_url), dry_run=dry_run, older_than_days=older_than)
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    verb = "would remove" if dry_run else "removed"
+    for path, size in result.removed:
+        click.echo(f"{verb} {_display(path)} ({_size(size)})")
+    click.echo(f"{'would free' if dry_run else 'freed'} {_size(result.freed)} "
+               f"({len(result.removed)} removed, {result.kept} in use or recent)")
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
 
 
 @main.group()

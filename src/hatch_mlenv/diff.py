@@ -1,5 +1,5 @@
-"""Compare two locks: packages added, removed and changed per platform and manager,
-changed variables and base image."""
+"""Compare two environments: packages added, removed and changed per platform and manager,
+changed variables and base image, and what changed in their `[tool.mlenv]` definitions."""
 
 from __future__ import annotations
 
@@ -46,3 +46,28 @@ def diff_locks(old: Lock, new: Lock) -> dict[str, Any]:
         "variables": variables,
         "base_image": None if old.base_image == new.base_image else [old.base_image, new.base_image],
     }
+
+
+def diff_environments(old: Any, new: Any) -> dict[str, Any]:
+    """`diff_locks` of two Environments, plus `definition`: the definition keys added, removed and
+    changed (dotted paths), or None when a side has no definition (a bare lockfile)."""
+    result = diff_locks(old.lock, new.lock)
+    if old.definition is None or new.definition is None:
+        return result | {"definition": None}
+    before, after = _flatten(old.definition), _flatten(new.definition)
+    return result | {"definition": {
+        "added": {k: after[k] for k in sorted(after.keys() - before.keys())},
+        "removed": {k: before[k] for k in sorted(before.keys() - after.keys())},
+        "changed": {k: [before[k], after[k]] for k in sorted(before.keys() & after.keys()) if before[k] != after[k]},
+    }}
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "pypi-names":
+            flat |= _flatten(value, f"{path}.")
+        else:
+            flat[path] = value
+    return flat

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv.errors import UsageError
+from hatch_mlenv.errors import RegistryError, UsageError
 from hatch_mlenv.image import TAG_LENGTH, image_reference
 from hatch_mlenv.lockfile import Lock
 from hatch_mlenv.manifest import lock_manifest
@@ -83,6 +83,37 @@ class Environment:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def variables(self) -> dict[str, str | None]:
+        """The environment variables it sets; a secret's value is None (it comes from the caller)."""
+        return self.lock.variables
+
+    def install(self, prefix: Path | str | None = None, *, force: bool = False) -> Path:
+        """Install (or find up to date) this environment for this machine; returns the prefix
+        (default `default_prefix`). Never solves."""
+        from hatch_mlenv.install import install_environment
+
+        return install_environment(self, Path(prefix) if prefix is not None else None, force=force).prefix
+
+    def activated(self, prefix: Path | str | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The process environment to run in the installed prefix: `base` (default `os.environ`)
+        with conda's activation of the prefix and this environment's variables."""
+        import os
+
+        from hatch_mlenv.install import activation
+
+        variables, _missing = activation(self, Path(prefix) if prefix is not None else self.default_prefix,
+                                         dict(os.environ if base is None else base))
+        return variables
+
+    @cached_property
+    def definition(self) -> dict[str, Any] | None:
+        """The `[tool.mlenv]` definition (`Spec.definition`): the project's, or the one stored with a
+        registered version; None for a bare lockfile or a version registered without one."""
+        if self.stored_manifest is not None:
+            return self.stored_manifest.get("definition")
+        return None if self.is_registered else self.spec.definition()
+
     @cached_property
     def digest(self) -> str:
         return self.lock.digest()
@@ -113,7 +144,7 @@ class Environment:
             lockfile=spec.lockfile.name,
             project={"name": spec.project_name, "version": spec.project_version},
         )
-        manifest["definition"] = spec.definition()
+        manifest["definition"] = self.definition
         # Which lock, which commit: enough for a model artifact to name the environment it was made in.
         manifest["provenance"] = {
             "lockfile_sha256": hashlib.sha256(spec.lockfile.read_bytes()).hexdigest(),
@@ -130,7 +161,18 @@ def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
     from hatch_mlenv.registry import open_registry, select_url
 
     registry = open_registry(select_url(url, configured_registry()))
-    stored = registry.get(ref)  # verified: entry hash and the lock's own digest
+    try:
+        stored = registry.get(ref)  # verified: entry hash and the lock's own digest
+    except RegistryError as exc:  # name the reference and the registry on the first line
+        message = str(exc) if registry.url in str(exc) else f"{exc} (in {registry.url})"
+        raise type(exc)(f"{text}: {message}") from None
+    if stored.archived:
+        if ref.version is None:
+            raise RegistryError(f"{text} points at {stored.ref}, which is archived, in {registry.url}; "
+                                f"use {stored.ref} to use it anyway, or `mlenv restore {stored.ref}`")
+        from hatch_mlenv.progress import note
+
+        note(f"{stored.ref} is archived in {registry.url}; using it as asked")
     lock = parse_lock(stored.lockfile, f"{stored.ref} in {registry.url}")
     manifest = stored.manifest_with_version()
     definition = manifest.get("definition") or _definition_from_lock(stored.name, lock)

@@ -32,8 +32,9 @@ class Imported:
     pip: list[str] = field(default_factory=list)
     pip_index_url: str | None = None
     pip_extra_index_urls: list[str] = field(default_factory=list)
-    variables: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)
     unmapped: list[str] = field(default_factory=list)
+    other: dict[str, Any] = field(default_factory=dict)  # further [tool.mlenv] keys, set as they are
 
     def table(self) -> dict[str, Any]:
         table: dict[str, Any] = {}
@@ -48,7 +49,30 @@ class Imported:
         ):
             if value:
                 table[key] = value
-        return table
+        return table | self.other
+
+
+def from_registered(env: Any) -> Imported:
+    """The `[tool.mlenv]` definition a registered version was locked from (see `Spec.definition`)."""
+    definition = env.manifest().get("definition")
+    if not definition:
+        raise ConfigError(env.reference, None, "this version was registered without its definition "
+                          "(registered from a lockfile, or by hatch-mlenv before 0.2); nothing to import")
+    rest = {k: v for k, v in definition.items()
+            if k not in ("name", "channels", "python", "conda", "pip", "pip-index-url", "pip-extra-index-urls",
+                         "variables")}
+    return Imported(
+        source=str(env.reference),
+        name=definition.get("name"),
+        channels=list(definition.get("channels", [])),
+        python=definition.get("python"),
+        conda=list(definition.get("conda", [])),
+        pip=list(definition.get("pip", [])),
+        pip_index_url=definition.get("pip-index-url"),
+        pip_extra_index_urls=list(definition.get("pip-extra-index-urls", [])),
+        variables=dict(definition.get("variables", {})),
+        other=rest,
+    )
 
 
 def _conda_spec(text: str) -> tuple[str | None, str]:
@@ -235,14 +259,18 @@ def merge_into_pyproject(pyproject: Path, imported: Imported, env: str | None = 
 
 
 def import_into_project(
-    project: Path, *, file: Path | None = None, prefix: Path | None = None, env: str | None = None
+    project: Path, *, file: Path | None = None, prefix: Path | None = None, env: str | None = None,
+    registered: Any = None,
 ) -> tuple[Path, Imported]:
-    """Read `file` (environment.yml by suffix, else requirements.txt) or the conda `prefix`,
-    merge it into the project's pyproject.toml, and write that only if the result is a valid spec."""
+    """Read `file` (environment.yml by suffix, else requirements.txt), the conda `prefix` or the
+    definition of a `registered` Environment, merge it into the project's pyproject.toml, and write
+    that only if the result is a valid spec."""
     from hatch_mlenv.lockfile import atomic_write
     from hatch_mlenv.spec import PYPROJECT, parse_spec, tomllib
 
-    if prefix is not None:
+    if registered is not None:
+        imported = from_registered(registered)
+    elif prefix is not None:
         imported = from_prefix(prefix)
     elif file is not None and file.suffix in (".yml", ".yaml"):
         imported = from_environment_yml(file)

@@ -350,6 +350,10 @@ def install_environment(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if not env.is_registered:  # its packages stay in the shared cache while its lock exists (`mlenv gc`)
+        from hatch_mlenv.gc import record_project
+
+        record_project(env.spec.lockfile)
     if force:
         return InstallResult(prefix, "reinstalled", tuple(changed))
     if damage:

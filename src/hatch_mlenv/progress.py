@@ -21,3 +21,8 @@ def step(message: str) -> Iterator[None]:
         return
     print(f"mlenv: {message}", file=sys.stderr, flush=True)
     yield
+
+
+def note(message: str) -> None:
+    """Something the user should know that does not stop the command: one stderr line."""
+    print(f"mlenv: note: {message}", file=sys.stderr, flush=True)

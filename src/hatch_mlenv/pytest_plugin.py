@@ -1,5 +1,6 @@
-"""pytest plugin: `pytest --mlenv-verify[=ENV]` checks the running interpreter's environment
-against the project's lock before any test is collected, and fails the session on drift."""
+"""pytest plugin: `pytest --mlenv-verify[=ENV|REF]` checks the running interpreter's environment
+against the project's lock (or a registered version's) before any test is collected, and fails
+the session on drift."""
 
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ def pytest_addoption(parser: Any) -> None:
         nargs="?",
         const="",
         default=NOT_GIVEN,
-        metavar="ENV",
-        help="verify this interpreter's environment (sys.prefix) against the project's conda-lock.yml "
-        "(or that of [tool.mlenv.envs.ENV]) before collecting tests",
+        metavar="ENV|REF",
+        help="verify this interpreter's environment (sys.prefix) against the project's conda-lock.yml, "
+        "that of [tool.mlenv.envs.ENV], or a registered version (NAME:VERSION, NAME@LABEL) before collecting tests",
     )
 
 
@@ -37,14 +38,21 @@ def pytest_sessionstart(session: Any) -> None:
 
     root = Path(session.config.rootpath)
     try:
-        env = Environment.load(root, option or None)
+        if ":" in option or "@" in option:  # a registered version, from the project's registry
+            from hatch_mlenv.environment import configured_registry
+            from hatch_mlenv.reference import parse_reference
+            from hatch_mlenv.registry import select_url
+
+            env = Environment.load(str(parse_reference(option)), registry=select_url(None, configured_registry(root)))
+        else:
+            env = Environment.load(root, option or None)
         drift = verify_prefix(env.lock, Path(sys.prefix), current_platform())
     except MlenvError as exc:
         raise pytest.UsageError(f"--mlenv-verify: {exc}") from None
     if not drift.clean:
         lines = "\n".join(f"  {kind}: {what}" for kind, what in drift.rows())
         pytest.exit(
-            f"mlenv: {sys.prefix} does not match {env.spec.lockfile.name} (sha256:{env.digest[:12]}):\n{lines}",
+            f"mlenv: {sys.prefix} does not match {env.reference or env.spec.lockfile.name} (sha256:{env.digest[:12]}):\n{lines}",
             returncode=pytest.ExitCode.TESTS_FAILED,
         )
     session.config._mlenv_verified = env.digest  # noqa: SLF001 - shown in the header

@@ -97,5 +97,7 @@ def parse_target(text: str) -> Target:
         if ":" in text or "@" in text:
             raise UsageError(f"malformed reference {text[:120]!r}: a name has no '/' and no leading '.'; "
                              "a path (a project directory or a lockfile) must exist")
+        if text.endswith((".yml", ".yaml")):
+            raise UsageError(f"{text}: lockfile not found")
         raise UsageError(f"{text}: no such project directory or lockfile")
     return Target(text, reference=parse_reference(text))

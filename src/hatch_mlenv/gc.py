@@ -1,0 +1,195 @@
+"""`mlenv gc`: free what nothing uses any more.
+
+What may go, all in hatch-mlenv's own directories: prefixes installed for registered
+versions (`<data>/envs/NAME-DIGEST12`), their materialised definitions
+(`<data>/versions/NAME-DIGEST12`), packs (`<data>/packs/NAME-DIGEST12.tar.gz`), and
+cache entries (extracted conda packages and their archives, downloaded wheels,
+wheel metadata, lock stamps). What stays: everything a registered, non-archived
+version of the selected registry uses, and everything the lock of a project on this
+machine uses (projects are recorded when `mlenv install` installs them; a project
+whose lockfile is gone no longer counts). A project's own `.mlenv/` is never touched.
+uv's cache has its own collector (`uv cache prune`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hatch_mlenv.errors import MlenvError
+from hatch_mlenv.paths import cache_dir, data_dir
+
+PROJECTS_FILE = "projects.txt"  # in the data directory: one project lockfile path a line
+TAG_LENGTH = 12
+
+
+@dataclass
+class Collection:
+    """What `gc` found unused: (path, bytes) pairs, removed unless it was a dry run."""
+
+    removed: list[tuple[Path, int]] = field(default_factory=list)
+    kept: int = 0
+    dry_run: bool = False
+
+    @property
+    def freed(self) -> int:
+        return sum(size for _path, size in self.removed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "freed_bytes": self.freed,
+            "kept": self.kept,
+            "removed": [{"path": str(path), "bytes": size} for path, size in self.removed],
+        }
+
+
+def record_project(lockfile: Path) -> None:
+    """Remember a project lock installed on this machine (its packages stay in the cache)."""
+    path = data_dir() / PROJECTS_FILE
+    line = str(lockfile.resolve())
+    try:
+        if line in path.read_text(encoding="utf-8").splitlines():
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:  # one short line: an append is atomic enough
+        handle.write(line + "\n")
+
+
+def _live_locks(registry: Any) -> tuple[list[Any], list[str]]:
+    """The locks still in use: every non-archived registered version, every recorded project lock
+    that still exists. Returns them and the project lockfiles still present."""
+    from hatch_mlenv.lockfile import parse_lock, read_lock
+
+    locks = []
+    for summary in registry.list(include_archived=True):
+        for version in registry.history(summary.name):
+            if not version.archived:
+                locks.append((version.name, parse_lock(version.lockfile, version.ref)))
+    projects = []
+    try:
+        lines = (data_dir() / PROJECTS_FILE).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in dict.fromkeys(lines):
+        path = Path(line)
+        try:
+            lock = read_lock(path)
+        except MlenvError:
+            continue  # gone or no longer readable: nothing of it is in use
+        projects.append(line)
+        locks.append((lock.name or path.parent.name, lock))
+    return locks, projects
+
+
+def collect(registry: Any, *, dry_run: bool = False, older_than_days: float | None = None) -> Collection:
+    """Remove (or with `dry_run`, list) what no live lock uses, optionally only what is older
+    than `older_than_days` (by modification time)."""
+    locks, projects = _live_locks(registry)
+    keys = {f"{name}-{lock.digest()[:TAG_LENGTH]}" for name, lock in locks}
+    packages: set[str] = set()
+    wheels: set[str] = set()
+    for _name, lock in locks:
+        for package in lock.packages:
+            if package.manager == "conda":
+                packages.add(_archive_stem(package.url))
+            elif package.sha256:
+                wheels.add(package.sha256)
+    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
+    result = Collection(dry_run=dry_run)
+
+    def consider(path: Path, in_use: bool) -> None:
+        if in_use or (cutoff is not None and _mtime(path) > cutoff):
+            result.kept += 1
+            return
+        result.removed.append((path, _size(path)))
+
+    data, cache = data_dir(), cache_dir()
+    for path in _entries(data / "envs"):
+        consider(path, path.name in keys)
+    for path in _entries(data / "versions"):
+        consider(path, path.name in keys)
+    for path in _entries(data / "packs"):
+        consider(path, path.name.removesuffix(".tar.gz") in keys)
+    for path in _entries(cache / "pkgs"):
+        if path.name == "cache.db" or path.name.endswith(".lock") and path.with_suffix("").exists():
+            continue  # rattler's own bookkeeping; a package's lock file goes with the package
+        consider(path, _archive_stem(path.name) in packages)
+    for path in _entries(cache / "wheels"):
+        consider(path, path.name in wheels)
+    for path in _entries(cache / "wheel-metadata"):
+        consider(path, path.name.removesuffix(".METADATA") in wheels)
+    for path in _entries(cache / "lock-stamps"):
+        consider(path, Path(_stamp_lockfile(path) or "").is_file())  # a stamp is worth keeping while its lock exists
+    if not dry_run:
+        for path, _size_ in result.removed:
+            _remove(path)
+            if path.parent.name == "pkgs":
+                Path(f"{path}.lock").unlink(missing_ok=True)
+        _rewrite_projects(projects)
+    return result
+
+
+def _archive_stem(url_or_name: str) -> str:
+    name = Path(urllib.parse.urlparse(url_or_name).path).name
+    for suffix in (".conda", ".tar.bz2"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _stamp_lockfile(path: Path) -> str | None:
+    import json
+
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("lockfile"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _rewrite_projects(projects: list[str]) -> None:
+    from hatch_mlenv.lockfile import atomic_write
+
+    path = data_dir() / PROJECTS_FILE
+    if path.exists():
+        atomic_write(path, "".join(f"{line}\n" for line in projects))
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
