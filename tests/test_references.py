@@ -318,4 +318,8 @@ def test_the_team_path_through_the_oci_registry(
     materialized.write_text(materialized.read_text().replace("mlenv-hello", "mlenv-hellx"))
     assert "up to date" in mlenv("install", "fraud:2", cwd=empty, check=True).stdout
     assert "mlenv-hellx" not in materialized.read_text()  # rewritten from the verified registry copy
+    definition = materialized.parent / "pyproject.toml"
+    definition.write_text(definition.read_text().replace('OMP_NUM_THREADS = "6"', 'OMP_NUM_THREADS = "9"'))
+    rerun = mlenv("run", "fraud:2", "--", "sh", "-c", 'echo "$OMP_NUM_THREADS"', cwd=empty, check=True)
+    assert rerun.stdout.strip() == "6" and 'OMP_NUM_THREADS = "6"' in definition.read_text()
     assert list(empty.iterdir()) == []

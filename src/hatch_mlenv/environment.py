@@ -218,27 +218,35 @@ def _definition_from_lock(name: str, lock: Lock) -> dict[str, Any]:
 
 def materialize(name: str, digest: str, lock_text: str, definition: dict[str, Any], project: dict[str, Any]) -> Path:
     """Write (or find) `versions/NAME-DIGEST12/` in the user data directory: pyproject.toml with
-    the definition and conda-lock.yml with the lock; written only when different."""
-    import tomlkit
+    the definition and conda-lock.yml with the lock; rewritten whenever either differs from what
+    is asked (`.source` holds the hash of both, so that the up-to-date case renders no TOML)."""
+    import hashlib
+    import json
 
     from hatch_mlenv.lockfile import atomic_write
     from hatch_mlenv.paths import data_dir
-
-    directory = data_dir() / "versions" / f"{name}-{digest[:TAG_LENGTH]}"
     from hatch_mlenv.spec import Spec
 
+    directory = data_dir() / "versions" / f"{name}-{digest[:TAG_LENGTH]}"
     document = {"project": {"name": project.get("name") or name}, "tool": {"mlenv": Spec.ordered(definition)}}
     if project.get("version"):
         document["project"]["version"] = project["version"]
-    pyproject_text = tomlkit.dumps(document)
-    for file, text in (("conda-lock.yml", lock_text), ("pyproject.toml", pyproject_text)):
-        path = directory / file
-        try:
-            if path.read_text(encoding="utf-8") == text:
-                continue
-        except OSError:
-            pass
-        atomic_write(path, text)
+    asked = hashlib.sha256(json.dumps([lock_text, document], sort_keys=True).encode()).hexdigest()
+
+    def written() -> str:  # what is on disk now, whoever wrote it
+        return hashlib.sha256((directory / "conda-lock.yml").read_bytes() + b"\0"
+                              + (directory / "pyproject.toml").read_bytes()).hexdigest()
+
+    try:
+        if (directory / ".source").read_text() == f"{asked} {written()}":
+            return directory
+    except OSError:
+        pass
+    import tomlkit
+
+    atomic_write(directory / "conda-lock.yml", lock_text)
+    atomic_write(directory / "pyproject.toml", tomlkit.dumps(document))
+    atomic_write(directory / ".source", f"{asked} {written()}")
     return directory
 
 

@@ -55,5 +55,7 @@ def mlenv_register_registries() -> list[Backend]:
     """Return registry backends: objects with `handles(url)` and `open(url) -> Registry`.
 
     The first backend, installed plugins before the built-in ones, whose
-    `handles(url)` is true opens the registry.
+    `handles(url)` is true opens the registry. `local` and `sqlite://` URLs are
+    always the built-in SQLite backend, opened without loading plugins, so that
+    the common path (every `NAME:VERSION` resolved locally) stays fast.
     """

@@ -153,7 +153,22 @@ def read_lock(path: Path) -> Lock:
 
 
 def parse_lock(text: str, source: object) -> Lock:
-    """Parse lockfile text; `source` (a path or a registry reference) names it in errors."""
+    """Parse lockfile text; `source` (a path or a registry reference) names it in errors.
+    A Lock is an immutable value: the same text read again in a process (a registry entry
+    verified, then used) is parsed once."""
+    cached = _PARSED.get(text)
+    if cached is None:
+        cached = _parse_lock(text, source)
+        if len(_PARSED) >= 8:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[text] = cached
+    return cached
+
+
+_PARSED: dict[str, Lock] = {}
+
+
+def _parse_lock(text: str, source: object) -> Lock:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

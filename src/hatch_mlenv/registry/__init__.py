@@ -44,6 +44,10 @@ def select_url(option: str | None, configured: str | None = None) -> str:
 
 
 def open_registry(url: str) -> Registry:
+    if url == "local" or url.startswith("sqlite://"):  # built-in, without loading plugins (see the hookspec)
+        from hatch_mlenv.registry.local import LocalBackend
+
+        return LocalBackend().open(url)
     from hatch_mlenv import plugins
 
     for backend in plugins.registries():
