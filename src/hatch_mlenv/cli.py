@@ -478,7 +478,7 @@ def export_(reference: str | None, project: Path | None, env: str | None, fmt: s
     from hatch_mlenv.spec import current_platform
 
     env = _load(reference, project, env, registry_url)
-    text = export(env.lock, env.name, platform or current_platform(), fmt)
+    text = export(env, platform or current_platform(), fmt)
     if output is None:
         click.echo(text, nl=False)
     else:
@@ -528,13 +528,11 @@ def import_(project: Path, env: str | None, source: str | None, from_prefix: Pat
 @json_option
 def verify(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, no_files: bool, as_json: bool, registry_url: str | None) -> None:
     """Compare an installed prefix with the lock; exit 1 on drift with a table of differences."""
-    from hatch_mlenv.install import default_prefix
-    from hatch_mlenv.spec import current_platform
-    from hatch_mlenv.verify import verify_prefix
+    from hatch_mlenv.verify import verify_environment
 
     environment = _load(reference, project, env, registry_url)
-    target = (prefix or default_prefix(environment)).absolute()
-    drift = verify_prefix(environment.lock, target, current_platform(), check_files=not no_files)
+    drift = verify_environment(environment, prefix, check_files=not no_files)
+    target = drift.prefix
     if as_json:
         _print_json(drift.as_dict() | {"digest": f"sha256:{environment.digest}"})
     elif drift.clean:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hatch_mlenv.errors import UsageError
 from hatch_mlenv.lockfile import Lock
 
 FORMATS = ("environment-yml", "explicit", "requirements", "pylock")
 
 
-def export(lock: Lock, name: str, platform: str, fmt: str) -> str:
+def export(env: Any, platform: str, fmt: str) -> str:
+    """The Environment's lock for `platform` in format `fmt` (see FORMATS)."""
+    lock: Lock = env.lock
+    name = env.name
     packages = lock.for_platform(platform)
     if not packages:
         raise UsageError(f"no packages locked for {platform} (locked: {', '.join(lock.platforms) or 'none'})")

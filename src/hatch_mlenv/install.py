@@ -266,11 +266,6 @@ class InstallResult:
     changed: tuple[str, ...] = ()
 
 
-def default_prefix(env: Any) -> Path:
-    """See `Environment.default_prefix`."""
-    return env.default_prefix
-
-
 def install_environment(
     env: Any, prefix: Path | None = None, *, show_progress: bool = False, force: bool = False, verify: bool = False
 ) -> InstallResult:
@@ -302,7 +297,7 @@ def install_environment(
             f"{env.spec.lockfile}: no packages locked for {platform}, this machine's platform "
             f"(locked: {', '.join(lock.platforms) or 'none'}); add it to tool.mlenv.platforms and run `mlenv lock`"
         )
-    prefix = (prefix or default_prefix(env)).absolute()
+    prefix = (prefix or env.default_prefix).absolute()
     from hatch_mlenv.lockfile import remove_dead_leftovers
 
     for leftover in (f".{prefix.name}.staging-", f".{prefix.name}.old-"):

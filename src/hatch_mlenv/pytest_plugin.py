@@ -33,8 +33,7 @@ def pytest_sessionstart(session: Any) -> None:
         return
     from hatch_mlenv.environment import Environment
     from hatch_mlenv.errors import MlenvError
-    from hatch_mlenv.spec import current_platform
-    from hatch_mlenv.verify import verify_prefix
+    from hatch_mlenv.verify import verify_environment
 
     root = Path(session.config.rootpath)
     try:
@@ -46,7 +45,7 @@ def pytest_sessionstart(session: Any) -> None:
             env = Environment.load(str(parse_reference(option)), registry=select_url(None, configured_registry(root)))
         else:
             env = Environment.load(root, option or None)
-        drift = verify_prefix(env.lock, Path(sys.prefix), current_platform())
+        drift = verify_environment(env, Path(sys.prefix))
     except MlenvError as exc:
         raise pytest.UsageError(f"--mlenv-verify: {exc}") from None
     if not drift.clean:

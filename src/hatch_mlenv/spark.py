@@ -29,14 +29,14 @@ def default_archive(env: Any) -> Path:
 
 def pack(env: Any, output: Path | None = None, prefix: Path | None = None) -> Path:
     """Pack the installed linux-64 environment into `output` (a .tar.gz), atomically."""
-    from hatch_mlenv.install import STATE_FILE, default_prefix
+    from hatch_mlenv.install import STATE_FILE
     from hatch_mlenv.spec import current_platform
 
     if not env.lock.for_platform(PLATFORM):
         raise PackError(f"{env.spec.lockfile}: the lock has no {PLATFORM} packages; Spark executors run linux-64")
     if current_platform() != PLATFORM:
         raise PackError(f"packing needs the {PLATFORM} environment installed, and this machine is {current_platform()}")
-    prefix = (prefix or default_prefix(env)).absolute()
+    prefix = (prefix or env.default_prefix).absolute()
     try:
         state = json.loads((prefix / STATE_FILE).read_text())
     except (OSError, ValueError):

@@ -55,6 +55,14 @@ class Drift:
         }
 
 
+def verify_environment(env: Any, prefix: Path | None = None, *, check_files: bool = True) -> Drift:
+    """The Environment's lock for this machine against `prefix` (default: where it installs)."""
+    from hatch_mlenv.spec import current_platform
+
+    return verify_prefix(env.lock, (prefix or env.default_prefix).absolute(), current_platform(),
+                         check_files=check_files)
+
+
 def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool = True) -> Drift:
     """Compare the conda-meta records and Python dist-info of `prefix` with the lock's `platform`."""
     meta = prefix / "conda-meta"
