@@ -19,6 +19,7 @@ from pathlib import Path
 
 from _common import (
     DEFAULTS_2018,
+    PYTHON,
     Command,
     bench_env,
     console_script,
@@ -47,7 +48,7 @@ packages = ["src/bench"]
 [tool.hatch.build.hooks.{hook}]
 
 [tool.hatch.envs.hatch-build]
-system-packages = true
+path = "{build_env}"
 """
 CUSTOM_HOOK = """\
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
@@ -58,8 +59,26 @@ class NoOpHook(BuildHookInterface):
 """
 
 
-def make_project(root: Path, hook: str) -> Path:
-    project = write_project(root, DEFAULTS_2018, SPECS, extra=HATCH_BITS.format(hook=hook))
+def build_env(root: Path) -> Path:
+    """hatch's build environment, made here: a venv whose `.pth` adds this interpreter's
+    site-packages, so the build finds hatchling and hatch-mlenv offline without installing
+    anything (`system-packages = true` would see the base interpreter's, not this venv's)."""
+    env = root / "build-env"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(env)], check=True)
+    (site,) = (env / "lib").glob("python*/site-packages")
+    (site / "bench-dev.pth").write_text("\n".join(sysconfig_paths()) + "\n")
+    return env
+
+
+def sysconfig_paths() -> list[str]:
+    import sysconfig
+
+    return sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+
+
+def make_project(root: Path, hook: str, env: Path) -> Path:
+    extra = HATCH_BITS.format(hook=hook, build_env=env)
+    project = write_project(root, DEFAULTS_2018, SPECS, extra=extra)
     (project / "src" / "bench").mkdir(parents=True)
     (project / "src" / "bench" / "__init__.py").write_text("VALUE = 1\n")
     if hook == "custom":
@@ -108,8 +127,9 @@ def main() -> None:
     header("hook: hatch build with the mlenv hook (fresh lock) vs HATCH_BUILD_NO_HOOKS=true")
 
     root = scratch_dir("hook")
-    project = make_project(root / "mlenv-hook", "mlenv")
-    reference = make_project(root / "custom-hook", "custom")
+    env = build_env(root)
+    project = make_project(root / "mlenv-hook", "mlenv", env)
+    reference = make_project(root / "custom-hook", "custom", env)
     measure([str(console_script("mlenv")), "lock", "--project", str(project)], env=bench_env())
     locked = sha256(project / "conda-lock.yml")
 
