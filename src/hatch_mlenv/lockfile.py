@@ -152,8 +152,26 @@ def read_lock(path: Path) -> Lock:
     return parse_lock(text, path)
 
 
+# The last few lock texts parsed, by their sha256: the build hook reads the lock for the
+# manifest and the registry parses the same text again for the digest it stores; that is
+# one parse. A `Lock` is a frozen value, so sharing it is safe.
+_PARSED: dict[str, Lock] = {}
+_PARSED_KEEP = 4
+
+
 def parse_lock(text: str, source: object) -> Lock:
     """Parse lockfile text; `source` (a path or a registry reference) names it in errors."""
+    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        parsed = _parse_lock(text, source)
+        while len(_PARSED) >= _PARSED_KEEP:
+            _PARSED.pop(next(iter(_PARSED)), None)
+        _PARSED[key] = parsed
+    return parsed
+
+
+def _parse_lock(text: str, source: object) -> Lock:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

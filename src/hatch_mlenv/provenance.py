@@ -9,15 +9,25 @@ from pathlib import Path
 from typing import Any
 
 
-def provenance(project_dir: Path | None, *, spec_hash: str | None, project: dict[str, Any] | None) -> dict[str, Any]:
-    """Where a version came from: time, git state, project, tools, user."""
+def provenance(
+    project_dir: Path | None,
+    *,
+    spec_hash: str | None,
+    project: dict[str, Any] | None,
+    git: tuple[str | None, bool | None] | None = None,
+) -> dict[str, Any]:
+    """Where a version came from: time, git state (`git`, when the caller has just read it), project,
+    tools, user."""
     import datetime
     import getpass
     from importlib import metadata
 
     from hatch_mlenv import __version__
 
-    commit, dirty = git_state(project_dir) if project_dir else (None, None)
+    if git is not None:
+        commit, dirty = git
+    else:
+        commit, dirty = git_state(project_dir) if project_dir else (None, None)
     try:
         rattler_version = metadata.version("py-rattler")
     except metadata.PackageNotFoundError:
