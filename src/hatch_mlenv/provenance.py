@@ -49,19 +49,25 @@ def provenance(
 
 
 def git_state(directory: Path) -> tuple[str | None, bool | None]:
+    """The commit checked out in `directory` and whether tracked files differ from it;
+    (None, None) outside a repository or before its first commit. One `git` process."""
     import subprocess
 
-    def git(*args: str) -> str | None:
-        try:
-            process = subprocess.run(
-                ["git", *args], cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return process.stdout if process.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    try:
+        process = subprocess.run(
+            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
         return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit.strip(), bool(status.strip()) if status is not None else None
+    if process.returncode != 0:
+        return None, None
+    commit, dirty = None, False
+    for line in process.stdout.splitlines():
+        if line.startswith("# branch.oid "):
+            commit = line.split()[2]
+        elif not line.startswith("#"):
+            dirty = True
+    if commit is None or commit == "(initial)":
+        return None, None
+    return commit, dirty
