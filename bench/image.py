@@ -9,7 +9,7 @@ pytorch-cpu and a data package, ~130 MB installed in ~400 files, with
 prefix-placeholder text files that the installer rewrites for /opt/env. It is
 built once into bench/results/channels/image-big/ (~10 s) and reused.
 
-Measured, each a fresh process (`_spawn.py`), round-robin, medians:
+Measured, each a fresh process (bench/_harness.py), round-robin, medians:
   - `mlenv image build` of a lock whose image does not exist, with a cold
     package cache (fresh MLENV_HOME) and with a warm one (MLENV_HOME whose cache
     holds every package); the image is removed before each run;
@@ -38,38 +38,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
-from _common import (
+from _harness import (
+    FAILED,
     PYTHON,
     RESULTS_DIR,
-    SPAWN,
+    Command,
     CommandFailed,
     Sample,
     bench_env,
+    binary,
     console_script,
+    dist_info,
     footer,
     header,
+    measure,
+    median_rss,
+    median_seconds,
+    medians,
     print_table,
+    round_robin,
     run,
     scratch_dir,
+    text,
+    top_level_imports,
     verdict,
     write_project,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # fixtures/
 
 BASE_IMAGE = "mlenv-bench-base:busybox"
 REPOSITORY = "mlenv-bench-image"  # mlenv's tag: mlenv-bench-image:<digest12>
@@ -78,7 +80,7 @@ PLAIN_CLI_TAG = "mlenv-bench-plain:cli"
 MLENV_FILE_TAG = "mlenv-bench-mlenvfile:sdk"
 PREFIX = "/opt/env"
 SPECS = ["numpy", "pytorch-cpu", "mlenv-data"]
-CHANNEL_VERSION = 1  # bump when the generated packages change
+CHANNEL_VERSION = 2  # bump when the generated packages change (2: the harness's content)
 
 # The limit, in a fresh process: the SDK call mlenv's _stream_build makes (client
 # from the environment, ping, api.build of a directory, decoded stream), with the
@@ -219,45 +221,6 @@ print(json.dumps({"phases": phases}))
 # -- the channel ------------------------------------------------------------------------------
 
 
-def _seed(*parts: object) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
-def binary(size: int, *seed: object) -> bytes:
-    """Machine-code-like bytes: random 2 KiB blocks between low-entropy ones (bz2: ~1.7x)."""
-    rnd = random.Random(_seed(*seed))
-    out = bytearray()
-    while len(out) < size:
-        out += rnd.randbytes(2048)
-        out += b"\x00" * 1024
-        out += bytes(rnd.getrandbits(3) for _ in range(1024))
-    return bytes(out[:size])
-
-
-_WORDS = ("self", "array", "dtype", "shape", "axis", "value", "index", "result", "tensor", "module", "grad",
-          "buffer", "kwargs", "args", "return", "None", "True", "False", "len", "range", "data", "out", "key")
-
-
-def text(size: int, *seed: object) -> bytes:
-    """Python-source-like text (bz2: ~4x)."""
-    rnd = random.Random(_seed(*seed))
-    lines, total, n = [], 0, 0
-    while total < size:
-        a, b, c, d = (rnd.choice(_WORDS) for _ in range(4))
-        line = (f"def {a}_{b}_{n}({c}, {d}=None):\n    \"\"\"Return {a} of {c}.\"\"\"\n"
-                f"    return {b}({c}, {d}) + {rnd.randrange(1 << 20)}\n\n")
-        lines.append(line)
-        total += len(line)
-        n += 1
-    return "".join(lines).encode()[:size]
-
-
-def _dist_info(sp: str, name: str, version: str) -> dict[str, bytes | str]:
-    dist = f"{sp}/{name.replace('-', '_')}-{version}.dist-info"
-    return {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-            f"{dist}/INSTALLER": "conda\n"}
-
-
 def big_packages() -> list:  # -> list[CondaPackage]
     from fixtures.conda_channel import PREFIX_PLACEHOLDER, CondaPackage
 
@@ -287,7 +250,7 @@ def big_packages() -> list:  # -> list[CondaPackage]
 
     numpy: dict[str, bytes | str] = {
         f"{sp}/numpy/core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so": binary(12 << 20, "numpy", "umath"),
-        **_dist_info(sp, "numpy", "1.26.4"),
+        **dist_info(sp, "numpy", "1.26.4"),
     }
     for i in range(8):
         numpy[f"{sp}/numpy/_ext{i}.cpython-311-x86_64-linux-gnu.so"] = binary(1 << 20, "numpy", "so", i)
@@ -297,7 +260,7 @@ def big_packages() -> list:  # -> list[CondaPackage]
     torch: dict[str, bytes | str] = {
         f"{sp}/torch/lib/libtorch_cpu.so": binary(40 << 20, "torch", "cpu"),
         f"{sp}/torch/lib/libc10.so": binary(2 << 20, "torch", "c10"),
-        **_dist_info(sp, "pytorch-cpu", "2.1.0"),
+        **dist_info(sp, "pytorch-cpu", "2.1.0"),
     }
     for i in range(80):
         torch[f"{sp}/torch/mod_{i:02d}.py"] = text(25_000, "torch", "py", i)
@@ -343,81 +306,6 @@ def build_big_channel() -> Path:
 # -- measuring ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Outcome:
-    sample: Sample
-    stdout: str
-    stderr: str
-
-
-def spawn(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> Outcome:
-    """`_common.measure`, keeping the child's output (to check "built"/"reused" and read phases)."""
-    with tempfile.TemporaryDirectory(prefix="mlenv-bench-") as scratch:
-        report, out, err = (Path(scratch) / n for n in ("report.json", "stdout", "stderr"))
-        with out.open("wb") as stdout, err.open("wb") as stderr:
-            subprocess.run([PYTHON, "-S", str(SPAWN), str(report), *argv], cwd=cwd, env=dict(env),
-                           stdout=stdout, stderr=stderr, check=True)
-        result = json.loads(report.read_text())
-        texts = out.read_text(errors="replace"), err.read_text(errors="replace")
-    if result["rc"] != 0:
-        raise CommandFailed(f"{' '.join(map(str, argv))} exited {result['rc']}:\n{texts[0][-2000:]}\n{texts[1][-2000:]}")
-    return Outcome(Sample(result["seconds"], result["maxrss_kib"] / 1024), *texts)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One measured command: argv, what to do before each run, and a check of its output."""
-
-    argv: Sequence[str]
-    env: Mapping[str, str]
-    before: Callable[[], None] | None = None
-    check: Callable[[Outcome], None] | None = None
-    optional: bool = False  # a breakdown only: a failure is reported, not fatal
-
-
-FAILED: dict[str, str] = {}  # optional steps that failed, and why
-
-
-def round_robin(runs: int, steps: Mapping[str, Step], *, warmup: int = 0) -> dict[str, list[Outcome]]:
-    """`runs` outcomes of each step, taken A B C A B C ... after `warmup` unmeasured rounds."""
-    outcomes: dict[str, list[Outcome]] = {label: [] for label in steps}
-    for index in range(warmup + runs):
-        for label, step in steps.items():
-            if label in FAILED:
-                continue
-            if step.before is not None:
-                step.before()
-            try:
-                outcome = spawn(step.argv, step.env)
-                if step.check is not None:
-                    step.check(outcome)
-            except CommandFailed as exc:
-                if not step.optional:
-                    raise
-                FAILED[label] = str(exc).strip().splitlines()[-1]
-                continue
-            if index >= warmup:
-                outcomes[label].append(outcome)
-    return outcomes
-
-
-def med(outcomes: Sequence[Outcome]) -> float:
-    return statistics.median(o.sample.seconds for o in outcomes)
-
-
-def med_rss(outcomes: Sequence[Outcome]) -> float:
-    return statistics.median(o.sample.peak_rss_mib for o in outcomes)
-
-
-def child_json(outcome: Outcome) -> dict:
-    return json.loads(outcome.stdout.strip().splitlines()[-1])
-
-
-def medians(dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Key by key medians, in the first dict's order."""
-    return {key: statistics.median(d.get(key, 0.0) for d in dicts) for key in dicts[0]}
-
-
 def step_times(lines: Sequence[Sequence], end: float) -> dict[str, float]:
     """From timestamped build output: the context (call start to the first step) and each step."""
     starts = [(t, line) for t, line in lines if line.startswith("Step ")]
@@ -430,22 +318,12 @@ def step_times(lines: Sequence[Sequence], end: float) -> dict[str, float]:
     return times
 
 
-def build_steps(outcomes: Sequence[Outcome]) -> dict[str, float]:
-    return medians([step_times(child_json(o)["lines"], child_json(o)["end"]) for o in outcomes])
+def build_steps(outcomes: Sequence[Sample]) -> dict[str, float]:
+    return medians([step_times(o.json()["lines"], o.json()["end"]) for o in outcomes])
 
 
-def import_seconds(stderr: str) -> float:
-    """Sum of the top-level cumulative import times in `-X importtime` output."""
-    total = 0
-    for line in stderr.splitlines():
-        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S+)$", line)
-        if match:  # no leading spaces in the name: a top-level import
-            total += int(match.group(1))
-    return total / 1e6
-
-
-def expect(word: str) -> Callable[[Outcome], None]:
-    def check(outcome: Outcome) -> None:
+def expect(word: str) -> Callable[[Sample, int], None]:
+    def check(outcome: Sample, n: int = 0) -> None:
         if not outcome.stdout.strip().endswith(word):
             raise CommandFailed(f"expected {word!r}, got {outcome.stdout.strip()[-200:]!r}")
         if "Using cache" in outcome.stderr + outcome.stdout:
@@ -453,7 +331,7 @@ def expect(word: str) -> Callable[[Outcome], None]:
     return check
 
 
-def no_cache(outcome: Outcome) -> None:
+def no_cache(outcome: Sample, n: int = 0) -> None:
     if "Using cache" in outcome.stdout + outcome.stderr:
         raise CommandFailed("a build was served by Docker's layer cache: the measurement would mean nothing")
 
@@ -565,14 +443,14 @@ def measure_all(engine: Engine, runs: int, reuse_runs: int) -> None:
     mlenv, P = str(console_script("mlenv")), str(project)
     warm_home, cold_home = root / "home-warm", root / "home-cold"
     warm, cold = bench_env(MLENV_HOME=str(warm_home)), bench_env(MLENV_HOME=str(cold_home))
-    spawn([mlenv, "lock", "--project", P], warm)
-    reference = spawn([mlenv, "image", "tag", "--project", P], warm).stdout.split()[0]
+    measure([mlenv, "lock", "--project", P], env=warm)
+    reference = measure([mlenv, "image", "tag", "--project", P], env=warm).stdout.split()[0]
     engine.tags.append(reference)
     lockfile = project / "conda-lock.yml"
 
     # Pre-stage the prefix (this also fills the warm cache and warms the page cache).
     staged, plain = root / "staged", root / "plain"
-    spawn([mlenv, "image", "context", "-o", str(staged), "--project", P], warm)
+    measure([mlenv, "image", "context", "-o", str(staged), "--project", P], env=warm)
     stats = context_stats(staged / "env")
     shutil.copytree(staged / "env", plain / "env", symlinks=True, copy_function=os.link)
     (plain / "Dockerfile").write_text(f"FROM {BASE_IMAGE}\nCOPY env/ {PREFIX}/\n")
@@ -591,28 +469,28 @@ def measure_all(engine: Engine, runs: int, reuse_runs: int) -> None:
     context = [mlenv, "image", "context", "-o", str(out_ctx), "--project", P]
     labels = json.dumps({"io.mlenv.base-image-digest": engine.base_id})
     heavy = {
-        "first: mlenv image build, cold cache": Step(build, cold, before=lambda: (engine.clean(), rmtree(cold_home)()),
+        "first: mlenv image build, cold cache": Command(build, cold, before=lambda: (engine.clean(), rmtree(cold_home)()),
                                                      check=expect("built")),
-        "first: mlenv image build, warm cache": Step(build, warm, before=engine.clean, check=expect("built")),
-        "install: mlenv image context, cold cache": Step(context, cold, before=rmtree(cold_home, out_ctx)),
-        "install: mlenv image context, warm cache": Step(context, warm, before=rmtree(out_ctx)),
-        "limit: plain COPY, SDK api.build": Step([PYTHON, "-c", SDK_BUILD, str(plain), PLAIN_SDK_TAG, "{}"], warm,
+        "first: mlenv image build, warm cache": Command(build, warm, before=engine.clean, check=expect("built")),
+        "install: mlenv image context, cold cache": Command(context, cold, before=rmtree(cold_home, out_ctx)),
+        "install: mlenv image context, warm cache": Command(context, warm, before=rmtree(out_ctx)),
+        "limit: plain COPY, SDK api.build": Command([PYTHON, "-c", SDK_BUILD, str(plain), PLAIN_SDK_TAG, "{}"], warm,
                                                  before=engine.clean, check=no_cache),
-        "ref: plain COPY, docker build CLI": Step(["docker", "build", "-t", PLAIN_CLI_TAG, str(plain)],
+        "ref: plain COPY, docker build CLI": Command(["docker", "build", "-t", PLAIN_CLI_TAG, str(plain)],
                                                   bench_env(DOCKER_BUILDKIT="0"), before=engine.clean, check=no_cache),
-        "ref: mlenv's Dockerfile + labels=, SDK": Step([PYTHON, "-c", SDK_BUILD, str(staged), MLENV_FILE_TAG, labels],
+        "ref: mlenv's Dockerfile + labels=, SDK": Command([PYTHON, "-c", SDK_BUILD, str(staged), MLENV_FILE_TAG, labels],
                                                        warm, before=engine.clean, check=no_cache),
-        "ref: first build phases, warm cache": Step([PYTHON, "-c", FIRST_PHASES, P], warm, before=engine.clean,
+        "ref: first build phases, warm cache": Command([PYTHON, "-c", FIRST_PHASES, P], warm, before=engine.clean,
                                                     check=no_cache, optional=True),
         **{
-            f"ref: warm install, rattler validation {mode}": Step(
+            f"ref: warm install, rattler validation {mode}": Command(
                 [PYTHON, "-c", INSTALL_MODE, mode, str(lockfile), str(packages), str(mode_out)], warm,
                 before=rmtree(mode_out))
             for mode in ("full", "fast", "skip")
         },
     }
     print(f"\nmeasuring {len(heavy)} commands x {runs} runs, round-robin ...", flush=True)
-    got = round_robin(runs, heavy)
+    got = round_robin(runs, heavy, warmup=0)
     engine.clean()
 
     # In-process, for the breakdown: docker-py tars the context into a temp file before uploading.
@@ -626,14 +504,14 @@ def measure_all(engine: Engine, runs: int, reuse_runs: int) -> None:
             tar_size = archive.seek(0, 2)
 
     # Reuse: the image exists.
-    expect("built")(spawn(build, warm))
+    expect("built")(measure(build, env=warm))
     reuse = {
-        "mlenv image build (reuse)": Step(build, warm, check=expect("reused")),
-        "mlenv --version": Step([mlenv, "--version"], warm),
-        "python -c pass": Step([PYTHON, "-c", "pass"], warm),
-        "phases": Step([PYTHON, "-c", REUSE_PHASES, P], warm, optional=True),
-        "importtime: reuse": Step([PYTHON, "-X", "importtime", mlenv, *build[1:]], warm, check=expect("reused")),
-        "importtime: pass": Step([PYTHON, "-X", "importtime", "-c", "pass"], warm),
+        "mlenv image build (reuse)": Command(build, warm, check=expect("reused")),
+        "mlenv --version": Command([mlenv, "--version"], warm),
+        "python -c pass": Command([PYTHON, "-c", "pass"], warm),
+        "phases": Command([PYTHON, "-c", REUSE_PHASES, P], warm, optional=True),
+        "importtime: reuse": Command([PYTHON, "-X", "importtime", mlenv, *build[1:]], warm, check=expect("reused")),
+        "importtime: pass": Command([PYTHON, "-X", "importtime", "-c", "pass"], warm),
     }
     print(f"measuring reuse: {len(reuse)} commands x {reuse_runs} runs, round-robin, 1 warm-up round ...", flush=True)
     again = round_robin(reuse_runs, reuse, warmup=1)
@@ -648,18 +526,18 @@ def measure_all(engine: Engine, runs: int, reuse_runs: int) -> None:
     report(got, again, runs, reuse_runs, tar_times, tar_size, image.attrs["Size"], layers, runs_ok)
 
 
-def report(got: dict[str, list[Outcome]], again: dict[str, list[Outcome]], runs: int, reuse_runs: int,
+def report(got: dict[str, list[Sample]], again: dict[str, list[Sample]], runs: int, reuse_runs: int,
            tar_times: list[float], tar_size: int, image_size: int, layers: int, runs_ok: object) -> None:
-    limit = med(got["limit: plain COPY, SDK api.build"])
-    install = {k: med(got[f"install: mlenv image context, {k} cache"]) for k in ("cold", "warm")}
-    first = {k: med(got[f"first: mlenv image build, {k} cache"]) for k in ("cold", "warm")}
+    limit = median_seconds(got["limit: plain COPY, SDK api.build"])
+    install = {k: median_seconds(got[f"install: mlenv image context, {k} cache"]) for k in ("cold", "warm")}
+    first = {k: median_seconds(got[f"first: mlenv image build, {k} cache"]) for k in ("cold", "warm")}
     rows = []
     for label, outcomes in got.items():
         if label.startswith("ref: first build phases"):
             continue
-        seconds = [o.sample.seconds for o in outcomes]
-        rows.append([label, med(outcomes), f"{min(seconds):.2f}-{max(seconds):.2f}", f"{med_rss(outcomes):.0f}",
-                     f"{med(outcomes) / limit:.2f}"])
+        seconds = [o.seconds for o in outcomes]
+        rows.append([label, median_seconds(outcomes), f"{min(seconds):.2f}-{max(seconds):.2f}", f"{median_rss(outcomes):.0f}",
+                     f"{median_seconds(outcomes) / limit:.2f}"])
     print_table(f"builds and installs: {runs} runs each, round-robin, medians (fresh processes)",
                 ["command", "wall s", "min-max s", "peak RSS MiB", "x limit"], rows)
     print("  cold cache: a fresh MLENV_HOME (empty package cache, the channel's archives in the page cache);\n"
@@ -680,7 +558,7 @@ def report(got: dict[str, list[Outcome]], again: dict[str, list[Outcome]], runs:
         "plain COPY, SDK": build_steps(got["limit: plain COPY, SDK api.build"]),
     }
     if phase_runs:
-        phases = medians([child_json(o)["phases"] for o in phase_runs])
+        phases = medians([o.json()["phases"] for o in phase_runs])
         steps = {"mlenv build (phases run)": build_steps(phase_runs), **steps}
         print_table("a warm first build, phase by phase in one fresh process (the calls image.build() makes), "
                     "medians", ["phase", "s"], [[k, v] for k, v in phases.items()] + [["sum", sum(phases.values())]])
@@ -694,17 +572,17 @@ def report(got: dict[str, list[Outcome]], again: dict[str, list[Outcome]], runs:
           f"for {tar_size / 2**20:.0f} MiB; the engine then unpacks it and hashes every file for the cache key")
     print(f"  built image: {image_size / 2**20:.0f} MiB, {layers} layers; a container sees the rewritten prefix: {runs_ok}")
 
-    wall = med(again["mlenv image build (reuse)"])
-    bare = med(again["python -c pass"])
-    imports = (statistics.median(import_seconds(o.stderr) for o in again["importtime: reuse"])
-               - statistics.median(import_seconds(o.stderr) for o in again["importtime: pass"]))
+    wall = median_seconds(again["mlenv image build (reuse)"])
+    bare = median_seconds(again["python -c pass"])
+    imports = (statistics.median(sum(top_level_imports(o.stderr).values()) for o in again["importtime: reuse"])
+               - statistics.median(sum(top_level_imports(o.stderr).values()) for o in again["importtime: pass"]))
     own = wall - bare - imports
     print_table(f"reuse: {reuse_runs} runs each, round-robin after a warm-up round, medians (fresh processes)",
                 ["command", "wall s", "peak RSS MiB"],
-                [[k, med(v), f"{med_rss(v):.0f}"] for k, v in again.items() if k in
+                [[k, median_seconds(v), f"{median_rss(v):.0f}"] for k, v in again.items() if k in
                  ("mlenv image build (reuse)", "mlenv --version", "python -c pass")])
     if again["phases"]:
-        reuse_phases = medians([child_json(o)["phases"] for o in again["phases"]])
+        reuse_phases = medians([o.json()["phases"] for o in again["phases"]])
         print_table("reuse, phase by phase in one fresh process (the calls `mlenv image build` makes), medians",
                     ["phase", "s"], [[k, v] for k, v in reuse_phases.items()])
     else:

@@ -11,9 +11,9 @@ hard-linked), plus two wheels (210 modules) from fixtures.pip_index, served on
 built once into bench/results/channels/install-realistic/ (~15 s on 2 cores,
 one archive per core) and reused.
 
-Measured, each a fresh process (`_spawn.py`), round-robin after one unmeasured
+Measured, each a fresh process (bench/_harness.py), round-robin after one unmeasured
 warm-up round, medians (every run writes a new directory; nothing is deleted
-until the end, see round_robin):
+until the end, see main):
   - cold:        `mlenv install --project A --prefix NEW` with a new, empty
                  MLENV_HOME (package cache and wheel cache);
   - warm:        the same with a MLENV_HOME whose cache already holds everything;
@@ -44,37 +44,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import statistics
-import sys
 import textwrap
 import time
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from _common import (
+from _harness import (
     PYTHON,
     RESULTS_DIR,
+    Command,
     Sample,
     bench_env,
+    binary,
     console_script,
+    dist_info,
     footer,
     header,
     measure,
     median_rss,
     median_seconds,
     print_table,
+    rng,
+    round_robin,
     run,
     scratch_dir,
+    text,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # fixtures/
 
 CHANNEL_VERSION = 1  # bump when the generated packages change
 PY = "3.11"
@@ -85,41 +86,6 @@ PIP = ["mlenv-bench-viz==1.0.0"]
 
 
 # -- content ----------------------------------------------------------------------------------
-
-def _rng(*seed: object) -> random.Random:
-    return random.Random(zlib.crc32("/".join(map(str, seed)).encode()))
-
-
-_LOW = bytes.maketrans(bytes(range(256)), bytes(i & 7 for i in range(256)))
-
-
-def binary(size: int, *seed: object) -> bytes:
-    """Machine-code-like bytes: random blocks between zero and low-entropy ones."""
-    rnd = _rng("bin", *seed)
-    parts, total = [], 0
-    while total < size:
-        parts += [rnd.randbytes(2048), bytes(1024), rnd.randbytes(1024).translate(_LOW)]
-        total += 4096
-    return b"".join(parts)[:size]
-
-
-_WORDS = ("self", "array", "dtype", "shape", "axis", "value", "index", "result", "frame", "module", "level",
-          "buffer", "kwargs", "args", "other", "name", "copy", "method", "data", "out", "key", "func", "obj")
-
-
-def text(size: int, *seed: object) -> bytes:
-    """Python-source-like text."""
-    rnd = _rng("text", *seed)
-    lines, total, n = [], 0, 0
-    while total < size:
-        a, b, c, d = rnd.choices(_WORDS, k=4)
-        line = (f"def {a}_{b}_{n}({c}, {d}=None):\n    \"\"\"Return the {a} of {c}.\"\"\"\n"
-                f"    return {b}({c}, {d}) + {rnd.getrandbits(24)}\n\n")
-        lines.append(line)
-        total += len(line)
-        n += 1
-    return "".join(lines).encode()[:size]
-
 
 def placeholder(kind: str, size: int, *seed: object) -> bytes:
     """A text file that holds the conda prefix placeholder (rewritten at install)."""
@@ -151,12 +117,6 @@ def _sos(root: str, count: int, size: int, *seed: object) -> dict[str, bytes]:
 
 def _headers(root: str, count: int, size: int, *seed: object) -> dict[str, bytes]:
     return {f"{root}/h{i:03d}.h": text(size, *seed, "h", i) for i in range(count)}
-
-
-def _dist_info(site: str, name: str, version: str) -> dict[str, bytes]:
-    dist = f"{site}/{name.replace('-', '_')}-{version}.dist-info"
-    return {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-            f"{dist}/INSTALLER": b"conda\n"}
 
 
 def _pc(name: str, *seed: object) -> dict[str, bytes]:
@@ -206,7 +166,7 @@ def _files(name: str, version: str) -> dict[str, bytes]:
         files.update(_headers("include/ncursesw", 15, 20 * K, *s))
         for lib in ("ncursesw", "formw", "menuw", "panelw", "tinfow", "ncurses++w"):
             files.update(_pc(lib, *s))
-        rnd = _rng(*s, "terminfo")
+        rnd = rng(*s, "terminfo")
         for i in range(500):
             files[f"share/terminfo/{chr(97 + i % 26)}/term-{i:03d}"] = binary(1000 + rnd.randrange(3000), *s, "ti", i)
         return files
@@ -237,24 +197,24 @@ def _files(name: str, version: str) -> dict[str, bytes]:
     if name == "numpy":
         return {f"{SP}/numpy/core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so": binary(9 * M, *s, "umath"),
                 **_sos(f"{SP}/numpy/linalg", 12, 600 * K, *s), **_py_files(f"{SP}/numpy", 380, 12 * K, *s),
-                "bin/f2py": placeholder("py", 400, *s, "f2py"), **_dist_info(SP, name, version)}
+                "bin/f2py": placeholder("py", 400, *s, "f2py"), **dist_info(SP, name, version)}
     if name == "scipy":
         return {**_sos(f"{SP}/scipy/_lib", 18, 700 * K, *s), **_py_files(f"{SP}/scipy", 550, 10 * K, *s),
-                **_dist_info(SP, name, version)}
+                **dist_info(SP, name, version)}
     if name == "pandas":
         return {**_sos(f"{SP}/pandas/_libs", 10, 900 * K, *s), **_py_files(f"{SP}/pandas", 330, 14 * K, *s),
-                **_dist_info(SP, name, version)}
+                **dist_info(SP, name, version)}
     if name == "pyyaml":
         return {f"{SP}/yaml/_yaml.cpython-311-x86_64-linux-gnu.so": binary(800 * K, *s),
-                **_py_files(f"{SP}/yaml", 17, 15 * K, *s), **_dist_info(SP, "PyYAML", version)}
+                **_py_files(f"{SP}/yaml", 17, 15 * K, *s), **dist_info(SP, "PyYAML", version)}
     if name == "markupsafe":
         return {f"{SP}/markupsafe/_speedups.cpython-311-x86_64-linux-gnu.so": binary(50 * K, *s),
-                **_py_files(f"{SP}/markupsafe", 3, 6 * K, *s), **_dist_info(SP, "MarkupSafe", version)}
+                **_py_files(f"{SP}/markupsafe", 3, 6 * K, *s), **dist_info(SP, "MarkupSafe", version)}
     # noarch: python, payload under site-packages/
     module, count, avg = NOARCH[name]
-    files = {**_py_files(f"site-packages/{module}", count, avg, *s), **_dist_info("site-packages", name, version)}
+    files = {**_py_files(f"site-packages/{module}", count, avg, *s), **dist_info("site-packages", name, version)}
     if name == "pytz":
-        rnd = _rng(*s, "zoneinfo")
+        rnd = rng(*s, "zoneinfo")
         files.update({f"site-packages/pytz/zoneinfo/Zone{i:03d}": binary(600 + rnd.randrange(2500), *s, "tz", i)
                       for i in range(550)})
     if name == "certifi":
@@ -559,15 +519,6 @@ with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
 """
 
 
-@dataclass(frozen=True)
-class Step:
-    """One measured command; `argv` and `check` take the run's number (each run writes a new directory)."""
-
-    argv: Callable[[int], Sequence[str]]
-    env: Callable[[int], Mapping[str, str]]
-    check: Callable[[int], None] | None = None
-
-
 def _phase_rows(result: dict) -> dict[str, float]:
     """One PHASES run as rows that add up to its wall time (indented rows are parts of the one above)."""
     p, wall = result["phases"], result["wall"]
@@ -595,29 +546,6 @@ def _phase_rows(result: dict) -> dict[str, float]:
         "exit handlers (rattler settle pause)": get("exit handlers (rattler settle pause)"),
         "wall (fresh process)": wall,
     }
-
-
-def round_robin(runs: int, steps: Mapping[str, Step], *, warmup: int = 1) -> dict[str, list[Sample]]:
-    """`runs` samples of each step, taken A B C A B C ... after `warmup` unmeasured rounds.
-
-    Nothing is deleted while measuring: every run writes a new directory (all removed at the
-    end). This machine's ext4 has no journal, and then every inode allocation skips the free
-    inodes deleted in the last 60 s (360 s while their inode-table block is dirty), one buffer
-    lookup each (`recently_deleted` in perf): right after `rm -r` of the previous copy, `cp -a`
-    of this prefix took 1.4-3.3 s instead of 0.2 s. Deletions by other processes on the same
-    file system still slow whatever creates files (`cp -a`, a cold install): hence their spread.
-    Dirty pages are flushed (`sync`) before every run, so no run pays for an earlier one's writeback.
-    """
-    samples: dict[str, list[Sample]] = {label: [] for label in steps}
-    for index in range(warmup + runs):
-        for label, step in steps.items():
-            os.sync()
-            sample = measure(step.argv(index), env=step.env(index))
-            if step.check is not None:
-                step.check(index)
-            if index >= warmup:
-                samples[label].append(sample)
-    return samples
 
 
 def main() -> None:
@@ -698,27 +626,35 @@ def main() -> None:
                     raise SystemExit(f"{prefix}: not the lock of project A")
             return check
 
-        def fixed(env_: Mapping[str, str]) -> Callable[[int], Mapping[str, str]]:
-            return lambda n: env_
+        def each(check: Callable[[int], None]) -> Callable[[Sample, int], None]:
+            return lambda _sample, n: check(n)
 
         steps = {
-            "mlenv install, cold cache": Step(lambda n: install(a, run_dir("cold", n)), cold_env, installed_check("cold")),
-            "mlenv install, warm cache": Step(lambda n: install(a, run_dir("warm", n)), fixed(warm_env),
-                                              installed_check("warm")),
-            "cp -a (limit)": Step(lambda n: ["cp", "-a", str(reference), str(run_dir("cp-a", n))], fixed(env)),
-            "cp -al (limit)": Step(lambda n: ["cp", "-al", str(reference), str(run_dir("cp-al", n))], fixed(env)),
-            "mlenv install, 1 package changed (A->B)": Step(lambda n: install(b, prefixes["incremental"]),
-                                                           fixed(warm_env), incremental_check(b)),
-            "mlenv install, 1 package changed (B->A)": Step(lambda n: install(a, prefixes["incremental"]),
-                                                           fixed(warm_env), incremental_check(a)),
-            "mlenv install, no-op": Step(lambda n: install(a, prefixes["noop"]), fixed(warm_env), noop_check),
-            "mlenv --version": Step(lambda n: [script, "--version"], fixed(env)),
+            "mlenv install, cold cache": Command(lambda n: install(a, run_dir("cold", n)), cold_env,
+                                                 check=each(installed_check("cold"))),
+            "mlenv install, warm cache": Command(lambda n: install(a, run_dir("warm", n)), warm_env,
+                                              check=each(installed_check("warm"))),
+            "cp -a (limit)": Command(lambda n: ["cp", "-a", str(reference), str(run_dir("cp-a", n))], env),
+            "cp -al (limit)": Command(lambda n: ["cp", "-al", str(reference), str(run_dir("cp-al", n))], env),
+            "mlenv install, 1 package changed (A->B)": Command(lambda n: install(b, prefixes["incremental"]),
+                                                           warm_env, check=each(incremental_check(b))),
+            "mlenv install, 1 package changed (B->A)": Command(lambda n: install(a, prefixes["incremental"]),
+                                                           warm_env, check=each(incremental_check(a))),
+            "mlenv install, no-op": Command(lambda n: install(a, prefixes["noop"]), warm_env, check=each(noop_check)),
+            "mlenv --version": Command(lambda n: [script, "--version"], env),
         }
-        steps["reference: tar -xjf every archive"] = Step(
-            lambda n: [PYTHON, "-c", TAR, str(run_dir("tar", n)), *archives], fixed(env))
+        steps["reference: tar -xjf every archive"] = Command(
+            lambda n: [PYTHON, "-c", TAR, str(run_dir("tar", n)), *archives], env)
 
+        # Nothing is deleted while measuring: every run writes a new directory (all removed at the
+        # end). This machine's ext4 has no journal, and then every inode allocation skips the free
+        # inodes deleted in the last 60 s (360 s while their inode-table block is dirty), one buffer
+        # lookup each (`recently_deleted` in perf): right after `rm -r` of the previous copy, `cp -a`
+        # of this prefix took 1.4-3.3 s instead of 0.2 s. Deletions by other processes on the same
+        # file system still slow whatever creates files (`cp -a`, a cold install): hence their spread.
+        # Dirty pages are flushed (`sync`) before every run, so no run pays for an earlier one's writeback.
         start = time.perf_counter()
-        samples = round_robin(args.runs, steps)
+        samples = round_robin(args.runs, steps, sync=True)
         measured_in = time.perf_counter() - start
 
         def timed_run(argv: Sequence[str], case_env: Mapping[str, str], how: str) -> dict:
@@ -760,7 +696,7 @@ def main() -> None:
                     argv = install(a, run_dir(case, n))
                 phase_results[case].append(timed_run(argv, case_env, "lazy" if case == "no-op" else "eager"))
     start = time.perf_counter()
-    rm(root)  # all of it: the next run then starts with nothing to delete (see round_robin)
+    rm(root)  # all of it: the next run then starts with nothing to delete (see main)
     cleaned_in = time.perf_counter() - start
 
     # -- report ------------------------------------------------------------------------------------

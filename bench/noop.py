@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 from pathlib import Path
 
-from _common import (
+from _harness import (
     DEFAULTS_2018,
     PYTHON,
     Command,
@@ -25,12 +24,13 @@ from _common import (
     console_script,
     footer,
     header,
-    interleaved,
     measure,
     median_rss,
     median_seconds,
     print_table,
+    round_robin,
     run,
+    top_level_imports,
     scratch_dir,
     verdict,
     which,
@@ -46,12 +46,7 @@ def no_op_imports(argv: list[str], top: int = 8) -> list[tuple[str, float]]:
         [PYTHON, "-X", "importtime", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         check=True, env=bench_env(),
     )
-    rows = []
-    for line in result.stderr.splitlines():
-        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S+)", line)  # no indent: top level
-        if match:
-            rows.append((match.group(2), int(match.group(1)) / 1e6))
-    return sorted(rows, key=lambda r: r[1], reverse=True)[:top]
+    return sorted(top_level_imports(result.stderr).items(), key=lambda r: r[1], reverse=True)[:top]
 
 
 def shims(script: Path) -> list[Path]:
@@ -85,7 +80,7 @@ def main() -> None:
     inherited["PYTHONDONTWRITEBYTECODE"] = "1"
     commands["mlenv lock (no-op), no bytecode cache"] = Command([script, *lock_args], env=inherited)
 
-    samples = interleaved(args.runs, commands)
+    samples = round_robin(args.runs, commands)
     base = median_seconds(samples["python -c pass"])
     rows = [
         [label, median_seconds(s), f"{median_rss(s):.0f}", f"{median_seconds(s) / base:.2f}"]

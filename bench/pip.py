@@ -13,7 +13,7 @@ Requests (conda part locked once from the defaults-2018 snapshot, offline):
   - ml-20: python 3.7.0 (conda python only) + 20 unpinned pip requirements in
     the style of a curated ML image (scikit-learn, pandas, ..., mlflow-skinny).
 
-Measured, each run a fresh process (`_spawn.py`), round-robin after one
+Measured, each run a fresh process (bench/_harness.py), round-robin after one
 unmeasured warm-up round, min/median:
   - baseline: `uv pip compile` alone, with exactly the command and inputs
     (requirements.in, constraints.txt, uv.toml with `[[dependency-metadata]]`,
@@ -51,7 +51,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -59,11 +58,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from _common import (
+from _harness import (
     DEFAULTS_2018,
     PYTHON,
+    REPO,
     RESULTS_DIR,
-    SPAWN,
     CommandFailed,
     bench_env,
     console_script,
@@ -77,8 +76,6 @@ from _common import (
     write_project,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # fixtures/
 
 SNAPSHOT = Path(__file__).resolve().parent / "data" / "pip-metadata.json"
 PYPI_SIMPLE = "https://pypi.org/simple"
@@ -531,25 +528,16 @@ class Run:
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], report: Path | None = None, hard_timeout: float = 900) -> Run:
-    """Like _common.measure, but a non-zero exit is returned (the old resolver stops on a timer)
-    and a hard timeout kills the whole process group."""
-    with tempfile.TemporaryDirectory(prefix="mlenv-bench-") as scratch:
-        out = Path(scratch) / "spawn.json"
-        with open(Path(scratch) / "output", "wb") as output:
-            process = subprocess.Popen([PYTHON, "-S", str(SPAWN), str(out), *argv], env=dict(env),
-                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                process.wait(hard_timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                return Run(hard_timeout, float("nan"), {"stopped": True, "killed": True})
-        result = json.loads(out.read_text())
-        text = (Path(scratch) / "output").read_text(errors="replace")
+    """One measured process and the JSON its child wrote to `report`. A non-zero exit is fine
+    when the child says it stopped (the old resolver stops on a timer); past `hard_timeout`
+    the whole process group is killed."""
+    sample = measure(argv, env=env, timeout=hard_timeout, allow_failure=True)
+    if sample.rc == -9 and sample.seconds == hard_timeout:
+        return Run(hard_timeout, float("nan"), {"stopped": True, "killed": True})
     data = json.loads(report.read_text()) if report is not None and report.is_file() else {}
-    if result["rc"] != 0 and not data.get("stopped"):
-        raise CommandFailed(f"{' '.join(argv)} exited {result['rc']}:\n{text[-3000:]}")
-    return Run(result["seconds"], result["maxrss_kib"] / 1024, data)
+    if sample.rc != 0 and not data.get("stopped"):
+        raise CommandFailed(f"{' '.join(argv)} exited {sample.rc}:\n{sample.stdout[-3000:]}\n{sample.stderr[-3000:]}")
+    return Run(sample.seconds, sample.peak_rss_mib, data)
 
 
 def capture_uv(project: Path, lockfile: Path, keep: Path) -> tuple[list[str], int]:

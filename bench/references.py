@@ -25,14 +25,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import (
+from _harness import (
     PYTHON,
     Command,
     bench_env,
     console_script,
     footer,
     header,
-    interleaved,
+    round_robin,
     median_seconds,
     print_table,
     run,
@@ -86,7 +86,7 @@ def main() -> None:
         ("quickstart-train@latest", loads["label"] * 1000, (loads["label"] - loads["project"]) * 1000),
     ])
 
-    samples = interleaved(args.runs, {
+    samples = round_robin(args.runs, {
         "project": Command([mlenv, "install", "--project", str(project)], cwd=empty, env=env),
         "number": Command([mlenv, "install", "quickstart-train:1"], cwd=empty, env=env),
         "label": Command([mlenv, "install", "quickstart-train@latest"], cwd=empty, env=env),

@@ -43,34 +43,35 @@ def test_conda_lock_init_still_imports_its_cli() -> None:
     )
 
 
+def test_conda_lock_lockfile_init_still_imports_what_the_models_do_not_need() -> None:
+    init = Path(importlib.util.find_spec("conda_lock.lockfile").origin)
+    imported = {node.module for node in ast.walk(ast.parse(init.read_text())) if isinstance(node, ast.ImportFrom)}
+    assert {"conda_lock.lookup", "conda_lock.models.lock_spec"} <= imported, (
+        f"conda-lock {metadata.version('conda-lock')}: conda_lock/lockfile/__init__.py no longer imports its "
+        "PyPI lookup and lock specs; _compat.import_conda_lock_models (checked against conda-lock "
+        f"{_compat.CHECKED['conda-lock']}) may not need to skip it"
+    )
+
+
 def test_conda_lock_models_import_without_the_cli() -> None:
     shown = _python(
         "import sys, json\n"
         "from hatch_mlenv._compat import import_conda_lock_models\n"
         "import_conda_lock_models()\n"
-        # every name hatch_mlenv.lockfile takes from conda-lock
-        "from conda_lock.lockfile import write_conda_lock_file\n"
+        "heavy = sorted(m for m in sys.modules if m in ('conda_lock.conda_lock', 'conda_lock.lookup', "
+        "'conda_lock.models.lock_spec', 'requests', 'setuptools', 'distutils') or 'poetry' in m)\n"
         "from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency, Lockfile, LockMeta\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m == 'conda_lock.conda_lock' or 'poetry' in m)))\n"
+        # the packages' own __init__ runs on first use of a name it defines
+        "from conda_lock.lockfile import write_conda_lock_file, parse_conda_lock_file\n"
+        "import conda_lock\n"
+        "print(json.dumps([heavy, callable(conda_lock.main), 'conda_lock.conda_lock' in sys.modules]))\n"
     )
-    assert json.loads(shown) == [], (
-        "conda-lock's lockfile models now pull in its CLI or vendored poetry: "
-        "_compat.import_conda_lock_models no longer saves anything"
+    heavy, has_main, cli_loaded = json.loads(shown)
+    assert heavy == [], (
+        "conda-lock's lockfile models now pull in its CLI, PyPI lookup or vendored conda: "
+        f"_compat.import_conda_lock_models no longer saves that ({heavy})"
     )
-
-
-# -- conda-lock + py-rattler: preload_conda_lock_models --------------------------------
-def test_conda_lock_still_installs_the_six_importer_the_preload_works_around() -> None:
-    shown = _python(
-        "import sys\n"
-        "from hatch_mlenv._compat import import_conda_lock_models\n"
-        "import_conda_lock_models()\n"
-        "print(sorted({type(f).__name__ for f in sys.meta_path}))\n"
-    )
-    assert "_SixMetaPathImporter" in shown, (
-        "importing conda-lock's models no longer installs six's meta-path importer: the import "
-        "deadlock _compat.preload_conda_lock_models works around may be gone; re-measure (1 hang in ~30 runs)"
-    )
+    assert has_main and cli_loaded
 
 
 def test_the_solve_imports_nothing_after_the_solve_imports(channel: Path) -> None:

@@ -84,3 +84,66 @@ def test_broken_lockfile_fails_cleanly_and_is_kept(tmp_path: Path, defaults_2018
 def test_read_lock_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(LockfileError, match="lockfile not found"):
         read_lock(tmp_path / "missing.yml")
+
+
+def _render_both(tmp_path: Path, packages: list, *, file_name: str = "conda-lock.yml", sources: tuple = ("pyproject.toml",),
+                 custom: dict | None = None) -> tuple[str, str]:
+    """render_lockfile's text, and what conda-lock's own writer makes of the same models."""
+    from conda_lock.lockfile import write_conda_lock_file
+    from conda_lock.lockfile.v2prelim.models import Lockfile, LockMeta
+
+    from hatch_mlenv.lockfile import render_lockfile, to_conda_lock
+
+    platforms = sorted({p.platform for p in packages})
+    content_hash = {p: "0" * 64 for p in platforms}
+    custom = custom or {"mlenv.name": "demo"}
+    ours = render_lockfile(packages, platforms=platforms, channels=["https://example.invalid/ch"], content_hash=content_hash,
+                           custom=custom, sources=sources, file_name=file_name)
+    model = Lockfile(
+        package=[to_conda_lock(p) for p in packages],
+        metadata=LockMeta(content_hash=content_hash, channels=["https://example.invalid/ch"], platforms=platforms,
+                          sources=list(sources), custom_metadata=dict(sorted(custom.items()))),
+    )
+    target = tmp_path / file_name
+    write_conda_lock_file(model, target, metadata_choices=None, include_help_text=True)
+    return ours, target.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("sample", ["numpy-conda-lock.yml", "robostack-turtlesim-conda-lock.yml"])
+def test_render_is_byte_identical_to_conda_locks_writer(sample: str, tmp_path: Path, shared_data: Path) -> None:
+    packages = list(read_lock(LOCK_SAMPLES / sample).packages)
+    random.Random(2).shuffle(packages)  # both sort
+    ours, theirs = _render_both(tmp_path, packages)
+    assert ours == theirs
+    assert read_lock(LOCK_SAMPLES / sample).digest() == _reread(tmp_path, ours).digest()
+
+
+def test_render_matches_conda_lock_on_categories_pip_virtual_and_odd_text(tmp_path: Path) -> None:
+    from hatch_mlenv.lockfile import LockedPackage
+
+    url = "https://example.invalid/ch/linux-64/"
+    packages = [
+        LockedPackage("linux-64", "conda", "python", "3.11.7", url + "python-3.11.7-h0_0.conda", md5="a" * 32,
+                      sha256="b" * 64, build="h0_0", dependencies={"libzlib": ">=1.2.13,<2.0a0", "__glibc": ">=2.17"}),
+        LockedPackage("linux-64", "conda", "__glibc", "2.17", url + "glibc", md5="c" * 32),  # virtual: dropped
+        LockedPackage("linux-64", "conda", "pytest", "8.0", url + "pytest-8.0-py_0.conda", md5="d" * 32, build="py_0",
+                      category="dev"),
+        LockedPackage("osx-arm64", "conda", "libzlib", "1.3", url.replace("linux-64", "osx-arm64") + "z.conda",
+                      md5="e" * 32, build="0", category="docs"),
+        LockedPackage("linux-64", "pip", "msgpack-numpy", "0.4.7.1", "https://files.invalid/msgpack_numpy.whl",
+                      sha256="f" * 64, dependencies={"msgpack": ">=0.5.2", "numpy": ">=1.9.0"}),
+        LockedPackage("linux-64", "pip", "long-name" * 12, "1.0", "https://files.invalid/" + "x" * 150 + ".whl"),
+    ]
+    custom = {"mlenv.name": "démo: ü ✓", "mlenv.variables": '{"A": "x: y # z", "B": "multi\\nline"}',
+              "mlenv.pypi-names": '{"msgpack-python":["msgpack"]}'}
+    for file_name, sources in (("conda-lock.yml", ("pyproject.toml",)), ("envs/gpu.lock.yml", ()),
+                               ("my lock.yml", ("a/pyproject.toml", "b.yml"))):
+        ours, theirs = _render_both(tmp_path, packages, file_name=Path(file_name).name, sources=sources, custom=custom)
+        assert ours == theirs, file_name
+    assert "__glibc" not in ours.split("package:")[1].replace("__glibc: '>=2.17'", "")
+
+
+def _reread(tmp_path: Path, text: str):
+    path = tmp_path / "reread.yml"
+    path.write_text(text, encoding="utf-8")
+    return read_lock(path)

@@ -17,27 +17,52 @@ CHECKED = {"conda-lock": "2.5.8", "oras": "0.2.43", "py-rattler": "0.28.0"}
 
 # -- conda-lock 2.5.8: its lockfile models without its CLI ---------------------------
 def import_conda_lock_models() -> None:
-    """Import conda-lock's lockfile models without its command line.
+    """Import conda-lock's lockfile models (`conda_lock.lockfile.v2prelim.models`), and
+    only them: ~0.15 s instead of ~0.45 s.
 
     `conda_lock/__init__.py` imports conda-lock's whole CLI (its solver, vendored
-    conda and poetry: ~0.5 s) only to re-export `main`. When nothing has imported
-    conda-lock yet, register the package without running that file; submodules
-    then import normally. `conda_lock.main` is the one name this leaves out.
+    conda and poetry) only to re-export `main`, and `conda_lock/lockfile/__init__.py`
+    imports its PyPI name lookup (requests) and lock specs (vendored conda, which
+    pulls in setuptools): neither is needed to build the models. When nothing has
+    imported them yet, both packages are registered without running their
+    `__init__`; the first use of a name defined there (`conda_lock.main`,
+    `conda_lock.lockfile.write_conda_lock_file`, ...) runs it then, so every name
+    still resolves.
     """
     import sys
 
-    if "conda_lock" not in sys.modules:
-        import importlib.util
-        import types
+    for name in ("conda_lock", "conda_lock.lockfile"):
+        if name not in sys.modules:
+            _register_lazy_package(name)
+    import conda_lock.lockfile.v2prelim.models  # noqa: F401
 
-        found = importlib.util.find_spec("conda_lock")
-        if found is not None and found.submodule_search_locations:
-            package = types.ModuleType("conda_lock")
-            package.__path__ = list(found.submodule_search_locations)
-            package.__file__ = found.origin
-            package.__spec__ = found
-            sys.modules["conda_lock"] = package
-    import conda_lock.lockfile  # noqa: F401
+
+def _register_lazy_package(name: str) -> None:
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        found = importlib.util.find_spec(name)
+    except ModuleNotFoundError:
+        return  # the real import, later, reports it
+    if found is None or not found.submodule_search_locations or found.loader is None:
+        return
+    package = types.ModuleType(name)
+    package.__path__ = list(found.submodule_search_locations)
+    package.__file__ = found.origin
+    package.__spec__ = found
+    package.__loader__ = found.loader
+
+    def run_init(attribute: str) -> Any:
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        del package.__getattr__  # type: ignore[attr-defined]
+        found.loader.exec_module(package)  # the package's own __init__, in this module
+        return getattr(package, attribute)
+
+    package.__getattr__ = run_init  # type: ignore[attr-defined]  # PEP 562
+    sys.modules[name] = package
 
 
 # -- conda-lock 2.5.8 + py-rattler 0.28: importing while rattler solves --------------
@@ -50,10 +75,11 @@ def preload_conda_lock_models() -> threading.Thread:
     """Import conda-lock's models in a thread while rattler solves (outside the GIL).
 
     Two threads importing at once can deadlock on module locks: conda-lock's
-    imports install six's `_SixMetaPathImporter` (urllib3's and vendored
+    full import installed six's `_SixMetaPathImporter` (urllib3's and vendored
     conda's), which defeats CPython's import deadlock detection; seen here as a
-    hang, one run in ~30. So everything the solving thread imports is imported
-    first (SOLVE_IMPORTS), and the solve itself imports nothing.
+    hang, one run in ~30. The models alone no longer install it, but the solve
+    still imports nothing while the preload does: everything the solving thread
+    imports is imported first (SOLVE_IMPORTS).
     """
     import importlib
 

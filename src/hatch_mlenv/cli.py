@@ -177,7 +177,7 @@ def show(reference: str | None, project: Path | None, env: str | None, as_json: 
     console.print(f"[bold]{data['name']}[/bold]  {data['digest']}")
     console.print(f"image     {data['image']}")
     if data["fresh"] is None:
-        console.print(f"lockfile  {data['lockfile']} (of {data['reference']})")
+        console.print(f"lockfile  stored with {data['reference']}")
     else:
         console.print(f"lockfile  {data['lockfile']} ({'fresh' if reason is None else 'stale: ' + reason})")
     if data.get("version"):

@@ -29,6 +29,8 @@ class Environment:
     registry: str | None = None  # the registry it was loaded from
     reference: str | None = None  # the reference as given (`fraud-train@production`), or the lockfile's path
     stored_manifest: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # (lock text, pyproject document) of a version's directory, written by `files()` when needed
+    pending: tuple[str, dict[str, Any]] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def load(cls, reference: Path | str = ".", env: str | None = None, *, registry: str | None = None) -> Environment:
@@ -61,6 +63,14 @@ class Environment:
     def is_registered(self) -> bool:
         """Loaded from a registry or a lockfile, not from a project: it lives in the user data directory."""
         return self.reference is not None
+
+    def files(self) -> Environment:
+        """Make sure the spec's files exist: a version loaded by reference gets its directory
+        (`versions/NAME-DIGEST12/`) written, or rewritten when it differs. For the stages that
+        read the lockfile from disk (install, images); a no-op for a project."""
+        if self.pending is not None:
+            _write_version(self.spec.project_dir, *self.pending)
+        return self
 
     @property
     def state_dir(self) -> Path:
@@ -176,10 +186,8 @@ def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
     lock = parse_lock(stored.lockfile, f"{stored.ref} in {registry.url}")
     manifest = stored.manifest_with_version()
     definition = manifest.get("definition") or _definition_from_lock(stored.name, lock)
-    project = manifest.get("project") or {}
-    directory = materialize(stored.name, stored.digest, stored.lockfile, definition, project)
-    return _registered(directory, lock, version=stored.version, registry=registry.url, reference=text,
-                       manifest=manifest)
+    return _registered(stored.name, stored.lockfile, lock, definition, manifest.get("project") or {},
+                       version=stored.version, registry=registry.url, reference=text, stored_manifest=manifest)
 
 
 def _from_lockfile(path: Path) -> Environment:
@@ -188,16 +196,24 @@ def _from_lockfile(path: Path) -> Environment:
 
     lock = read_lock(path)
     name = lock.name or _name_from_path(path)
-    directory = materialize(name, lock.digest(), path.read_text(encoding="utf-8"),
-                            _definition_from_lock(name, lock), {})
-    return _registered(directory, lock, reference=str(path))
+    return _registered(name, path.read_text(encoding="utf-8"), lock, _definition_from_lock(name, lock), {},
+                       reference=str(path))
 
 
-def _registered(directory: Path, lock: Lock, **origin: Any) -> Environment:
-    from hatch_mlenv.spec import load_spec
+def _registered(name: str, lock_text: str, lock: Lock, definition: dict[str, Any], project: dict[str, Any],
+                **origin: Any) -> Environment:
+    """A version as a self-contained project, `versions/NAME-DIGEST12/` in the user data directory:
+    its definition as pyproject.toml and its lock. The spec is read from memory; the files are
+    written only when a stage needs them (`Environment.files`), so reading commands write nothing."""
+    from hatch_mlenv.paths import data_dir
+    from hatch_mlenv.spec import PYPROJECT, Spec, parse_spec
 
-    manifest = origin.pop("manifest", None)
-    return Environment(load_spec(directory), lock, stored_manifest=manifest, **origin)
+    directory = data_dir() / "versions" / f"{name}-{lock.digest()[:TAG_LENGTH]}"
+    document = {"project": {"name": project.get("name") or name}, "tool": {"mlenv": Spec.ordered(definition)}}
+    if project.get("version"):
+        document["project"]["version"] = project["version"]
+    spec = parse_spec(document, directory / PYPROJECT)
+    return Environment(spec, lock, pending=(lock_text, document), **origin)
 
 
 def _name_from_path(path: Path) -> str:
@@ -216,21 +232,14 @@ def _definition_from_lock(name: str, lock: Lock) -> dict[str, Any]:
     return table
 
 
-def materialize(name: str, digest: str, lock_text: str, definition: dict[str, Any], project: dict[str, Any]) -> Path:
-    """Write (or find) `versions/NAME-DIGEST12/` in the user data directory: pyproject.toml with
-    the definition and conda-lock.yml with the lock; rewritten whenever either differs from what
-    is asked (`.source` holds the hash of both, so that the up-to-date case renders no TOML)."""
+def _write_version(directory: Path, lock_text: str, document: dict[str, Any]) -> None:
+    """Write `directory`'s pyproject.toml and conda-lock.yml when they differ from what is asked
+    (`.source` holds the hash of both, so that the up-to-date case renders no TOML)."""
     import hashlib
     import json
 
     from hatch_mlenv.lockfile import atomic_write
-    from hatch_mlenv.paths import data_dir
-    from hatch_mlenv.spec import Spec
 
-    directory = data_dir() / "versions" / f"{name}-{digest[:TAG_LENGTH]}"
-    document = {"project": {"name": project.get("name") or name}, "tool": {"mlenv": Spec.ordered(definition)}}
-    if project.get("version"):
-        document["project"]["version"] = project["version"]
     asked = hashlib.sha256(json.dumps([lock_text, document], sort_keys=True).encode()).hexdigest()
 
     def written() -> str:  # what is on disk now, whoever wrote it
@@ -239,7 +248,7 @@ def materialize(name: str, digest: str, lock_text: str, definition: dict[str, An
 
     try:
         if (directory / ".source").read_text() == f"{asked} {written()}":
-            return directory
+            return
     except OSError:
         pass
     import tomlkit
@@ -247,7 +256,6 @@ def materialize(name: str, digest: str, lock_text: str, definition: dict[str, An
     atomic_write(directory / "conda-lock.yml", lock_text)
     atomic_write(directory / "pyproject.toml", tomlkit.dumps(document))
     atomic_write(directory / ".source", f"{asked} {written()}")
-    return directory
 
 
 def configured_registry(directory: Path = Path(".")) -> str | None:

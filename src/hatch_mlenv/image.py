@@ -240,6 +240,7 @@ def write_context(
         raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
     lock, lockfile = env.lock, env.spec.lockfile
     _require_linux(lock, lockfile)
+    env.files()  # a version loaded by reference: the lockfile the context copies
     plan = plan_for(env, version, base_digest)
     if not plan.managed and strategy == "dockerfile":
         raise ImageError("a user-managed environment (managed = false) uses its base image as it is: "

@@ -289,7 +289,7 @@ def install_environment(
         return InstallResult(interpreter.parent.parent if interpreter.parent.name == "bin" else interpreter.parent,
                              "user-managed")
     platform = current_platform()
-    lock = env.lock
+    lock = env.files().lock  # a version loaded by reference: its lockfile, written where the spec says
     check_lock_integrity(lock, env.spec.lockfile)
     packages = lock.for_platform(platform)
     if not packages:

@@ -9,15 +9,25 @@ from pathlib import Path
 from typing import Any
 
 
-def provenance(project_dir: Path | None, *, spec_hash: str | None, project: dict[str, Any] | None) -> dict[str, Any]:
-    """Where a version came from: time, git state, project, tools, user."""
+def provenance(
+    project_dir: Path | None,
+    *,
+    spec_hash: str | None,
+    project: dict[str, Any] | None,
+    git: tuple[str | None, bool | None] | None = None,
+) -> dict[str, Any]:
+    """Where a version came from: time, git state (`git`, when the caller has just read it), project,
+    tools, user."""
     import datetime
     import getpass
     from importlib import metadata
 
     from hatch_mlenv import __version__
 
-    commit, dirty = git_state(project_dir) if project_dir else (None, None)
+    if git is not None:
+        commit, dirty = git
+    else:
+        commit, dirty = git_state(project_dir) if project_dir else (None, None)
     try:
         rattler_version = metadata.version("py-rattler")
     except metadata.PackageNotFoundError:
@@ -39,19 +49,25 @@ def provenance(project_dir: Path | None, *, spec_hash: str | None, project: dict
 
 
 def git_state(directory: Path) -> tuple[str | None, bool | None]:
+    """The commit checked out in `directory` and whether tracked files differ from it;
+    (None, None) outside a repository or before its first commit. One `git` process."""
     import subprocess
 
-    def git(*args: str) -> str | None:
-        try:
-            process = subprocess.run(
-                ["git", *args], cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return process.stdout if process.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
+    try:
+        process = subprocess.run(
+            ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
+            cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
         return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit.strip(), bool(status.strip()) if status is not None else None
+    if process.returncode != 0:
+        return None, None
+    commit, dirty = None, False
+    for line in process.stdout.splitlines():
+        if line.startswith("# branch.oid "):
+            commit = line.split()[2]
+        elif not line.startswith("#"):
+            dirty = True
+    if commit is None or commit == "(initial)":
+        return None, None
+    return commit, dirty

@@ -69,14 +69,17 @@ def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...
     if reason is not None:
         raise StaleLockError(f"{spec.lockfile} is stale: {reason}; run `mlenv lock` before registering")
     text = spec.lockfile.read_text(encoding="utf-8")
+    manifest = env.manifest()
+    built = manifest.get("provenance") or {}  # the git state the manifest just read: asked once
     return registry.register(
         env.name,
         text,
-        env.manifest(),
+        manifest,
         provenance(
             spec.project_dir,
             spec_hash=env.lock.spec_hash,
             project={"name": spec.project_name, "version": spec.project_version},
+            git=(built["git_commit"], built["git_dirty"]) if "git_commit" in built else None,
         ),
         labels=labels,
         description=spec.description,

@@ -33,7 +33,6 @@ import json
 import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -241,6 +240,8 @@ class OciRegistry:
 
     # -- the lease -------------------------------------------------------------------------
     def _acquire(self, repo: str) -> None:
+        import uuid
+
         token = uuid.uuid4().hex
         deadline = time.monotonic() + max(60.0, _lease_seconds() * 2)
         delay = 0.05
