@@ -109,6 +109,21 @@ def test_build_run_reuse_and_change(image_project: Path, docker_client) -> None:
     assert run(docker_client, new_tag, "mlenv-hello").strip() == "hello again from /opt/env"
 
 
+def test_build_a_registered_version_from_an_empty_directory(image_project: Path, docker_client,  # noqa: ANN001
+                                                             tmp_path: Path) -> None:
+    mlenv("lock", "--project", str(image_project), check=True)
+    mlenv("register", "--project", str(image_project), "--label", "production", check=True)
+    tag = _tag(image_project)
+    name = tag.split(":")[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    built = mlenv("image", "build", f"{name}@production", cwd=empty, check=True)
+    assert built.stdout.strip() == f"{tag} built"
+    assert docker_client.images.get(f"{name}:v1").id == docker_client.images.get(tag).id
+    assert run(docker_client, tag, "mlenv-hello").strip() == "hello from /opt/env"
+    assert list(empty.iterdir()) == []
+
+
 def test_secrets_never_reach_the_image(image_project: Path, docker_client) -> None:  # noqa: ANN001
     mlenv("lock", "--project", str(image_project), check=True)
     mlenv("image", "build", "--project", str(image_project), check=True)
