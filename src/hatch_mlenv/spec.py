@@ -83,6 +83,8 @@ SYSTEM_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "macos": ("__osx", ("osx",)),
     "archspec": ("__archspec", ("linux", "osx", "win")),
 }
+# The way back: `__cuda` -> `cuda` (the word of image labels and of the needs' `by`).
+REQUIREMENT_KEYS = {name: key for key, (name, _) in SYSTEM_REQUIREMENTS.items()}
 _REQUIREMENT_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
 _ARCHSPEC_RE = re.compile(r"^[A-Za-z0-9_]+$")
 

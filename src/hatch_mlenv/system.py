@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from hatch_mlenv.errors import HostError, UsageError
-from hatch_mlenv.spec import SYSTEM_REQUIREMENTS, system_virtual_packages
+from hatch_mlenv.spec import REQUIREMENT_KEYS, system_virtual_packages
 
 if TYPE_CHECKING:
     from hatch_mlenv.environment import Environment
@@ -51,13 +51,12 @@ def host_needs(
     for package in packages:
         if package.manager == "conda":
             by_platform.setdefault(package.platform, []).append(package)
-    keys = {name: key for key, (name, _) in SYSTEM_REQUIREMENTS.items()}
     result = {}
     for platform in sorted(platforms):
         candidates: dict[str, dict[str, list[str]]] = {}
         for name, (version, build) in system_virtual_packages(platform, declared).items():
             constraint = build if name == "__archspec" else f">={version}"
-            declared_by = f"tool.mlenv.system-requirements.{keys[name]}"
+            declared_by = f"tool.mlenv.system-requirements.{REQUIREMENT_KEYS[name]}"
             candidates.setdefault(name, {}).setdefault(constraint, []).append(declared_by)
         for package in by_platform.get(platform, []):
             for name, constraint in package.dependencies.items():
