@@ -19,7 +19,6 @@ from hatch_mlenv.errors import HostError, UsageError
 from hatch_mlenv.spec import REQUIREMENT_KEYS, system_virtual_packages
 
 if TYPE_CHECKING:
-    from hatch_mlenv.environment import Environment
     from hatch_mlenv.lockfile import Lock, LockedPackage
 
 # The virtual packages a lock can need from its host (`__unix`, `__win` name the platform itself).
@@ -201,10 +200,11 @@ def _meets(host: HostPackage, constraint: str) -> bool:
 
 
 def require_host(
-    env: Environment, platform: str | None = None, *, ignore: bool = False, bypass: str = BYPASS_FLAG
+    env: Any, platform: str | None = None, *, ignore: bool = False, bypass: str = BYPASS_FLAG
 ) -> tuple[str, ...]:
     """Refuse (HostError) a machine that cannot run `env`'s lock for `platform` (default: this one's).
 
+    `env` is an Environment (not imported here: environment.py takes `lock_needs` from this module).
     With `ignore`, returns the messages of the unmet needs instead, for the caller to warn with.
     Without needs (a lock of noarch packages, a user-managed environment) rattler is not even loaded.
     """
@@ -224,7 +224,7 @@ def ignored_by_environment() -> bool:
     return os.environ.get(BYPASS_VARIABLE, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def doctor(env: Environment, platform: str | None = None) -> dict[str, Any]:
+def doctor(env: Any, platform: str | None = None) -> dict[str, Any]:
     """What `mlenv doctor` says: this machine's virtual packages, the lock's needs for its platform, each
     met or not, and `ok` when every one is met (and the lock has this platform at all)."""
     from hatch_mlenv.spec import current_platform
