@@ -167,3 +167,15 @@ def test_oras_keeps_credentials_in_basic_auth(backend: str, tmp_path: Path, monk
         f"oras {metadata.version('oras')}: the {backend} auth backend no longer keeps credentials in "
         "`_basic_auth`: fix _compat.oras_has_credentials"
     )
+
+
+# -- py-rattler: archspec_lineage ------------------------------------------------------
+def test_detected_archspec_still_shows_its_ancestors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rattler import VirtualPackage, VirtualPackageOverrides
+
+    monkeypatch.setenv("CONDA_OVERRIDE_ARCHSPEC", "x86_64_v3")
+    detected = {p.into_generic().name.normalized: p for p in VirtualPackage.detect(VirtualPackageOverrides.from_env())}
+    assert _compat.archspec_lineage(detected["__archspec"]) == ("x86_64_v3", "x86_64_v2", "x86_64"), (
+        f"py-rattler {metadata.version('py-rattler')}: a detected __archspec no longer lists its ancestors in str(); "
+        "re-check _compat.archspec_lineage"
+    )

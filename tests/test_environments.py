@@ -108,6 +108,21 @@ def test_curated_commands() -> None:
     assert_clean_error(mlenv("curated", "show", "nope"), 2, "unknown curated environment 'nope'")
 
 
+def test_curated_pytorch_cuda_declares_cuda(tmp_path: Path) -> None:
+    from hatch_mlenv.spec import load_spec
+
+    write_project(tmp_path, 'extends = "curated:pytorch-cuda"\n[tool.mlenv.envs.cpu.system-requirements]\ncuda = false\n'
+                  '[tool.mlenv.envs.cpu]\nconda = ["pytorch >=2.1 *cpu*"]\n')
+    spec = load_spec(tmp_path)
+    assert spec.system_requirements == {"cuda": "12.0"}
+    assert spec.virtual_packages["linux-64"]["__cuda"] == ("12.0", "0")
+    assert "pytorch >=2.1 *cuda*" in spec.conda
+    cpu = load_spec(tmp_path, "cpu")
+    assert cpu.system_requirements == {} and "__cuda" not in cpu.virtual_packages["linux-64"]
+    assert "pytorch >=2.1 *cpu*" in cpu.conda and "pytorch >=2.1 *cuda*" not in cpu.conda
+    assert "cuda = \"12.0\"" in mlenv("curated", "show", "pytorch-cuda", check=True).stdout
+
+
 PYPROJECT = """\
 # Our training project.
 [project]

@@ -163,6 +163,32 @@ def test_hatch_run_inside_the_locked_prefix_with_the_project_in_dev_mode(
     assert list(prefix.parent.iterdir()) == []
 
 
+def test_hatch_refuses_a_host_without_the_declared_cuda_driver(
+    tmp_path: Path, host_channel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(tmp_path / "demo", host_channel,
+                           mlenv_extra='[tool.mlenv.system-requirements]\ncuda = "12.2"\n')
+    mlenv("lock", "--project", str(project), check=True)
+    prefix = project / ".mlenv" / "envs" / "demo"
+    monkeypatch.setenv("CONDA_OVERRIDE_CUDA", "")
+    monkeypatch.delenv("MLENV_IGNORE_SYSTEM_REQUIREMENTS", raising=False)
+    clean_error(hatch("run", "train:python", "-c", "pass", cwd=project), 1,
+                "demo needs __cuda >=12.2 (tool.mlenv.system-requirements.cuda); this machine has no CUDA driver "
+                "(set CONDA_OVERRIDE_CUDA to override, or MLENV_IGNORE_SYSTEM_REQUIREMENTS=1)")
+    assert not prefix.exists()
+
+    monkeypatch.setenv("MLENV_IGNORE_SYSTEM_REQUIREMENTS", "1")
+    bypassed = hatch("run", "train:python", "-c", "print('ran')", cwd=project)
+    assert ok(bypassed).strip() == "ran"
+    assert "mlenv: warning: ignoring system requirements: demo needs __cuda >=12.2" in bypassed.stderr
+
+    monkeypatch.delenv("MLENV_IGNORE_SYSTEM_REQUIREMENTS")
+    clean_error(hatch("run", "train:python", "-c", "pass", cwd=project), 1, "needs __cuda >=12.2")  # installed or not
+    monkeypatch.setenv("CONDA_OVERRIDE_CUDA", "12.4")
+    accepted = hatch("run", "train:python", "-c", "print('ran')", cwd=project)
+    assert ok(accepted).strip() == "ran" and "warning: ignoring" not in accepted.stderr
+
+
 def test_a_relock_resyncs_the_prefix_and_a_stale_lock_is_refused(tmp_path: Path, host_channel: Path) -> None:
     project = make_project(tmp_path / "demo", host_channel)
     mlenv("lock", "--project", str(project), check=True)

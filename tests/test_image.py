@@ -332,3 +332,46 @@ type = "system"
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = bad.communicate(timeout=600)
     assert bad.returncode != 0 and "tool.hatch.build.hooks.mlenv.image: must be one of" in err
+
+
+def test_the_image_says_what_it_needs_and_sets_the_nvidia_runtime(
+    tmp_path: Path, channel: Path, docker_client, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    from fixtures.docker_base import BASE_IMAGE
+
+    project = write_project(tmp_path / "proj", f"""
+        name = "img-cuda-{tmp_path.name[-8:].lower().replace('_', '-')}"
+        channels = ["{channel}"]
+        platforms = ["linux-64"]
+        conda = ["cuda-thing", "libfoo"]
+        [tool.mlenv.system-requirements]
+        cuda = "12.2"
+        [tool.mlenv.docker]
+        base-image = "{BASE_IMAGE}"
+        """)
+    mlenv("lock", "--project", str(project), check=True)
+    monkeypatch.setenv("CONDA_OVERRIDE_CUDA", "")  # the build machine needs no GPU: the image's host will
+    tag = _tag(project)
+    assert mlenv("image", "build", "--project", str(project), check=True).stdout.strip() == f"{tag} built"
+    image = docker_client.images.get(tag)
+    assert image.labels["io.mlenv.requires.cuda"] == ">=12.2"  # declared, above cuda-thing's >=12
+    assert image.labels["io.mlenv.requires.glibc"] == ">=2.17"  # libfoo's
+    env = dict(line.split("=", 1) for line in image.attrs["Config"]["Env"])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert env["NVIDIA_REQUIRE_CUDA"] == "cuda>=12.2"
+    assert run(docker_client, tag, "echo $NVIDIA_VISIBLE_DEVICES").strip() == "all"
+
+    out = tmp_path / "ctx"
+    mlenv("image", "context", "--strategy", "dockerfile", "-o", str(out), "--project", str(project), check=True)
+    dockerfile = (out / "Dockerfile").read_text()
+    assert 'io.mlenv.requires.cuda=">=12.2"' in dockerfile and 'NVIDIA_VISIBLE_DEVICES="all"' in dockerfile
+
+
+def test_a_cpu_image_gets_no_nvidia_variables_and_the_lock_variables_win() -> None:
+    base = dict(name="x", digest="0" * 64, repository="x", base_image="b", prefix="/opt/env")
+    assert ImagePlan(**base, variables={}).runtime_variables() == {}
+    assert not any(k.startswith("io.mlenv.requires") for k in ImagePlan(**base, variables={}).labels())
+    gpu = ImagePlan(**base, variables={"NVIDIA_VISIBLE_DEVICES": "0"}, needs={"__cuda": ">=11.8,<13"})
+    assert gpu.runtime_variables() == {"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}  # no plain floor: no REQUIRE
+    assert gpu.labels()["io.mlenv.requires.cuda"] == ">=11.8,<13"

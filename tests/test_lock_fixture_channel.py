@@ -29,14 +29,14 @@ def test_virtual_glibc_is_honoured(tmp_path: Path, channel: Path) -> None:
     assert_clean_error(result, 1, "cannot solve the environment for linux-64")
     assert "__glibc" in result.stderr
     new = project(tmp_path / "new", channel, 'platforms = ["linux-64"]\nconda = ["libfoo"]\n')
-    mlenv("lock", "--project", str(new), check=True)  # conda-lock's default glibc 2.28
+    mlenv("lock", "--project", str(new), check=True)  # the default glibc 2.28
     assert "libfoo" in names(new / "conda-lock.yml")
 
 
 def test_virtual_cuda_default_and_override(tmp_path: Path, channel: Path) -> None:
     default = project(tmp_path / "d", channel, 'platforms = ["linux-64"]\nconda = ["cuda-thing"]\n')
     result = mlenv("lock", "--project", str(default))
-    assert_clean_error(result, 1, "cannot solve")  # default __cuda is 11.4, cuda-thing needs >=12
+    assert_clean_error(result, 1, "cannot solve")  # no __cuda unless declared; cuda-thing needs >=12
     assert "__cuda" in result.stderr
     gpu = project(tmp_path / "g", channel, 'platforms = ["linux-64"]\nconda = ["cuda-thing"]\n'
                   '[tool.mlenv.virtual-packages.linux-64]\n__cuda = "12.2"\n')

@@ -59,9 +59,10 @@ def test_defaults(tmp_path: Path) -> None:
     assert spec.platforms == (current_platform(),)
     assert [c.raw for c in spec.channels] == ["conda-forge"]
     assert spec.lockfile == tmp_path / "conda-lock.yml"
-    # conda-lock's defaults: glibc 2.28 and CUDA 11.4 on linux
+    # glibc 2.28 on linux and no CUDA: nothing declared, nothing assumed
     assert spec.virtual_packages["linux-64"]["__glibc"] == ("2.28", "0")
-    assert spec.virtual_packages["linux-64"]["__cuda"] == ("11.4", "0")
+    assert "__cuda" not in spec.virtual_packages["linux-64"]
+    assert spec.system_requirements == {}
 
 
 def test_include_project_dependencies(tmp_path: Path) -> None:

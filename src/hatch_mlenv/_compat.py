@@ -136,3 +136,19 @@ def oras_has_credentials(client: Any) -> bool:
     (the token backend only once one was set).
     """
     return bool(getattr(client.auth, "_basic_auth", None))
+
+
+# -- py-rattler 0.28: a detected microarchitecture's ancestors ------------------------
+def archspec_lineage(virtual_package: Any) -> tuple[str, ...]:
+    """The detected `__archspec` and the levels it includes (icelake -> ..., x86_64_v4, ..., x86_64).
+
+    py-rattler 0.28 exposes a detected microarchitecture's ancestors only in the
+    virtual package's `str()` (`Archspec(Microarchitecture(... ancestors: [...]`);
+    without them only an exact name would meet a need such as x86_64_v3.
+    """
+    import re
+
+    name = str(virtual_package.into_generic().build_string)
+    found = re.search(r"ancestors: \[([^\]]*)\]", str(virtual_package))
+    ancestors = re.findall(r'"([^"]+)"', found.group(1)) if found else []
+    return (name, *ancestors)

@@ -65,6 +65,20 @@ def _load(reference: str | None, project: Path | None, env: str | None, registry
     return Environment.load(reference if reference is not None else (project or Path(".")), env, registry=registry_url)
 
 
+ignore_system_option = click.option(
+    "--ignore-system-requirements", "ignore_system", is_flag=True,
+    help="Go on, with a warning, on a machine without the CUDA driver, glibc or macOS the lock needs.",
+)
+
+
+def _check_host(environment, ignore: bool, platform: str | None = None) -> None:  # noqa: ANN001
+    """Refuse a machine that cannot run the lock, before any prefix is touched (or warn, with the flag)."""
+    from hatch_mlenv.system import require_host
+
+    for line in require_host(environment, platform, ignore=ignore):
+        click.echo(f"mlenv: warning: ignoring system requirements: {line}", err=True)
+
+
 class _Group(click.Group):
     """Turn every MlenvError into one clear line on stderr and its exit code."""
 
@@ -192,6 +206,10 @@ def show(reference: str | None, project: Path | None, env: str | None, as_json: 
     if data["variables"] or data["secret_variables"]:
         names = sorted(data["variables"]) + [f"{n} (secret)" for n in data["secret_variables"]]
         console.print("variables " + ", ".join(names))
+    if data["system_requirements"]:
+        console.print("requires  " + ", ".join(f"{k} {v}" for k, v in data["system_requirements"].items()))
+    for platform, needs in data["needs"].items():
+        console.print(f"needs     {platform}: " + ", ".join(f"{n} {need['constraint']}" for n, need in needs.items()))
 
 
 
@@ -404,11 +422,13 @@ def _print_diff(result: dict[str, Any]) -> None:
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Install here instead of .mlenv/envs/NAME.")
 @click.option("--force", is_flag=True, help="Reinstall every package, even into an intact prefix.")
 @click.option("--verify", is_flag=True, help="Check every file's hash (not only sizes and times) before saying up to date.")
-def install(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, force: bool, verify: bool, registry_url: str | None) -> None:
+@ignore_system_option
+def install(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, force: bool, verify: bool, ignore_system: bool, registry_url: str | None) -> None:
     """Install the lock for this platform into a prefix (rattler + installer); never solves."""
     from hatch_mlenv.install import install_environment
 
     env = _load(reference, project, env, registry_url)
+    _check_host(env, ignore_system)
     result = install_environment(env, prefix, show_progress=sys.stderr.isatty(), force=force, verify=verify)
     where = _display(result.prefix)
     if result.status == "user-managed":
@@ -438,8 +458,9 @@ class _RunCommand(click.Command):
 @main.command(cls=_RunCommand, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @environment_arguments
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Use this prefix instead of .mlenv/envs/NAME.")
+@ignore_system_option
 @click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
-def run(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, command: tuple[str, ...], registry_url: str | None) -> None:
+def run(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, ignore_system: bool, command: tuple[str, ...], registry_url: str | None) -> None:
     """Run COMMAND inside the installed environment (installing it first if needed): mlenv run [REF] -- CMD ARGS..."""
     from hatch_mlenv.install import activation, install_environment, resolve_command
 
@@ -453,6 +474,7 @@ def run(reference: str | None, project: Path | None, env: str | None, prefix: Pa
     if not command:
         raise click.UsageError("missing the command to run: mlenv run [REF] -- COMMAND [ARGS]...")
     env = _load(reference, project, env, registry_url)
+    _check_host(env, ignore_system)
     result = install_environment(env, prefix)
     variables, missing = activation(env, result.prefix, dict(os.environ))
     executable = resolve_command(env, result.prefix, command[0], variables["PATH"])
@@ -464,6 +486,44 @@ def run(reference: str | None, project: Path | None, env: str | None, prefix: Pa
         os.execve(executable, list(command), variables)
     except OSError as exc:
         raise MlenvError(f"cannot run {command[0]!r}: {exc.strerror or exc}") from None
+
+
+@main.command()
+@environment_arguments
+@json_option
+def doctor(reference: str | None, project: Path | None, env: str | None, as_json: bool, registry_url: str | None) -> None:
+    """Can this machine run the lock? Its CUDA driver, glibc, macOS and CPU level against the lock's needs."""
+    from hatch_mlenv.system import doctor as examine
+
+    report = examine(_load(reference, project, env, registry_url))
+    if as_json:
+        _print_json(report)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(highlight=False)
+        console.print(f"[bold]{report['name']}[/bold]  {report['digest']}  on {report['platform']}")
+        host = ", ".join(f"{p['name']} {p['build'] if p['name'] == '__archspec' else p['version']}"
+                         for p in report["host"])
+        console.print(f"this machine  {host}")
+        for variable, value in report["overrides"].items():
+            console.print(f"override      {variable}={value!r}")
+        if not report["platform_locked"]:
+            console.print(f"[red]the lock has no packages for {report['platform']}[/red]")
+        table = Table("needs", "imposed by", "this machine", "met")
+        for need in report["needs"]:
+            by = need["by"][0] + (f" (+{len(need['by']) - 1})" if len(need["by"]) > 1 else "")
+            table.add_row(f"{need['name']} {need['constraint']}", by, need["host"] or "none",
+                          "yes" if need["met"] else "[red]no[/red]")
+        if report["needs"]:
+            console.print(table)
+        else:
+            console.print("the lock needs nothing of this machine beyond its platform")
+        for line in report["unmet"]:
+            click.echo(f"error: {line}", err=True)
+    if not report["ok"]:
+        sys.exit(EXIT_FAILURE)
 
 
 @main.command(name="export")
@@ -574,11 +634,14 @@ def sbom(reference: str | None, project: Path | None, env: str | None, fmt: str,
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Archive to write (default .mlenv/packs/NAME-DIGEST12.tar.gz).")
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="Installed prefix to pack.")
-def pack(reference: str | None, project: Path | None, env: str | None, output: Path | None, prefix: Path | None, registry_url: str | None) -> None:
+@ignore_system_option
+def pack(reference: str | None, project: Path | None, env: str | None, output: Path | None, prefix: Path | None, ignore_system: bool, registry_url: str | None) -> None:
     """Pack the installed linux-64 environment into a relocatable .tar.gz for Spark (conda-pack)."""
+    from hatch_mlenv.spark import PLATFORM
     from hatch_mlenv.spark import pack as pack_environment
 
     environment = _load(reference, project, env, registry_url)
+    _check_host(environment, ignore_system, PLATFORM)
     archive = pack_environment(environment, output, prefix)
     click.echo(f"packed {environment.name} sha256:{environment.digest[:12]} -> {_display(archive)}")
 

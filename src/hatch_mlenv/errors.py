@@ -87,3 +87,7 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...], *, known: bool
     if close:
         return f"; did you mean {close[0]}?"
     return f" (known: {', '.join(choices)})" if known else ""
+
+
+class HostError(MlenvError):
+    """This machine cannot run the lock: a CUDA driver, glibc or macOS it needs is missing or too old."""

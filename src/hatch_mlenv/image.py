@@ -9,6 +9,11 @@
   installs the lock with micromamba, for remote builders.
 - Builds go through the Docker SDK against a real engine; an existing tag is
   reused, not rebuilt. Secret variables never reach the image.
+- What the lock needs from the host (`hatch_mlenv.system`) becomes labels,
+  `io.mlenv.requires.cuda=">=12.0"` etc.; an image that needs `__cuda` also
+  gets the NVIDIA container runtime's variables (`NVIDIA_VISIBLE_DEVICES`,
+  `NVIDIA_DRIVER_CAPABILITIES`, and `NVIDIA_REQUIRE_CUDA` for a plain floor,
+  so that the runtime refuses a host whose driver is too old).
 - Activation: ENV sets PATH, CONDA_PREFIX and the lock's variables. When the
   installed prefix has activation scripts (`etc/conda/activate.d/*.sh`,
   `etc/conda/env_vars.d`), the host strategy also writes an entrypoint,
@@ -23,7 +28,7 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +36,7 @@ from hatch_mlenv import __version__
 from hatch_mlenv.errors import ImageError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import Lock
+from hatch_mlenv.spec import REQUIREMENT_KEYS
 
 PLATFORM = "linux-64"
 DEFAULT_BASE_IMAGE = "debian:12-slim"
@@ -71,6 +77,19 @@ class ImagePlan:
     project_version: str | None = None
     managed: bool = True  # False: a user-managed environment, the base image is used as it is
     base_digest: str | None = None  # the base image by digest, when the engine knows it
+    # What the linux-64 lock needs from the host: virtual package -> constraint (`__cuda` -> `>=12.0`).
+    needs: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def runtime_variables(self) -> dict[str, str]:
+        """The NVIDIA container runtime's variables for an environment that needs CUDA (the lock's own win)."""
+        cuda = self.needs.get("__cuda")
+        if cuda is None:
+            return {}
+        found = re.fullmatch(r">=\s*(\d+(?:\.\d+)*)", cuda)
+        runtime = {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility"}
+        if found:
+            runtime["NVIDIA_REQUIRE_CUDA"] = f"cuda>={found.group(1)}"
+        return {k: v for k, v in runtime.items() if k not in self.variables}
 
     @property
     def reference(self) -> str:
@@ -98,11 +117,15 @@ class ImagePlan:
         if self.version is not None:
             labels["io.mlenv.version"] = str(self.version)
             labels["org.opencontainers.image.version"] = f"v{self.version}"
+        for name, constraint in self.needs.items():
+            labels[f"io.mlenv.requires.{REQUIREMENT_KEYS.get(name, name.lstrip('_'))}"] = constraint
         return labels
 
 
 def plan_for(env: Any, version: int | None = None, base_digest: str | None = None) -> ImagePlan:
     """The plan of an `Environment`: base image and variables come from the lock (the digest covers them)."""
+    from hatch_mlenv.system import lock_needs
+
     spec, lock = env.spec, env.lock
     return ImagePlan(
         name=spec.name,
@@ -115,6 +138,7 @@ def plan_for(env: Any, version: int | None = None, base_digest: str | None = Non
         project_version=spec.project_version,
         managed=spec.managed,
         base_digest=base_digest,
+        needs={name: need["constraint"] for name, need in lock_needs(lock).get(PLATFORM, {}).items()},
     )
 
 
@@ -134,7 +158,7 @@ def _instruction(keyword: str, pairs: list[tuple[str, str]]) -> str:
 
 def _env_lines(plan: ImagePlan) -> list[str]:
     pairs = [("PATH", f"{plan.prefix}/bin:$PATH"), ("CONDA_PREFIX", plan.prefix)] if plan.managed else []
-    pairs += sorted(plan.variables.items())
+    pairs += sorted((plan.variables | plan.runtime_variables()).items())
     return [_instruction("ENV", pairs)] if pairs else []
 
 

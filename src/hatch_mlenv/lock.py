@@ -21,8 +21,10 @@ from hatch_mlenv.lockfile import (
     META_BASE_IMAGE,
     META_DIGEST,
     META_NAME,
+    META_NEEDS,
     META_PYPI_NAMES,
     META_SPEC_HASH,
+    META_SYSTEM_REQUIREMENTS,
     META_TOOL,
     META_VARIABLES,
     Lock,
@@ -288,7 +290,7 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     packages = list(packages)
     variables = public_variables(spec.variables)
     custom = {
-        META_DIGEST: lock_digest(packages, variables, spec.docker.base_image or None),
+        META_DIGEST: lock_digest(packages, variables, spec.docker.base_image or None, spec.system_requirements),
         META_NAME: spec.name,
         META_SPEC_HASH: spec_hash,
         META_VARIABLES: json.dumps(variables, sort_keys=True),
@@ -296,6 +298,13 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     }
     if spec.docker.base_image:
         custom[META_BASE_IMAGE] = spec.docker.base_image
+    if spec.system_requirements:
+        custom[META_SYSTEM_REQUIREMENTS] = json.dumps(spec.system_requirements, sort_keys=True)
+    if spec.managed:  # what each platform needs from the host; see hatch_mlenv.system
+        from hatch_mlenv.system import host_needs
+
+        needs = host_needs(packages, spec.platforms, spec.system_requirements)
+        custom[META_NEEDS] = json.dumps(needs, sort_keys=True, separators=(",", ":"))
     if spec.pip:  # only a lock with pip packages needs to know which names conda provides
         from hatch_mlenv.pypi_names import renamed
 

@@ -29,6 +29,10 @@ META_TOOL = "mlenv.tool"
 META_PYPI_NAMES = "mlenv.pypi-names"
 # The digest of the packages as locked: a hand edit of a URL or hash no longer matches it.
 META_DIGEST = "mlenv.digest"
+# `[tool.mlenv.system-requirements]` as declared (JSON), and what each platform needs
+# from the host (JSON, see hatch_mlenv.system.host_needs).
+META_SYSTEM_REQUIREMENTS = "mlenv.system-requirements"
+META_NEEDS = "mlenv.needs"
 
 # 1 is conda-lock's format; 3 is the same shape as rattler-lock (early pixi) wrote it,
 # with dependencies as a list of match specs.
@@ -95,12 +99,17 @@ class Lock:
     @property
     def pypi_names(self) -> dict[str, list[str]]:
         """conda name -> the PyPI names it provides, where they differ (recorded at lock time)."""
-        raw = self.custom.get(META_PYPI_NAMES)
-        try:
-            value = json.loads(raw) if raw else {}
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
+        return _json_table(self.custom.get(META_PYPI_NAMES))
+
+    @property
+    def system_requirements(self) -> dict[str, str]:
+        """`[tool.mlenv.system-requirements]` as declared when locked (empty when nothing was)."""
+        return _json_table(self.custom.get(META_SYSTEM_REQUIREMENTS))
+
+    @property
+    def recorded_needs(self) -> dict[str, dict[str, Any]]:
+        """What each platform needs from the host, as recorded at lock time (empty in older locks)."""
+        return _json_table(self.custom.get(META_NEEDS))
 
     def for_platform(self, platform: str) -> list[LockedPackage]:
         return [p for p in self.packages if p.platform == platform]
@@ -116,25 +125,39 @@ class Lock:
         """sha256 of the canonical content; see `lock_digest`. Computed once per Lock."""
         cached = self.__dict__.get("_digest")
         if cached is None:
-            cached = lock_digest(self.packages, self.variables, self.base_image)
+            cached = lock_digest(self.packages, self.variables, self.base_image, self.system_requirements)
             object.__setattr__(self, "_digest", cached)  # a frozen value's cache, not a change
         return cached
 
 
+def _json_table(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def lock_digest(
-    packages: Iterable[LockedPackage], variables: dict[str, str | None], base_image: str | None
+    packages: Iterable[LockedPackage],
+    variables: dict[str, str | None],
+    base_image: str | None,
+    system_requirements: dict[str, str] | None = None,
 ) -> str:
     """The environment's identity: same digest, same environment.
 
     Sorted packages (platform, manager, name, version, build, url, hashes), the
-    variables' names and non-secret values, and the base image. Formatting,
-    ordering and comments of the file play no part.
+    variables' names and non-secret values, the base image, and the declared
+    system requirements (only when there are some, so that older digests stay).
+    Formatting, ordering and comments of the file play no part.
     """
-    payload = {
+    payload: dict[str, Any] = {
         "packages": sorted(p.canonical() for p in packages),
         "variables": sorted(variables.items()),
         "base-image": base_image,
     }
+    if system_requirements:  # a machine that the same packages need is another environment
+        payload["system-requirements"] = sorted(system_requirements.items())
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -16,6 +16,8 @@ def lock_manifest(
     name: str, lock: Lock, *, image: str, lockfile: str = "conda-lock.yml", project: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The manifest of a lock: everything in it is derived from the lock, the name and the image."""
+    from hatch_mlenv.system import lock_needs
+
     variables = lock.variables
     return {
         "name": name,
@@ -28,6 +30,8 @@ def lock_manifest(
         "base_image": lock.base_image,
         "lockfile": lockfile,
         "spec_hash": lock.spec_hash,
+        "system_requirements": lock.system_requirements,
+        "needs": lock_needs(lock),
         "project": project or {},
         "hatch_mlenv": __version__,
     }

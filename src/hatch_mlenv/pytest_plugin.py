@@ -1,6 +1,7 @@
 """pytest plugin: `pytest --mlenv-verify[=ENV|REF]` checks the running interpreter's environment
 against the project's lock (or a registered version's) before any test is collected, and fails
-the session on drift."""
+the session on drift, or when this machine cannot run the lock (a CUDA driver, glibc or macOS it
+needs; `--mlenv-ignore-system-requirements` or MLENV_IGNORE_SYSTEM_REQUIREMENTS=1 warns instead)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ def pytest_addoption(parser: Any) -> None:
         help="verify this interpreter's environment (sys.prefix) against the project's conda-lock.yml, "
         "that of [tool.mlenv.envs.ENV], or a registered version (NAME:VERSION, NAME@LABEL) before collecting tests",
     )
+    group.addoption(
+        "--mlenv-ignore-system-requirements",
+        action="store_true",
+        default=False,
+        help="with --mlenv-verify: warn, instead of failing, when this machine lacks the CUDA driver, glibc "
+        "or macOS the lock needs",
+    )
 
 
 def pytest_sessionstart(session: Any) -> None:
@@ -32,10 +40,12 @@ def pytest_sessionstart(session: Any) -> None:
     if option == NOT_GIVEN:
         return
     from hatch_mlenv.environment import Environment
-    from hatch_mlenv.errors import MlenvError
+    from hatch_mlenv.errors import HostError, MlenvError
+    from hatch_mlenv.system import ignored_by_environment, require_host
     from hatch_mlenv.verify import verify_environment
 
     root = Path(session.config.rootpath)
+    ignore = session.config.getoption("--mlenv-ignore-system-requirements") or ignored_by_environment()
     try:
         if ":" in option or "@" in option:  # a registered version, from the project's registry
             from hatch_mlenv.environment import configured_registry
@@ -45,7 +55,13 @@ def pytest_sessionstart(session: Any) -> None:
             env = Environment.load(str(parse_reference(option)), registry=select_url(None, configured_registry(root)))
         else:
             env = Environment.load(root, option or None)
+        for line in require_host(env, ignore=ignore, bypass="--mlenv-ignore-system-requirements"):
+            session.config.issue_config_time_warning(
+                pytest.PytestWarning(f"mlenv: ignoring system requirements: {line}"), stacklevel=2
+            )
         drift = verify_environment(env, Path(sys.prefix))
+    except HostError as exc:
+        pytest.exit(f"mlenv: error: {exc}", returncode=pytest.ExitCode.TESTS_FAILED)
     except MlenvError as exc:
         raise pytest.UsageError(f"--mlenv-verify: {exc}") from None
     if not drift.clean:

@@ -53,18 +53,20 @@ KNOWN_PLATFORMS = (
     "zos-z",
 )
 
-# The same defaults conda-lock assumes when it solves without a real machine
-# (conda_lock.virtual_package.default_virtual_package_repodata): a CUDA 11.4,
-# glibc 2.28 Linux and a recent macOS.
+# The virtual packages a solve assumes when the spec declares nothing: the
+# lowest host that current channels' packages need (anaconda main and
+# conda-forge build Linux packages against glibc 2.28, as pixi assumes; pixi's
+# kernel 4.18 and macOS 13.0), and no CUDA at all: a CPU environment must not
+# lock a CUDA build by accident (conda-lock assumes a CUDA 11.4 driver).
+# `[tool.mlenv.system-requirements]` raises them; `virtual-packages` overrides any.
 _DEFAULT_VIRTUAL_PACKAGES: dict[str, dict[str, tuple[str, str]]] = {
     "linux": {
         "__unix": ("0", "0"),
-        "__linux": ("5.10", "0"),
+        "__linux": ("4.18", "0"),
         "__glibc": ("2.28", "0"),
-        "__cuda": ("11.4", "0"),
     },
     "osx": {"__unix": ("0", "0"), "__osx": ("13.0", "0")},
-    "win": {"__win": ("0", "0"), "__cuda": ("11.4", "0")},
+    "win": {"__win": ("0", "0")},
 }
 _ARCHSPEC = {
     "64": "x86_64",
@@ -72,6 +74,19 @@ _ARCHSPEC = {
     "arm64": "arm64",
     "ppc64le": "ppc64le",
 }
+# `[tool.mlenv.system-requirements]` key -> the virtual package it sets, on the systems it applies to
+# (`archspec` applies to the platforms whose architecture family starts the value: x86_64_v3 -> x86_64).
+SYSTEM_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cuda": ("__cuda", ("linux", "win")),
+    "glibc": ("__glibc", ("linux",)),
+    "linux": ("__linux", ("linux",)),
+    "macos": ("__osx", ("osx",)),
+    "archspec": ("__archspec", ("linux", "osx", "win")),
+}
+# The way back: `__cuda` -> `cuda` (the word of image labels and of the needs' `by`).
+REQUIREMENT_KEYS = {name: key for key, (name, _) in SYSTEM_REQUIREMENTS.items()}
+_REQUIREMENT_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
+_ARCHSPEC_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 # Names (environments, channels, conda packages) and variable values have bounds, documented in the README.
 MAX_NAME_LENGTH = 100
@@ -106,11 +121,12 @@ _TOP_KEYS = (
     "interpreter",
     "spark",
     "solver",
+    "system-requirements",
 )
 # Keys whose values extend the inherited ones (by package name) instead of replacing them.
 _LIST_MERGE_KEYS = ("conda", "pip")
 # Tables merged key by key.
-_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "docker", "spark", "pypi-names")
+_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "system-requirements", "docker", "spark", "pypi-names")
 _DOCKER_KEYS = ("base-image", "registry", "repository", "prefix")
 _SPARK_KEYS = ("packages", "repositories", "conf")
 # groupId:artifactId:version, the form spark.jars.packages takes.
@@ -134,15 +150,31 @@ def current_platform() -> str:
 
 
 def default_virtual_packages(platform: str) -> dict[str, tuple[str, str]]:
-    """conda-lock's default virtual packages for `platform`: name -> (version, build)."""
+    """The virtual packages a solve assumes for `platform` when nothing is declared: name -> (version, build)."""
     system, _, arch = platform.partition("-")
     packages = dict(_DEFAULT_VIRTUAL_PACKAGES.get(system, {}))
-    if system == "win" and arch != "64":
-        packages.pop("__cuda", None)
     if arch in _ARCHSPEC:
         packages["__archspec"] = ("1", _ARCHSPEC[arch])
-    if system == "osx" and arch == "arm64":
-        packages["__osx"] = ("13.0", "0")
+    return packages
+
+
+def system_virtual_packages(platform: str, requirements: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """The virtual packages that `[tool.mlenv.system-requirements]` sets for `platform`."""
+    system, _, arch = platform.partition("-")
+    packages = {}
+    for key, value in requirements.items():
+        name, systems = SYSTEM_REQUIREMENTS[key]
+        if system not in systems:
+            continue
+        if key == "archspec":
+            family = _ARCHSPEC.get(arch)
+            if family is None or not value.startswith(family):
+                continue
+            packages[name] = ("1", value)
+        elif key == "cuda" and platform == "win-32":
+            continue
+        else:
+            packages[name] = (value, "0")
     return packages
 
 
@@ -235,6 +267,8 @@ class Spec:
     # conda package name -> the PyPI distribution it provides (user overrides).
     pypi_names: dict[str, str] = field(default_factory=dict, hash=False)
     solver: str = DEFAULT_SOLVER
+    # `[tool.mlenv.system-requirements]` as declared: key (cuda, glibc, ...) -> version.
+    system_requirements: dict[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def project_dir(self) -> Path:
@@ -326,6 +360,8 @@ class Spec:
             payload["pypi-names"] = sorted(self.pypi_names.items())
         if self.solver != DEFAULT_SOLVER:
             payload["solver"] = self.solver
+        if self.system_requirements:
+            payload["system-requirements"] = sorted(self.system_requirements.items())
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         cached = hashlib.sha256(text.encode()).hexdigest()
         object.__setattr__(self, "_hash", cached)  # a frozen value's cache, not a change
@@ -360,11 +396,12 @@ class Spec:
             "managed": False if not self.managed else None,
             "interpreter": self.interpreter,
             "variables": {v.name: {"secret": True} if v.secret else v.value for v in self.variables},
+            "system-requirements": dict(self.system_requirements),
         }
         table |= {key: value for key, value in optional.items() if value not in (None, [], {})}
         overrides: dict[str, dict[str, Any]] = {}
         for plat, packages in self.virtual_packages.items():
-            default = default_virtual_packages(plat)
+            default = default_virtual_packages(plat) | system_virtual_packages(plat, self.system_requirements)
             changed: dict[str, Any] = {n: f"{v}={b}" for n, (v, b) in packages.items() if default.get(n) != (v, b)}
             changed |= {n: False for n in default if n not in packages}
             if changed:
@@ -434,7 +471,7 @@ def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
     A key of `override` replaces the inherited one, except: `conda` and `pip`
     extend the inherited lists (a spec for a package already there replaces
-    it, in place), and `variables`, `virtual-packages` and `docker` merge key
+    it, in place), and `variables`, `system-requirements`, `virtual-packages` and `docker` merge key
     by key (per platform for `virtual-packages`).
     """
     merged = dict(base)
@@ -663,7 +700,8 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         raise ConfigError(pyproject, "tool.mlenv.solver", f"must name a solver, such as {DEFAULT_SOLVER!r}")
 
     variables = _parse_variables(reader, table)
-    virtual_packages = _parse_virtual_packages(reader, table, platforms)
+    system_requirements = _parse_system_requirements(reader, table, platforms)
+    virtual_packages = _parse_virtual_packages(reader, table, platforms, system_requirements)
     docker = _parse_docker(reader, table)
 
     return Spec(
@@ -691,6 +729,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         pip_find_links=tuple(find_links),
         pypi_names=dict(sorted(pypi_names.items())),
         solver=solver,
+        system_requirements=system_requirements,
     )
 
 
@@ -751,8 +790,41 @@ def _parse_variables(reader: _Reader, table: dict[str, Any]) -> tuple[Variable, 
     return tuple(variables)
 
 
+def _parse_system_requirements(reader: _Reader, table: dict[str, Any], platforms: list[str]) -> dict[str, str]:
+    base = "tool.mlenv.system-requirements"
+    declared = reader.table(table, "system-requirements")
+    reader.check_keys(declared, base, tuple(SYSTEM_REQUIREMENTS))
+    result = {}
+    for key, value in declared.items():
+        where = f"{base}.{key}"
+        example = "\"x86_64_v3\"" if key == "archspec" else "\"12.2\"" if key == "cuda" else "\"2.28\""
+        if value is False:  # a named environment drops an inherited requirement (a CPU env of a GPU project)
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(reader.path, where, f"must be a quoted string such as {key} = {example} "
+                              f"(or false to drop an inherited one), not {_type_name(value)}")
+        text = value.strip()
+        pattern = _ARCHSPEC_RE if key == "archspec" else _REQUIREMENT_VERSION_RE
+        if not pattern.match(text):
+            what = "a microarchitecture name" if key == "archspec" else "a version (digits and dots)"
+            raise ConfigError(reader.path, where, f"invalid value {value!r}: must be {what} such as {example}")
+        result[key] = text
+    result = dict(sorted(result.items()))
+    for key in result:
+        if not any(system_virtual_packages(p, {key: result[key]}) for p in platforms):
+            applies = (
+                "to the platforms of its architecture family (x86_64_v3 to linux-64, osx-64, win-64; "
+                "aarch64 to linux-aarch64)"
+                if key == "archspec"
+                else f"to {' and '.join(SYSTEM_REQUIREMENTS[key][1])} platforms"
+            )
+            raise ConfigError(reader.path, f"{base}.{key}",
+                              f"applies to none of the platforms ({', '.join(platforms)}): it applies only {applies}")
+    return result
+
+
 def _parse_virtual_packages(
-    reader: _Reader, table: dict[str, Any], platforms: list[str]
+    reader: _Reader, table: dict[str, Any], platforms: list[str], system_requirements: Mapping[str, str]
 ) -> dict[str, dict[str, tuple[str, str]]]:
     overrides = reader.table(table, "virtual-packages")
     for plat in overrides:
@@ -764,7 +836,7 @@ def _parse_virtual_packages(
             )
     result = {}
     for plat in platforms:
-        packages = default_virtual_packages(plat)
+        packages = default_virtual_packages(plat) | system_virtual_packages(plat, system_requirements)
         base = f"tool.mlenv.virtual-packages.{plat}"
         for name, value in reader.table(overrides, plat, "tool.mlenv.virtual-packages").items():
             key = f"{base}.{name}"

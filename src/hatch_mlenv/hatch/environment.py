@@ -27,6 +27,9 @@ Hatch drives the life cycle; each step maps onto a stage that already exists:
   of the prefix through rattler (PATH, CONDA_PREFIX, the packages'
   `etc/conda/activate.d` scripts), the spec's variables, and secrets only from
   the caller's environment.
+- Every install and command first checks that this machine can run the lock
+  (`hatch_mlenv.system.require_host`: CUDA driver, glibc, macOS);
+  `MLENV_IGNORE_SYSTEM_REQUIREMENTS=1` turns a refusal into a warning.
 
 hatch's own `dependencies`/`extra-dependencies` are refused: they would put
 unlocked packages into a locked environment.
@@ -281,6 +284,7 @@ class MlenvEnvironment(EnvironmentInterface):
             base = dict(os.environ)
             with self._errors():
                 env, prefix = self._environment(), self.prefix
+                self._check_host(env)
                 variables, missing = activation(env, prefix, base)
             for name in missing:
                 self.app.display_warning(f"mlenv: warning: secret variable {name} is not set in the environment")
@@ -309,9 +313,17 @@ class MlenvEnvironment(EnvironmentInterface):
 
     # --- helpers ----------------------------------------------------------------
 
+    def _check_host(self, env: Environment) -> None:
+        """Refuse a machine that cannot run the lock (MLENV_IGNORE_SYSTEM_REQUIREMENTS=1 warns instead)."""
+        from hatch_mlenv.system import BYPASS_VARIABLE, ignored_by_environment, require_host
+
+        for line in require_host(env, ignore=ignored_by_environment(), bypass=f"{BYPASS_VARIABLE}=1"):
+            self.app.display_warning(f"mlenv: warning: ignoring system requirements: {line}")
+
     def _install_lock(self, env: Environment) -> None:
         from hatch_mlenv.install import install_environment
 
+        self._check_host(env)
         result = install_environment(env, self.prefix)
         if result.status != "unchanged":
             changed = f" ({len(result.changed)} packages changed)" if result.status == "updated" else ""
