@@ -100,7 +100,7 @@ def plan_for(env: Any, version: int | None = None, base_digest: str | None = Non
     )
 
 
-def _require_linux(lock: Lock, lockfile: Path) -> None:
+def require_linux(lock: Lock, lockfile: Path) -> None:
     if PLATFORM not in lock.platforms or not lock.for_platform(PLATFORM):
         raise ImageError(
             f"{lockfile}: the lock has no {PLATFORM} packages (platforms: {', '.join(lock.platforms) or 'none'}); "
@@ -221,7 +221,7 @@ def write_context(
     if strategy not in STRATEGIES:
         raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
     lock, lockfile = env.lock, env.spec.lockfile
-    _require_linux(lock, lockfile)
+    require_linux(lock, lockfile)
     plan = plan_for(env, version, base_digest)
     if not plan.managed and strategy == "dockerfile":
         raise ImageError("a user-managed environment (managed = false) uses its base image as it is: "
@@ -231,14 +231,8 @@ def write_context(
     staging = Path(tempfile.mkdtemp(prefix=".mlenv-context-", dir=out.parent if out.parent.exists() else None))
     try:
         if strategy == "host" and plan.managed:
-            _install_prefix(env, staging / "env", plan.prefix)
-            wrapper = entrypoint_script(staging / "env", plan)
-            if wrapper is not None:
-                path = staging / "env" / ENTRYPOINT
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(wrapper)
-                path.chmod(0o755)
-            (staging / "Dockerfile").write_text(host_dockerfile(plan, entrypoint=wrapper is not None))
+            entrypoint = stage_prefix(env, staging / "env", plan)
+            (staging / "Dockerfile").write_text(host_dockerfile(plan, entrypoint=entrypoint))
         elif strategy == "host":
             (staging / "Dockerfile").write_text(host_dockerfile(plan))
         else:
@@ -253,6 +247,20 @@ def write_context(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return plan
+
+
+def stage_prefix(env: Any, staged: Path, plan: ImagePlan) -> bool:
+    """Install the linux-64 lock at `staged` for the image's prefix, with the activation
+    wrapper when the prefix needs one; returns whether it did (both builders use this)."""
+    _install_prefix(env, staged, plan.prefix)
+    wrapper = entrypoint_script(staged, plan)
+    if wrapper is None:
+        return False
+    path = staged / ENTRYPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(wrapper)
+    path.chmod(0o755)
+    return True
 
 
 def _install_prefix(env: Any, prefix: Path, target_prefix: str) -> None:
@@ -322,7 +330,7 @@ def build(env: Any, *, version: int | None = None, echo: Callable[[str], None] =
     import docker
 
     client = docker_client()
-    _require_linux(env.lock, env.spec.lockfile)
+    require_linux(env.lock, env.spec.lockfile)
     plan = plan_for(env, version)
     reference = plan.reference
     if image_exists(client, reference):
