@@ -539,7 +539,7 @@ def assemble(env: Any, layout: Path, *, version: int | None = None, echo: Callab
     require_linux(env.lock, env.spec.lockfile)
     seconds = epoch()
     plan = plan_for(env, version)
-    echo(f"base image {plan.base_image}")
+    echo(f"mlenv: base image {plan.base_image}")
     base = resolve_base(plan.base_image, env.spec.project_dir)
     plan = plan_for(env, version, base.digest)
     blobs = layout / "blobs" / "sha256"
@@ -553,11 +553,11 @@ def assemble(env: Any, layout: Path, *, version: int | None = None, echo: Callab
         with tempfile.TemporaryDirectory(prefix=".mlenv-oci-root-", dir=layout.parent) as scratch:
             root = Path(scratch)
             staged = root / plan.prefix.strip("/")
-            echo(f"installing the linux-64 lock for {plan.prefix}")
+            echo(f"mlenv: installing the linux-64 lock for {plan.prefix}")
             entrypoint = stage_prefix(env, staged, plan)
             _normalise_records(staged)
             own = plan_layers(staged, plan.prefix)
-            echo(f"writing {len(own)} layers")
+            echo(f"mlenv: writing {len(own)} layers")
             workers = max(1, min(len(own), os.cpu_count() or 1, 4))
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 written = list(pool.map(lambda layer: write_layer(root, layer, blobs, seconds), own))
@@ -788,7 +788,7 @@ def push_image(registry: Any, image: Image, env: Any, echo: Callable[[str], None
             if registry.has_blob(repo, descriptor.digest):
                 skipped += descriptor.size
                 continue
-            echo(f"pushing {descriptor.digest[:19]} ({descriptor.size / 2**20:.1f} MiB)")
+            echo(f"mlenv: pushing {descriptor.digest[:19]} ({descriptor.size / 2**20:.1f} MiB)")
             with open(blobs / descriptor.digest.split(":")[1], "rb") as handle:
                 if descriptor.size == 0:
                     registry.upload_blob(repo, descriptor.digest, b"")
