@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_clean_error, mlenv, write_project
+from tests.test_image import docker_client  # noqa: F401 - the fixture
 
 SECRET = "s3cr3t-token-value-0c1e"
 
@@ -170,18 +171,6 @@ def test_secrets_never_enter_the_oci_image(oci_project: Path, tmp_path: Path) ->
     assert not any(e.startswith("API_TOKEN=") for e in config["Env"]) and "OMP_NUM_THREADS=3" in config["Env"]
     assert all(SECRET not in v for v in config["Labels"].values())
     assert SECRET not in json.dumps(layout.config["history"]) and SECRET not in json.dumps(layout.manifest)
-
-
-@pytest.fixture(scope="session")
-def docker_client():  # -> docker.DockerClient
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"these tests need a running Docker engine (start dockerd; .ci/run does): {exc}")
-    return client
 
 
 def test_the_image_loads_runs_and_verifies(oci_project: Path, tmp_path: Path, docker_client) -> None:  # noqa: ANN001
@@ -356,3 +345,38 @@ def test_options_that_need_the_oci_builder(oci_project: Path, tmp_path: Path,
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     assert_clean_error(build(oci_project, "-o", str(tmp_path / "x"), check=False), 2, "SOURCE_DATE_EPOCH")
     assert not (tmp_path / "x").exists()
+
+
+def test_build_hook_with_the_oci_builder(oci_project: Path) -> None:
+    import subprocess
+    import sys
+
+    pyproject = oci_project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + """
+[build-system]
+requires = ["hatchling", "hatch-mlenv"]
+build-backend = "hatchling.build"
+[tool.hatch.build.targets.wheel]
+bypass-selection = true
+[tool.hatch.build.hooks.mlenv]
+image = "build"
+image-builder = "oci"
+[tool.hatch.envs.hatch-build]
+type = "system"
+""")
+
+    def hatch_build() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "hatch", "build", "-t", "wheel"], cwd=oci_project,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+
+    built = hatch_build()
+    assert built.returncode == 0, built.stderr
+    layout = Layout(oci_project / "build" / "mlenv-image.oci")
+    manifest = json.loads(next((oci_project / "dist").glob("*.mlenv.json")).read_text())
+    assert manifest["image_digest"] == layout.manifest_digest
+    assert manifest["image"] == _reference(oci_project)
+    assert layout.config["config"]["Labels"]["io.mlenv.version"] == "1"
+
+    pyproject.write_text(pyproject.read_text().replace('image-builder = "oci"', 'image-builder = "kaniko"'))
+    bad = hatch_build()
+    assert bad.returncode != 0 and "tool.hatch.build.hooks.mlenv.image-builder: must be one of" in bad.stderr

@@ -392,11 +392,7 @@ def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = 
     """Push the image's tags to its registry; returns (reference, "pushed" | "reused")."""
     client = docker_client()
     plan = plan_for(env, version)
-    first = plan.repository.split("/")[0]
-    if "/" not in plan.repository or not ("." in first or ":" in first or first == "localhost"):
-        raise ImageError(
-            f"{plan.repository}: no registry to push to; set [tool.mlenv.docker] registry (e.g. \"127.0.0.1:5000\")"
-        )
+    require_registry(plan.repository)
     if _remote_has(client, plan.reference):
         return plan.reference, "reused"
     if not image_exists(client, plan.reference):
@@ -414,6 +410,15 @@ def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = 
         except Exception as exc:  # APIError, connection errors
             raise ImageError(f"pushing {plan.repository}:{tag} failed: {_first_line(exc)}") from None
     return plan.reference, "pushed"
+
+
+def require_registry(repository: str) -> None:
+    """Refuse a repository without a registry host: there is nowhere to push it."""
+    first = repository.split("/")[0]
+    if "/" not in repository or not ("." in first or ":" in first or first == "localhost"):
+        raise ImageError(
+            f"{repository}: no registry to push to; set [tool.mlenv.docker] registry (e.g. \"127.0.0.1:5000\")"
+        )
 
 
 def _remote_has(client: Any, reference: str) -> bool:

@@ -659,7 +659,7 @@ def build_oci(
 ) -> OciBuildResult:
     """Build (or reuse) the image of `env` without a daemon; write it to `output` (a layout
     directory, or a tar when the name ends in .tar), push it and/or load it into Docker."""
-    from hatch_mlenv.image import plan_for, require_linux
+    from hatch_mlenv.image import plan_for, require_linux, require_registry
 
     if builder != "oci":
         raise UsageError("-o/--output and --load are options of --builder oci")
@@ -672,7 +672,7 @@ def build_oci(
         if output.is_dir() and any(output.iterdir()) and not (output / "oci-layout").is_file():
             raise ImageError(f"{output}: exists and is not an OCI image layout; choose another -o")
     if push:
-        _push_target(plan.repository)
+        require_registry(plan.repository)
     tag = plan.tags[0]
     result = OciBuildResult(plan.reference, "reused", None)
     to_write = output is not None and (digest := _layout_holds(output, tag, plan.digest)) is None
@@ -698,6 +698,7 @@ def build_oci(
         except RegistryError as exc:
             raise ImageError(f"pushing {plan.reference}: {exc}") from None
         if remote is not None:
+            result.digest = result.digest or "sha256:" + hashlib.sha256(remote[0]).hexdigest()
             result.lines.append(f"{plan.reference} reused in the registry")
             push = False
     if not (to_write or load or push):
@@ -752,14 +753,6 @@ def _replace(source: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(source, output)
-
-
-def _push_target(repository: str) -> None:
-    first = repository.split("/")[0]
-    if "/" not in repository or not ("." in first or ":" in first or first == "localhost"):
-        raise ImageError(
-            f"{repository}: no registry to push to; set [tool.mlenv.docker] registry (e.g. \"127.0.0.1:5000\")"
-        )
 
 
 def _load(client: Any, tar_path: Path, reference: str) -> None:
