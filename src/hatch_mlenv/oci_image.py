@@ -64,7 +64,7 @@ _LAYER_TYPES = {DOCKER_LAYER_GZIP: LAYER_GZIP, DOCKER_LAYER_TAR: LAYER_TAR, LAYE
 LARGE_PACKAGE = 4 * 2**20  # installed bytes from which a package has a layer of its own
 MAX_OWN_LAYERS = 60  # the largest packages only: engines refuse images of more than ~127 layers
 BUCKETS = 8  # layers shared by the smaller packages
-GZIP_LEVEL = 6
+GZIP_LEVEL = 1  # fixed: part of the bytes. 1 is 2.2x faster than 6 for 3% more bytes (bench/oci_image.py)
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's, for a base without PATH
 DOCKER_HUB = "registry-1.docker.io"
 
@@ -796,9 +796,8 @@ def push_image(registry: Any, image: Image, env: Any, echo: Callable[[str], None
     except RegistryError as exc:
         raise ImageError(f"pushing {image.repository}:{image.tags[0]}: {exc}") from None
     total = pushed + skipped
-    return (f"{image.repository}:{image.tags[0]} pushed: {pushed / 2**20:.2f} MiB sent, {skipped / 2**20:.2f} MiB "
-            f"already in the registry ({pushed / total:.0%} of {total / 2**20:.2f} MiB)" if total else
-            f"{image.repository}:{image.tags[0]} pushed")
+    share = f" ({pushed / total:.2%})" if total else ""
+    return f"{image.repository}:{image.tags[0]} pushed: {pushed:,} of {total:,} bytes sent{share}, the rest already there"
 
 
 def attach_referrers(registry: Any, repo: str, subject: Descriptor, env: Any) -> list[dict[str, Any]]:
