@@ -92,6 +92,7 @@ class Base:
     config: dict[str, Any]
     layers: tuple[Descriptor, ...]
     fetch: Callable[[Descriptor, Path], None]  # writes a blob (checked against its digest) to a path
+    source: tuple[str, str] | None = None  # (registry host, repository) when pulled from a registry
 
 
 def epoch() -> int:
@@ -192,14 +193,14 @@ def _layout_base(base_image: str, project_dir: Path) -> Base:
 
 
 def _base_from(name: str, digest: str, manifest: dict[str, Any], config: dict[str, Any],
-               fetch: Callable[[Descriptor, Path], None]) -> Base:
+               fetch: Callable[[Descriptor, Path], None], source: tuple[str, str] | None = None) -> Base:
     layers = []
     for layer in manifest.get("layers") or []:
         media_type = _LAYER_TYPES.get(layer.get("mediaType", ""))
         if media_type is None:
             raise ImageError(f"base image {name!r}: layer media type {layer.get('mediaType')!r} is not supported")
         layers.append(Descriptor(media_type, layer["digest"], int(layer["size"])))
-    return Base(name, digest, config, tuple(layers), fetch)
+    return Base(name, digest, config, tuple(layers), fetch, source)
 
 
 def split_reference(reference: str) -> tuple[str, str, str]:
@@ -259,7 +260,7 @@ def _registry_base(base_image: str) -> Base:
         config = json.loads(registry.blob(repo, manifest["config"]["digest"]))
     except RegistryError as exc:
         raise ImageError(f"base image {base_image!r}: {exc}") from None
-    return _base_from(base_image, digest, manifest, config, fetch)
+    return _base_from(base_image, digest, manifest, config, fetch, (host, repo))
 
 
 def cache_blobs() -> Path:
@@ -492,6 +493,7 @@ class Image:
     own_layers: tuple[tuple[LayerPlan, Descriptor], ...]
     tags: tuple[str, ...]
     repository: str
+    base: Base
 
 
 def _env(base_env: list[str], plan: Any) -> list[str]:
@@ -583,7 +585,7 @@ def assemble(env: Any, layout: Path, *, version: int | None = None, echo: Callab
                                      len(manifest_bytes))
     (blobs / manifest_descriptor.digest.split(":")[1]).write_bytes(manifest_bytes)
     image = Image(layout, manifest_descriptor, config_descriptor, layers,
-                  tuple(zip(own, (d for d, _ in written))), tuple(plan.tags), plan.repository)
+                  tuple(zip(own, (d for d, _ in written))), tuple(plan.tags), plan.repository, base)
     _write_index(image, plan.digest)
     return image
 
@@ -773,12 +775,15 @@ def push_image(registry: Any, image: Image, env: Any, echo: Callable[[str], None
 
     from hatch_mlenv.errors import RegistryError
 
-    _, repo, _ = split_reference(f"{image.repository}:{image.tags[0]}")
+    host, repo, _ = split_reference(f"{image.repository}:{image.tags[0]}")
     pushed = skipped = 0
     blobs = image.layout / "blobs" / "sha256"
+    source = image.base.source if image.base.source and image.base.source[0] == host else None
+    base_digests = {d.digest for d in image.base.layers}
     try:
         for descriptor in (*image.layers, image.config):
-            if registry.has_blob(repo, descriptor.digest):
+            if registry.has_blob(repo, descriptor.digest) or (
+                    source and descriptor.digest in base_digests and registry.mount_blob(repo, descriptor.digest, source[1])):
                 skipped += descriptor.size
                 continue
             echo(f"mlenv: pushing {descriptor.digest[:19]} ({descriptor.size / 2**20:.1f} MiB)")

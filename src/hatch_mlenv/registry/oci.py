@@ -199,6 +199,11 @@ class OciRegistry:
             return None
         return self._check(response, f"listing the referrers of {repo}@{digest}").json()
 
+    def mount_blob(self, repo: str, digest: str, source_repo: str) -> bool:
+        """Link a blob another repository of this registry holds (no bytes sent); False if it cannot."""
+        response = self._request("POST", f"{repo}/blobs/uploads/?mount={digest}&from={source_repo}")
+        return response.status_code == 201
+
     def upload_blob(self, repo: str, digest: str, data: Any) -> None:
         """Upload a blob in one PUT; `data` is bytes or a buffer (an mmap'd file: not consumed by a retry)."""
         start = self._check(self._request("POST", f"{repo}/blobs/uploads/"), "starting a blob upload")
