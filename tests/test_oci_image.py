@@ -202,6 +202,21 @@ def test_the_image_loads_runs_and_verifies(oci_project: Path, tmp_path: Path, do
     assert mlenv("verify", "--project", str(oci_project), "--prefix", str(root / "opt" / "env")).returncode == 1
 
 
+def test_activation_scripts_run_in_the_oci_image(oci_project: Path, docker_client) -> None:  # noqa: ANN001
+    pyproject = oci_project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"python-dateutil"]', '"python-dateutil", "mlenv-activate"]'))
+    mlenv("lock", "--project", str(oci_project), check=True)
+    reference = _reference(oci_project)
+    build(oci_project, "--load")
+    try:
+        config = docker_client.images.get(reference).attrs["Config"]
+        assert config["Entrypoint"] == ["/opt/env/etc/hatch-mlenv/entrypoint.sh"] and config["Cmd"] == ["/bin/sh"]
+        out = docker_client.containers.run(reference, ["sh", "-c", 'echo "$MLENV_ACTIVATED"; mlenv-hello'], remove=True)
+        assert out.decode().splitlines() == ["activated in /opt/env", "hello from /opt/env"]
+    finally:
+        docker_client.images.remove(reference, force=True)
+
+
 def _push_layout(registry, layout: Path, repo: str, tag: str) -> None:  # noqa: ANN001
     """Put an OCI layout's image into a registry (the base for a registry-based build)."""
     index = json.loads((layout / "index.json").read_text())
