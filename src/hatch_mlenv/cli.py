@@ -768,13 +768,25 @@ def image_context(reference: str | None, project: Path | None, env: str | None, 
 @image.command(name="build")
 @environment_arguments
 @click.option("--push", "also_push", is_flag=True, help="Also push to [tool.mlenv.docker] registry.")
-def image_build(reference: str | None, project: Path | None, env: str | None, also_push: bool, registry_url: str | None) -> None:
+@click.option("--builder", type=click.Choice(["docker", "oci"]), default="docker", show_default=True,
+              help="docker: the host strategy in a Docker engine; oci: assembled without a daemon, reproducible.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="oci builder: write an OCI image layout directory (or a tar: PATH.tar).")
+@click.option("--load", is_flag=True, help="oci builder: load the image into the Docker engine.")
+def image_build(reference: str | None, project: Path | None, env: str | None, also_push: bool, builder: str,
+                output: Path | None, load: bool, registry_url: str | None) -> None:
     """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
     from hatch_mlenv import image as images
 
     env = _load(reference, project, env, registry_url)
     version = _registered_version(env, registry_url)
     echo = _step_echo()
+    if builder == "oci" or output is not None or load:
+        from hatch_mlenv.oci_image import build_oci
+
+        click.echo("\n".join(build_oci(env, builder=builder, output=output, push=also_push, load=load,
+                                        version=version, echo=echo).lines))
+        return
     result = images.build(env, version=version, echo=echo)
     click.echo(f"{result.reference} {result.status}")
     if also_push:

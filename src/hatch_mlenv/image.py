@@ -142,7 +142,7 @@ def plan_for(env: Any, version: int | None = None, base_digest: str | None = Non
     )
 
 
-def _require_linux(lock: Lock, lockfile: Path) -> None:
+def require_linux(lock: Lock, lockfile: Path) -> None:
     if PLATFORM not in lock.platforms or not lock.for_platform(PLATFORM):
         raise ImageError(
             f"{lockfile}: the lock has no {PLATFORM} packages (platforms: {', '.join(lock.platforms) or 'none'}); "
@@ -263,8 +263,7 @@ def write_context(
     if strategy not in STRATEGIES:
         raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
     lock, lockfile = env.lock, env.spec.lockfile
-    _require_linux(lock, lockfile)
-    env.files()  # a version loaded by reference: the lockfile the context copies
+    require_linux(lock, lockfile)
     plan = plan_for(env, version, base_digest)
     if not plan.managed and strategy == "dockerfile":
         raise ImageError("a user-managed environment (managed = false) uses its base image as it is: "
@@ -274,14 +273,8 @@ def write_context(
     staging = Path(tempfile.mkdtemp(prefix=".mlenv-context-", dir=out.parent if out.parent.exists() else None))
     try:
         if strategy == "host" and plan.managed:
-            _install_prefix(env, staging / "env", plan.prefix)
-            wrapper = entrypoint_script(staging / "env", plan)
-            if wrapper is not None:
-                path = staging / "env" / ENTRYPOINT
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(wrapper)
-                path.chmod(0o755)
-            (staging / "Dockerfile").write_text(host_dockerfile(plan, entrypoint=wrapper is not None))
+            entrypoint = stage_prefix(env, staging / "env", plan)
+            (staging / "Dockerfile").write_text(host_dockerfile(plan, entrypoint=entrypoint))
         elif strategy == "host":
             (staging / "Dockerfile").write_text(host_dockerfile(plan))
         else:
@@ -298,10 +291,24 @@ def write_context(
     return plan
 
 
+def stage_prefix(env: Any, staged: Path, plan: ImagePlan) -> bool:
+    """Install the linux-64 lock at `staged` for the image's prefix, with the activation
+    wrapper when the prefix needs one; returns whether it did (both builders use this)."""
+    _install_prefix(env, staged, plan.prefix)
+    wrapper = entrypoint_script(staged, plan)
+    if wrapper is None:
+        return False
+    path = staged / ENTRYPOINT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(wrapper)
+    path.chmod(0o755)
+    return True
+
+
 def _install_prefix(env: Any, prefix: Path, target_prefix: str) -> None:
     from hatch_mlenv.install import check_lock_integrity, install_conda, install_wheels, wheel_indexes
 
-    lock, lockfile = env.lock, env.spec.lockfile
+    lock, lockfile = env.files().lock, env.spec.lockfile  # a version loaded by reference: its lockfile on disk
     check_lock_integrity(lock, lockfile)
     install_conda(lockfile, PLATFORM, prefix, target_prefix=target_prefix, channels=env.spec.channel_fetch_urls())
     wheels = [p for p in lock.for_platform(PLATFORM) if p.manager == "pip"]
@@ -365,7 +372,7 @@ def build(env: Any, *, version: int | None = None, echo: Callable[[str], None] =
     import docker
 
     client = docker_client()
-    _require_linux(env.lock, env.spec.lockfile)
+    require_linux(env.lock, env.spec.lockfile)
     plan = plan_for(env, version)
     reference = plan.reference
     if image_exists(client, reference):
@@ -427,11 +434,7 @@ def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = 
     """Push the image's tags to its registry; returns (reference, "pushed" | "reused")."""
     client = docker_client()
     plan = plan_for(env, version)
-    first = plan.repository.split("/")[0]
-    if "/" not in plan.repository or not ("." in first or ":" in first or first == "localhost"):
-        raise ImageError(
-            f"{plan.repository}: no registry to push to; set [tool.mlenv.docker] registry (e.g. \"127.0.0.1:5000\")"
-        )
+    require_registry(plan.repository)
     if _remote_has(client, plan.reference):
         return plan.reference, "reused"
     if not image_exists(client, plan.reference):
@@ -449,6 +452,15 @@ def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = 
         except Exception as exc:  # APIError, connection errors
             raise ImageError(f"pushing {plan.repository}:{tag} failed: {_first_line(exc)}") from None
     return plan.reference, "pushed"
+
+
+def require_registry(repository: str) -> None:
+    """Refuse a repository without a registry host: there is nowhere to push it."""
+    first = repository.split("/")[0]
+    if "/" not in repository or not ("." in first or ":" in first or first == "localhost"):
+        raise ImageError(
+            f"{repository}: no registry to push to; set [tool.mlenv.docker] registry (e.g. \"127.0.0.1:5000\")"
+        )
 
 
 def _remote_has(client: Any, reference: str) -> bool:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 LOCK_MODES = ("auto", "check")
 IMAGE_MODES = ("none", "build", "push")
+IMAGE_BUILDERS = ("docker", "oci")
+OCI_OUTPUT = "build/mlenv-image.oci"  # under the project
 
 
 class MlenvBuildHook(BuildHookInterface):
@@ -38,6 +40,10 @@ class MlenvBuildHook(BuildHookInterface):
     - `image`: `"none"` (default; the image reference is still computed and
       written to the manifest), `"build"` (build or reuse the image) or
       `"push"` (and push it to `[tool.mlenv.docker] registry`).
+    - `image-builder`: `"docker"` (default; the host strategy in a Docker
+      engine) or `"oci"` (no daemon, the same bytes on any machine): `"build"`
+      writes the OCI image layout to `build/mlenv-image.oci` under the project,
+      `"push"` pushes it; the manifest records the image's digest.
 
     The wheel gets `conda-lock.yml` and `mlenv.json` in
     `.dist-info/extra_metadata/`; the sdist gets the lockfile at its project
@@ -129,12 +135,22 @@ class MlenvBuildHook(BuildHookInterface):
 
     def _image(self) -> None:
         mode = self._option("image", IMAGE_MODES)
+        builder = self._option("image-builder", IMAGE_BUILDERS)
         if mode == "none":
             return
         from hatch_mlenv import image as images
 
         version = self._registration.version if self._registration is not None else None
         echo = self.app.display_info
+        if builder == "oci":
+            from hatch_mlenv.oci_image import build_oci
+
+            output = None if mode == "push" else Path(self.root) / OCI_OUTPUT
+            result = build_oci(self._environment, output=output, push=mode == "push", version=version, echo=echo)
+            for line in result.lines:
+                self.app.display_info(f"mlenv: image {line}")
+            self._image_digest = result.digest
+            return
         result = images.build(self._environment, version=version, echo=echo)
         self.app.display_info(f"mlenv: image {result.reference} {result.status}")
         if mode == "push":
@@ -146,6 +162,8 @@ class MlenvBuildHook(BuildHookInterface):
         version = getattr(self, "_registration", None)
         if version is not None:
             manifest |= {"version": version.version, "registry_ref": version.ref, "registry": self._registry_url}
+        if getattr(self, "_image_digest", None):
+            manifest["image_digest"] = self._image_digest
         return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
     def _output_is_project_dist(self) -> bool:

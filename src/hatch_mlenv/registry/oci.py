@@ -52,6 +52,7 @@ INDEX_MEDIA_TYPE = "application/vnd.mlenv.index.v1+json"
 LEASE_ARTIFACT_TYPE = "application/vnd.mlenv.lease.v1"
 LEASE_MEDIA_TYPE = "application/vnd.mlenv.lease.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 INDEX_TAG = "mlenv-index"
 LEASE_TAG = "mlenv-lock"
@@ -164,8 +165,46 @@ class OciRegistry:
     # -- blobs and manifests -------------------------------------------------------------
     def _push_blob(self, repo: str, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if self._request("HEAD", f"{repo}/blobs/{digest}").status_code == 200:
-            return digest
+        if not self.has_blob(repo, digest):
+            self.upload_blob(repo, digest, data)
+        return digest
+
+    # Also what the oci image builder (hatch_mlenv.oci_image) pulls and pushes images with.
+    def has_blob(self, repo: str, digest: str) -> bool:
+        return self._request("HEAD", f"{repo}/blobs/{digest}").status_code == 200
+
+    def blob(self, repo: str, digest: str) -> bytes:
+        return self._blob(repo, digest)
+
+    def fetch_manifest(self, repo: str, reference: str, accept: tuple[str, ...]) -> tuple[bytes, str] | None:
+        """A manifest or index by tag or digest and its media type; None when the registry has none."""
+        response = self._request("GET", f"{repo}/manifests/{reference}", headers={"Accept": ", ".join(accept)})
+        if response.status_code == 404:
+            return None
+        self._check(response, f"reading {repo}:{reference}")
+        return response.content, response.headers.get("Content-Type", "").split(";")[0].strip()
+
+    def put_manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
+        self._check(
+            self._request("PUT", f"{repo}/manifests/{reference}", data=body, headers={"Content-Type": media_type}),
+            f"writing {repo}:{reference}",
+        )
+        return "sha256:" + hashlib.sha256(body).hexdigest()
+
+    def referrers(self, repo: str, digest: str) -> dict[str, Any] | None:
+        """The OCI 1.1 referrers index of a manifest; None when the registry has no referrers API."""
+        response = self._request("GET", f"{repo}/referrers/{digest}", headers={"Accept": OCI_INDEX})
+        if response.status_code == 404 or "json" not in response.headers.get("Content-Type", ""):
+            return None
+        return self._check(response, f"listing the referrers of {repo}@{digest}").json()
+
+    def mount_blob(self, repo: str, digest: str, source_repo: str) -> bool:
+        """Link a blob another repository of this registry holds (no bytes sent); False if it cannot."""
+        response = self._request("POST", f"{repo}/blobs/uploads/?mount={digest}&from={source_repo}")
+        return response.status_code == 201
+
+    def upload_blob(self, repo: str, digest: str, data: Any) -> None:
+        """Upload a blob in one PUT; `data` is bytes or a buffer (an mmap'd file: not consumed by a retry)."""
         start = self._check(self._request("POST", f"{repo}/blobs/uploads/"), "starting a blob upload")
         location = start.headers["Location"]
         separator = "&" if "?" in location else "?"
@@ -182,7 +221,6 @@ class OciRegistry:
             ),
             "uploading a blob",
         )
-        return digest
 
     def _blob(self, repo: str, digest: str) -> bytes:
         return self._check(self._request("GET", f"{repo}/blobs/{digest}"), f"reading blob {digest}").content
