@@ -42,6 +42,22 @@ def public(url: str) -> str:
     return _TOKEN_PATH.sub(r"\1\2", strip(url))
 
 
+_ONLY_A_VARIABLE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+_TOKEN_IN_PATH = re.compile(r"^([a-z][a-z0-9+.-]*://[^/]*)/t/([^/]+)(/|$)", re.IGNORECASE)
+
+
+def references_only(url: str) -> str:
+    """The URL as a stored definition may hold it: credentials only as `${VAR}` references,
+    which each user's environment fills in; any literal user, password or token is removed."""
+    parts = urlsplit(url)
+    if not all(part is None or _ONLY_A_VARIABLE.match(part) for part in (parts.username, parts.password)):
+        url = strip(url)
+    token = _TOKEN_IN_PATH.match(url)
+    if token is not None and not _ONLY_A_VARIABLE.match(token.group(2)):
+        url = _TOKEN_IN_PATH.sub(r"\1\3", url)
+    return url
+
+
 def strip(url: str) -> str:
     """The URL without `user:password@`."""
     parts = urlsplit(url)

@@ -372,14 +372,11 @@ class Spec:
         environment applied, paths absolute, credentials only as `${VAR}` references and
         secret variables without their values. A registered version stores it, and
         `mlenv import NAME:VERSION` writes it back into a project."""
-        from hatch_mlenv.credentials import public
-
-        def url(text: str) -> str:
-            return text if "${" in text else public(text)
+        from hatch_mlenv.credentials import references_only as url
 
         table: dict[str, Any] = {
             "name": self.name,
-            "channels": [channel.raw if "${" in channel.raw else channel.public_url for channel in self.channels],
+            "channels": [url(channel.raw) if "${" in channel.raw else channel.public_url for channel in self.channels],
             "platforms": list(self.platforms),
         }
         optional: dict[str, Any] = {
@@ -389,7 +386,7 @@ class Spec:
             "pip": list(self.pip),
             "pip-index-url": url(self.pip_index_url) if self.pip_index_url else None,
             "pip-extra-index-urls": [url(u) for u in self.pip_extra_index_urls],
-            "pip-find-links": list(self.pip_find_links),
+            "pip-find-links": [url(location) for location in self.pip_find_links],
             "pypi-names": dict(self.pypi_names),
             "registry": self.registry,
             "solver": self.solver if self.solver != DEFAULT_SOLVER else None,
