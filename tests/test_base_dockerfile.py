@@ -79,6 +79,8 @@ def test_the_base_is_built_first_and_its_content_is_in_the_tag(base_project: Pat
     assert again.stdout.strip() == f"{tag} reused"
 
     # an edit of the Dockerfile: the lock is stale, and the new lock has another tag, on another base
+    old_lock = base_project.parent / "old-lock.yml"
+    old_lock.write_bytes((base_project / "conda-lock.yml").read_bytes())
     dockerfile.write_text(BASE.replace("1.7", "1.8"))
     stale = mlenv("lock", "--check", "--project", str(base_project))
     assert stale.returncode == 1 and "changed since" in stale.stderr, stale.stderr
@@ -94,6 +96,11 @@ def test_the_base_is_built_first_and_its_content_is_in_the_tag(base_project: Pat
     assert new_tag != tag and new_base != base_tag
     # the same packages: only the base Dockerfile's sha256 changed the digest
     assert read_lock(base_project / "conda-lock.yml").packages == lock.packages
+    new_sha = read_lock(base_project / "conda-lock.yml").base_dockerfile
+    diff = mlenv("diff", str(old_lock), str(base_project / "conda-lock.yml"), "--json", check=True).stdout
+    assert json.loads(diff)["base_dockerfile"] == [lock.base_dockerfile, new_sha]
+    shown = mlenv("diff", str(old_lock), str(base_project / "conda-lock.yml"), check=True).stdout
+    assert f"base Dockerfile: sha256 {lock.base_dockerfile[:12]} → {new_sha[:12]}" in shown
     assert mlenv("image", "build", "--project", str(base_project), check=True).stdout.strip() == f"{new_tag} built"
     assert run(docker_client, new_tag, "cat /usr/lib/x86_64-linux-gnu/libGL.so.1").strip() == "libGL 1.8 stand-in"
 
