@@ -98,6 +98,41 @@ def test_the_default_solver_keeps_existing_locks_fresh(tmp_path: Path) -> None:
     assert absent.hash() == default.hash() != other.hash()
 
 
+def test_base_dockerfile_content_is_in_the_hash_and_its_path_in_the_definition(tmp_path: Path) -> None:
+    project = write_project(tmp_path, '[tool.mlenv.docker]\nbase-dockerfile = "docker/base.Dockerfile"\n')
+    without = load_spec(write_project(tmp_path / "without", ""))
+    dockerfile = project / "docker" / "base.Dockerfile"
+    spec = load_spec(project)  # parsing does not need the file; its content does
+    assert spec.docker.base_dockerfile == dockerfile
+    with pytest.raises(ConfigError, match="tool.mlenv.docker.base-dockerfile: .*base.Dockerfile' does not exist"):
+        spec.hash()
+    dockerfile.parent.mkdir()
+    dockerfile.write_text("FROM debian:12-slim\nRUN apt-get update && apt-get install -y libgl1\n")
+    first = load_spec(project)
+    assert first.hash() != without.hash()
+    assert first.definition()["docker"] == {"base-dockerfile": str(dockerfile)}
+    moved = project / "other.Dockerfile"  # the same content elsewhere: the same environment
+    moved.write_bytes(dockerfile.read_bytes())
+    (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text().replace("docker/base", "other"))
+    assert load_spec(project).hash() == first.hash()
+    moved.write_text(moved.read_text() + "RUN true\n")
+    assert load_spec(project).hash() != first.hash()
+
+
+def test_locks_without_a_base_dockerfile_keep_their_digest() -> None:
+    from hatch_mlenv.lockfile import LockedPackage, lock_digest
+
+    package = LockedPackage("linux-64", "conda", "zlib", "1.3", "https://x/zlib.conda", sha256="0" * 64)
+    # the digest's payload before base-dockerfile existed, written out
+    import hashlib
+    import json
+
+    before = {"packages": [package.canonical()], "variables": [["A", "1"]], "base-image": None}
+    expected = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert lock_digest([package], {"A": "1"}, None) == lock_digest([package], {"A": "1"}, None, None, None) == expected
+    assert lock_digest([package], {"A": "1"}, None, None, "f" * 64) != expected
+
+
 def test_secret_value_does_not_reach_the_hash_payload(tmp_path: Path) -> None:
     one = write_project(tmp_path / "one", 'variables = { T = { value = "s3cr3t-1", secret = true } }\n')
     two = write_project(tmp_path / "two", 'variables = { T = { value = "s3cr3t-2", secret = true } }\n')
@@ -123,6 +158,12 @@ def test_secret_value_does_not_reach_the_hash_payload(tmp_path: Path) -> None:
         ("[tool.mlenv.virtual-packages.linux-64]\ncuda = '12'\n", "tool.mlenv.virtual-packages.linux-64.cuda", "start with '__'"),
         ("[tool.mlenv.virtual-packages.linx-64]\n__cuda = '12'\n", "tool.mlenv.virtual-packages.linx-64", "did you mean linux-64?"),
         ("[tool.mlenv.docker]\nprefix = 'opt/env'\n", "tool.mlenv.docker.prefix", "absolute path"),
+        ("[tool.mlenv.docker]\nbase-dockerfile = ' '\n", "tool.mlenv.docker.base-dockerfile", "must name a Dockerfile"),
+        ("[tool.mlenv.docker]\nbase-dockerfile = 3\n", "tool.mlenv.docker.base-dockerfile", "must be a string"),
+        ("[tool.mlenv.docker]\nbase-dockerfile = 'base.Dockerfile'\nbase-image = 'debian:12-slim'\n",
+         "tool.mlenv.docker.base-dockerfile", "and base-image ('debian:12-slim') are both set"),
+        ("[tool.mlenv.docker]\nbase-docker-file = 'x'\n", "tool.mlenv.docker.base-docker-file",
+         "did you mean base-dockerfile?"),
         ('pip-index-url = "ftp://x"\n', "tool.mlenv.pip-index-url", "not an http(s) or file URL"),
         ('lockfile = "../../x.yml"\n', "tool.mlenv.lockfile", "outside the project directory"),
         ('lockfile = "/nonexistent/dir/l.yml"\n', "tool.mlenv.lockfile", "outside the project directory"),

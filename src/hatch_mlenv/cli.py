@@ -411,6 +411,8 @@ def _print_diff(result: dict[str, Any]) -> None:
             console.print(f"platform {kind}: {platform}")
     if result["base_image"]:
         console.print(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
+    if result["base_dockerfile"]:
+        console.print("base Dockerfile: sha256 {} → {}".format(*(d[:12] if d else "none" for d in result["base_dockerfile"])))
     for kind, items in (result["definition"] or {}).items():
         for key, value in items.items():
             shown = f"{json.dumps(value[0])} → {json.dumps(value[1])}" if kind == "changed" else json.dumps(value)

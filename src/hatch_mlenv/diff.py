@@ -45,6 +45,9 @@ def diff_locks(old: Lock, new: Lock) -> dict[str, Any]:
         "packages": packages,
         "variables": variables,
         "base_image": None if old.base_image == new.base_image else [old.base_image, new.base_image],
+        # sha256 of the base Dockerfiles: their content is part of the environment
+        "base_dockerfile": None if old.base_dockerfile == new.base_dockerfile
+        else [old.base_dockerfile, new.base_dockerfile],
     }
 
 

@@ -18,6 +18,7 @@ from hatch_mlenv import __version__
 from hatch_mlenv._compat import preload_conda_lock_models
 from hatch_mlenv.errors import ConfigError, LockfileError
 from hatch_mlenv.lockfile import (
+    META_BASE_DOCKERFILE,
     META_BASE_IMAGE,
     META_DIGEST,
     META_NAME,
@@ -289,8 +290,10 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     spec_hash = spec.hash()
     packages = list(packages)
     variables = public_variables(spec.variables)
+    base_dockerfile = spec.base_dockerfile_sha256()
     custom = {
-        META_DIGEST: lock_digest(packages, variables, spec.docker.base_image or None, spec.system_requirements),
+        META_DIGEST: lock_digest(packages, variables, spec.docker.base_image or None, spec.system_requirements,
+                                 base_dockerfile),
         META_NAME: spec.name,
         META_SPEC_HASH: spec_hash,
         META_VARIABLES: json.dumps(variables, sort_keys=True),
@@ -298,6 +301,8 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     }
     if spec.docker.base_image:
         custom[META_BASE_IMAGE] = spec.docker.base_image
+    if base_dockerfile:
+        custom[META_BASE_DOCKERFILE] = base_dockerfile
     if spec.system_requirements:
         custom[META_SYSTEM_REQUIREMENTS] = json.dumps(spec.system_requirements, sort_keys=True)
     if spec.managed:  # what each platform needs from the host; see hatch_mlenv.system

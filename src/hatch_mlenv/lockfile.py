@@ -24,6 +24,8 @@ META_NAME = "mlenv.name"
 META_SPEC_HASH = "mlenv.spec-hash"
 META_VARIABLES = "mlenv.variables"
 META_BASE_IMAGE = "mlenv.base-image"
+# sha256 (hex) of `[tool.mlenv.docker] base-dockerfile`'s content: the base image the docker builder builds.
+META_BASE_DOCKERFILE = "mlenv.base-dockerfile-sha256"
 META_TOOL = "mlenv.tool"
 # conda name -> PyPI names, where they differ (JSON); see pypi_names.renamed.
 META_PYPI_NAMES = "mlenv.pypi-names"
@@ -97,6 +99,11 @@ class Lock:
         return self.custom.get(META_BASE_IMAGE) or None
 
     @property
+    def base_dockerfile(self) -> str | None:
+        """sha256 (hex) of the base Dockerfile the image is built on (None when there is none)."""
+        return self.custom.get(META_BASE_DOCKERFILE) or None
+
+    @property
     def pypi_names(self) -> dict[str, list[str]]:
         """conda name -> the PyPI names it provides, where they differ (recorded at lock time)."""
         return _json_table(self.custom.get(META_PYPI_NAMES))
@@ -125,7 +132,8 @@ class Lock:
         """sha256 of the canonical content; see `lock_digest`. Computed once per Lock."""
         cached = self.__dict__.get("_digest")
         if cached is None:
-            cached = lock_digest(self.packages, self.variables, self.base_image, self.system_requirements)
+            cached = lock_digest(self.packages, self.variables, self.base_image, self.system_requirements,
+                                 self.base_dockerfile)
             object.__setattr__(self, "_digest", cached)  # a frozen value's cache, not a change
         return cached
 
@@ -143,12 +151,14 @@ def lock_digest(
     variables: dict[str, str | None],
     base_image: str | None,
     system_requirements: dict[str, str] | None = None,
+    base_dockerfile: str | None = None,
 ) -> str:
     """The environment's identity: same digest, same environment.
 
     Sorted packages (platform, manager, name, version, build, url, hashes), the
     variables' names and non-secret values, the base image, and the declared
-    system requirements (only when there are some, so that older digests stay).
+    system requirements and the base Dockerfile's sha256 (each only when there is one, so
+    that older digests stay).
     Formatting, ordering and comments of the file play no part.
     """
     payload: dict[str, Any] = {
@@ -158,6 +168,8 @@ def lock_digest(
     }
     if system_requirements:  # a machine that the same packages need is another environment
         payload["system-requirements"] = sorted(system_requirements.items())
+    if base_dockerfile:  # the system libraries it installs are part of the environment
+        payload["base-dockerfile"] = base_dockerfile
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -19,7 +19,7 @@ def lock_manifest(
     from hatch_mlenv.system import lock_needs
 
     variables = lock.variables
-    return {
+    manifest = {
         "name": name,
         "digest": f"sha256:{lock.digest()}",
         "image": image,
@@ -35,3 +35,6 @@ def lock_manifest(
         "project": project or {},
         "hatch_mlenv": __version__,
     }
+    if lock.base_dockerfile:  # only then, so that other manifests keep their shape
+        manifest["base_dockerfile_sha256"] = lock.base_dockerfile
+    return manifest

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv import __version__
-from hatch_mlenv.errors import ImageError, MlenvError, UsageError
+from hatch_mlenv.errors import ConfigError, ImageError, MlenvError, UsageError
 from hatch_mlenv.errors import first_line as _first_line
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
@@ -662,6 +662,7 @@ def build_oci(
     """Build (or reuse) the image of `env` without a daemon; write it to `output` (a layout
     directory, or a tar when the name ends in .tar), push it and/or load it into Docker."""
     from hatch_mlenv.image import plan_for, require_linux, require_registry
+    from hatch_mlenv.spec import BASE_DOCKERFILE_KEY
 
     if builder != "oci":
         raise UsageError("-o/--output and --load are options of --builder oci")
@@ -669,6 +670,11 @@ def build_oci(
         raise UsageError("--builder oci needs somewhere to put the image: -o PATH, --push or --load")
     require_linux(env.lock, env.spec.lockfile)
     plan = plan_for(env, version)
+    if plan.base_dockerfile or env.spec.docker.base_dockerfile is not None:
+        raise ConfigError(env.spec.pyproject, BASE_DOCKERFILE_KEY, "the oci builder builds no Dockerfile; it takes "
+                          "a base already in a registry or an OCI layout: build the base with `mlenv image build` "
+                          "(the docker builder) or `docker build`, push it, and set base-image in place of "
+                          "base-dockerfile")
     if output is not None:
         output = output.absolute()
         if output.is_dir() and any(output.iterdir()) and not (output / "oci-layout").is_file():

@@ -127,7 +127,8 @@ _TOP_KEYS = (
 _LIST_MERGE_KEYS = ("conda", "pip")
 # Tables merged key by key.
 _TABLE_MERGE_KEYS = ("variables", "virtual-packages", "system-requirements", "docker", "spark", "pypi-names")
-_DOCKER_KEYS = ("base-image", "registry", "repository", "prefix")
+_DOCKER_KEYS = ("base-image", "base-dockerfile", "registry", "repository", "prefix")
+BASE_DOCKERFILE_KEY = "tool.mlenv.docker.base-dockerfile"
 _SPARK_KEYS = ("packages", "repositories", "conf")
 # groupId:artifactId:version, the form spark.jars.packages takes.
 _MAVEN_RE = re.compile(r"^[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-+]+$")
@@ -228,6 +229,8 @@ class DockerSpec:
     registry: str | None = None
     repository: str | None = None
     prefix: str = DEFAULT_PREFIX
+    # `base-dockerfile`, absolute: the Dockerfile of the base image, built first by the docker builder.
+    base_dockerfile: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,29 @@ class Spec:
                     f"invalid match spec {text!r}: {_first_line(exc)}",
                 ) from None
 
+    def read_base_dockerfile(self) -> bytes | None:
+        """The content of `[tool.mlenv.docker] base-dockerfile` (None when not set); ConfigError
+        naming the key when the file cannot be read."""
+        path = self.docker.base_dockerfile
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(self.pyproject, BASE_DOCKERFILE_KEY, f"{str(path)!r} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(self.pyproject, BASE_DOCKERFILE_KEY, f"{str(path)!r} is a directory, not a Dockerfile") from None
+        except OSError as exc:
+            raise ConfigError(self.pyproject, BASE_DOCKERFILE_KEY, f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+
+    def base_dockerfile_sha256(self) -> str | None:
+        """sha256 (hex) of the base Dockerfile's content, read once; None when there is none."""
+        if "_base_dockerfile_sha256" not in self.__dict__:
+            content = self.read_base_dockerfile()
+            digest = hashlib.sha256(content).hexdigest() if content is not None else None
+            object.__setattr__(self, "_base_dockerfile_sha256", digest)  # a frozen value's cache
+        return self.__dict__["_base_dockerfile_sha256"]
+
     def hash(self) -> str:
         """sha256 of everything that decides the lock's content, order-insensitive.
 
@@ -362,6 +388,8 @@ class Spec:
             payload["solver"] = self.solver
         if self.system_requirements:
             payload["system-requirements"] = sorted(self.system_requirements.items())
+        if self.docker.base_dockerfile is not None:  # its content, not its path: an edit makes the lock stale
+            payload["base-dockerfile"] = self.base_dockerfile_sha256()
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         cached = hashlib.sha256(text.encode()).hexdigest()
         object.__setattr__(self, "_hash", cached)  # a frozen value's cache, not a change
@@ -405,7 +433,10 @@ class Spec:
                 overrides[plat] = changed
         if overrides:
             table["virtual-packages"] = overrides
-        docker = {"base-image": self.docker.base_image, "registry": self.docker.registry,
+        base_dockerfile = self.docker.base_dockerfile
+        docker = {"base-image": self.docker.base_image,
+                  "base-dockerfile": str(base_dockerfile) if base_dockerfile is not None else None,
+                  "registry": self.docker.registry,
                   "repository": self.docker.repository,
                   "prefix": self.docker.prefix if self.docker.prefix != DEFAULT_PREFIX else None}
         docker = {k: v for k, v in docker.items() if v is not None}
@@ -881,8 +912,18 @@ def _parse_docker(reader: _Reader, table: dict[str, Any]) -> DockerSpec:
     prefix = reader.string(docker, "prefix", DEFAULT_PREFIX, key)
     if not prefix.startswith("/"):
         raise ConfigError(reader.path, f"{key}.prefix", f"must be an absolute path, not {prefix!r}")
+    base_image = reader.string(docker, "base-image", None, key)
+    dockerfile = reader.string(docker, "base-dockerfile", None, key)
+    if dockerfile is not None:
+        if not dockerfile.strip():
+            raise ConfigError(reader.path, BASE_DOCKERFILE_KEY, "must name a Dockerfile, e.g. \"docker/base.Dockerfile\"")
+        if base_image is not None:
+            raise ConfigError(reader.path, BASE_DOCKERFILE_KEY, f"and base-image ({base_image!r}) are both set: the "
+                              "Dockerfile's FROM names what the base is built on; keep one of the two")
     return DockerSpec(
-        base_image=reader.string(docker, "base-image", None, key),
+        base_image=base_image,
+        # Relative to the project; it must exist only when its content is needed (lock, build).
+        base_dockerfile=(reader.path.parent / Path(dockerfile).expanduser()).resolve() if dockerfile else None,
         registry=reader.string(docker, "registry", None, key),
         repository=reader.string(docker, "repository", None, key),
         prefix=prefix.rstrip("/") or "/",
