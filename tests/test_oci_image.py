@@ -341,6 +341,23 @@ def test_unwritable_output(oci_project: Path, tmp_path: Path) -> None:
     (foreign / "notes.txt").write_text("mine")
     assert_clean_error(build(oci_project, "-o", str(foreign), check=False), 1, "is not an OCI image layout")
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    # a tar of the user's own files, and the base's own layout, are never replaced
+    import tarfile
+
+    backup = tmp_path / "backup.tar"
+    with tarfile.open(backup, "w") as tar:
+        tar.add(foreign / "notes.txt", arcname="notes.txt")
+    before = backup.read_bytes()
+    assert_clean_error(build(oci_project, "-o", str(backup), check=False), 1, str(backup),
+                       "holds something hatch-mlenv did not write")
+    assert backup.read_bytes() == before
+    base = oci_project / "base-layout"
+    index = (base / "index.json").read_bytes()
+    assert_clean_error(build(oci_project, "-o", str(base), check=False), 1, "is the base image's layout")
+    assert (base / "index.json").read_bytes() == index
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert_clean_error(build(oci_project, "-o", str(notes), check=False), 1, "is not a directory or a .tar")
     _no_leftovers(tmp_path)
 
 

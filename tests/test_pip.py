@@ -8,6 +8,7 @@ Every lock below is checked the way a user would distrust it: each locked wheel'
 from __future__ import annotations
 
 import email.parser
+import hashlib
 import os
 import re
 import shutil
@@ -370,14 +371,49 @@ def test_wheel_metadata_is_cached_by_sha256(tmp_path: Path, pip_channel: Path, i
         mlenv("lock", "--project", str(proj), check=True)
         a = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-a")
         assert (isolated_registry / "cache" / "wheel-metadata" / f"{a.sha256}.METADATA").is_file()
-        # the index no longer serves PEP 658 metadata (uv reads the wheels): the relock reads our cache
-        for metadata in (root / "files").glob("*.metadata"):
-            metadata.unlink()
-        for page in (root / "simple").rglob("index.html"):
-            page.write_text(re.sub(r' data-(dist-info|core)-metadata="[^"]*"', "", page.read_text()))
+    # the index no longer serves PEP 658 metadata, nor byte ranges (uv reads the whole wheels):
+    # the relock reads our cache
+    for metadata in (root / "files").glob("*.metadata"):
+        metadata.unlink()
+    for page in (root / "simple").rglob("index.html"):
+        page.write_text(re.sub(r' data-(dist-info|core)-metadata="[^"]*"', "", page.read_text()))
+    with serve(root, ranges=False) as url:
+        pyproject = proj / "pyproject.toml"
+        pyproject.write_text(re.sub(r'pip-index-url = "[^"]*"', f'pip-index-url = "{url}"', pyproject.read_text()))
         mlenv("lock", "--force", "--project", str(proj), check=True)
     a = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-a")
     assert a.dependencies == {"mlenv-b": ">=1"}
+
+
+def test_wheels_without_pep658_metadata_are_read_with_range_requests(
+    tmp_path: Path, pip_channel: Path, isolated_registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyPI serves no `.metadata` for many older wheels (aiohttp 3.8.6, mlflow 1.27): their
+    METADATA is read out of the remote wheel with HTTP range requests, so the lock still records
+    their dependencies. The big wheel's central directory and METADATA lie beyond the first range."""
+    filler = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(6000))  # ~380 KB, incompressible
+    wheels = [
+        Wheel("mlenv-old", "1.0", requires=("mlenv-b>=1", "six"), metadata_file=False,
+              modules={f"mlenv_old/data{i}.py": f"X = {filler[i * 60000:(i + 1) * 60000]!r}\n" for i in range(6)}),
+        Wheel("mlenv-b", "1.0", metadata_file=False), Wheel("six", "1.16.0"),
+    ]
+    root = build_index(tmp_path / "index", wheels)
+    assert not list((root / "files").glob("mlenv_old*.metadata"))
+    assert (root / "files" / "mlenv_old-1.0-py3-none-any.whl").stat().st_size > 3 * 64 * 1024
+    with serve(root) as url:
+        proj = project(tmp_path / "p", pip_channel, 'python = "3.11"\npip = ["mlenv-old"]\n', url)
+        mlenv("lock", "--project", str(proj), check=True)
+    old = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-old")
+    assert old.dependencies == {"mlenv-b": ">=1", "six": ""}
+    assert_requirements_locked(proj / "conda-lock.yml", root)
+    assert (isolated_registry / "cache" / "wheel-metadata" / f"{old.sha256}.METADATA").is_file()
+    # without ranges and without PEP 658 (and an empty cache) the metadata cannot be had:
+    # the lock is still written, without the dependencies
+    monkeypatch.setenv("MLENV_HOME", str(tmp_path / "other-home"))
+    with serve(root, ranges=False) as url:
+        proj2 = project(tmp_path / "p2", pip_channel, 'python = "3.11"\npip = ["mlenv-old"]\n', url)
+        mlenv("lock", "--project", str(proj2), check=True)
+    assert next(p for p in read_lock(proj2 / "conda-lock.yml").packages if p.name == "mlenv-old").dependencies == {}
 
 
 def test_each_platform_locks_the_wheel_its_installer_would_pick(tmp_path: Path, pip_channel: Path) -> None:

@@ -253,7 +253,7 @@ def test_hatch_environment_and_pytest_plugin_take_a_registered_version(tmp_path:
     environ |= {"HATCH_DATA_DIR": str(tmp_path / "hatch-data"), "HATCH_CACHE_DIR": str(tmp_path / "hatch-cache")}
     run = subprocess.run([*hatch, "run", "prod:sh", "-c", "mlenv-hello"], cwd=project, capture_output=True,
                          text=True, env=environ, timeout=300)
-    prefix = project / ".mlenv" / "envs" / "base-env"
+    prefix = project / ".mlenv" / "envs" / "base-env@production"
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"hello from {prefix}"
     assert json.loads((prefix / ".mlenv-state.json").read_text())["digest"] == digest
@@ -323,3 +323,71 @@ def test_the_team_path_through_the_oci_registry(
     rerun = mlenv("run", "fraud:2", "--", "sh", "-c", 'echo "$OMP_NUM_THREADS"', cwd=empty, check=True)
     assert rerun.stdout.strip() == "6" and 'OMP_NUM_THREADS = "6"' in definition.read_text()
     assert list(empty.iterdir()) == []
+
+
+def test_run_parses_ref_options_and_commands_that_contain_double_dashes(registered: Path, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return mlenv("run", *args, cwd=tmp_path)
+
+    options_after_ref = run("fraud:1", "--ignore-system-requirements", "--prefix", str(tmp_path / "p"), "--",
+                            "mlenv-hello")
+    assert options_after_ref.stdout.strip() == f"hello from {tmp_path / 'p'}", options_after_ref.stderr
+    # two arguments before `--`: no REF, everything is the command (with its own `--`)
+    own = run("--project", str(registered), "sh", "-c", 'echo "$@"', "sh", "a", "--", "b")
+    assert own.returncode == 0 and own.stdout.strip() == "a -- b", own.stderr
+    inner = run("--project", str(registered), "--", "sh", "-c", 'echo "$@"', "sh", "--", "x")
+    assert inner.stdout.strip() == "-- x"
+    bare = run("pytest", "--", "-k", "x")
+    assert_clean_error(bare, 1, "no environment named 'pytest'", "write `mlenv run -- pytest ...`")
+
+
+def test_gc_keeps_what_other_registries_and_lockfile_installs_use(
+    registered: Path, tmp_path: Path, isolated_registry: Path
+) -> None:
+    team = f"sqlite://{tmp_path / 'team.sqlite3'}"
+    mlenv("register", "--project", str(registered), "--registry", team, check=True)
+    mlenv("install", "fraud:1", "--registry", team, cwd=tmp_path, check=True)
+    copy = tmp_path / "copy" / "conda-lock.yml"
+    copy.parent.mkdir()
+    copy.write_text((registered / "conda-lock.yml").read_text())
+    mlenv("install", str(copy), cwd=tmp_path, check=True)
+    mlenv("archive", "fraud:1", check=True)  # archived in the local registry only
+    digest = read_lock(copy).digest()
+    dry = json.loads(mlenv("gc", "--dry-run", "--json", check=True).stdout)
+    assert not any(f"fraud-{digest[:12]}" in entry["path"] for entry in dry["removed"]), dry["removed"]
+    copy.unlink()
+    mlenv("archive", "fraud:1", "--registry", team, check=True)
+    removed = {Path(e["path"]).name for e in json.loads(mlenv("gc", "--json", check=True).stdout)["removed"]}
+    assert f"fraud-{digest[:12]}" in removed
+    (tmp_path / "team.sqlite3").unlink()
+    (tmp_path / "team.sqlite3").mkdir()  # the team registry can no longer be read: gc removes nothing
+    assert_clean_error(mlenv("gc"), 1, "cannot tell what", "nothing was removed")
+
+
+def test_import_a_dotted_label_and_definitions_keep_no_literal_credentials(
+    registered: Path, tmp_path: Path, channel: Path
+) -> None:
+    mlenv("label", "fraud:1", "v1.2", check=True)
+    new = write_project(tmp_path / "new", "", name="new")
+    assert mlenv("import", "fraud@v1.2", "--project", str(new), check=True).returncode == 0
+    assert "mlenv-hello ==1.0.0" in (new / "pyproject.toml").read_text()
+    project = write_project(tmp_path / "spark", f"""
+        channels = ["{channel}"]
+        platforms = ["linux-64"]
+        conda = ["mlenv-hello ==1.0.0"]
+        [tool.mlenv.spark]
+        repositories = ["https://dave:tok3n@maven.example.com/repo", "https://${{MAVEN_USER}}:${{MAVEN_TOKEN}}@m.example.com/r"]
+        """)
+    from hatch_mlenv.spec import load_spec
+
+    stored = json.dumps(load_spec(project).definition())
+    assert "tok3n" not in stored and "dave" not in stored and "${MAVEN_TOKEN}" in stored
+
+
+def test_a_reference_on_a_machine_with_no_registry_creates_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "fresh-home"
+    monkeypatch.setenv("MLENV_HOME", str(home))
+    assert_clean_error(mlenv("install", "fraud:1", cwd=tmp_path), 1, "fraud:1: no environment named 'fraud'")
+    assert_clean_error(mlenv("show", "fraud", "--registry", f"sqlite://{tmp_path / 'nodir' / 'r.sqlite3'}",
+                             cwd=tmp_path), 1, "does not exist")
+    assert not home.exists() and not (tmp_path / "nodir").exists()

@@ -446,14 +446,28 @@ def install(reference: str | None, project: Path | None, env: str | None, prefix
 
 
 class _RunCommand(click.Command):
-    """`mlenv run [REF] [OPTIONS] -- COMMAND...`: what follows `--` is the command, untouched;
-    without `--`, every argument is the command (`mlenv run pytest -x`)."""
+    """`mlenv run [REF] [OPTIONS] -- COMMAND...`: when at most one argument that is not an option
+    comes before the first `--`, that is the REF and what follows `--` is the command, untouched;
+    otherwise every argument is the command, as without `--` (`mlenv run pytest -x -- tests/`)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if "--" in args:
             index = args.index("--")
-            ctx.meta["mlenv.command"] = tuple(args[index + 1:])
-            args = args[:index]
+            before = args[:index]
+            probe = self.make_parser(ctx)
+            probe.allow_interspersed_args = True
+            probe.ignore_unknown_options = False
+            try:
+                values, rest, _order = probe.parse_args(list(before))
+                command = values.get("command")
+                given = [values.get("reference"), *(command if isinstance(command, (tuple, list)) else ())]
+                positionals = [*rest, *(v for v in given if isinstance(v, str))]
+            except click.UsageError:
+                positionals = None
+            if positionals is not None and len(positionals) <= 1:
+                ctx.meta["mlenv.command"] = tuple(args[index + 1:])
+                ctx.allow_interspersed_args = True
+                return super().parse_args(ctx, before)
         return super().parse_args(ctx, args)
 
 
@@ -475,7 +489,12 @@ def run(reference: str | None, project: Path | None, env: str | None, prefix: Pa
         command = after
     if not command:
         raise click.UsageError("missing the command to run: mlenv run [REF] -- COMMAND [ARGS]...")
-    env = _load(reference, project, env, registry_url)
+    try:
+        env = _load(reference, project, env, registry_url)
+    except MlenvError as exc:
+        if reference is None or ":" in reference or "@" in reference or os.path.exists(reference):
+            raise
+        raise type(exc)(f"{exc} (if {reference!r} is the command, write `mlenv run -- {reference} ...`)") from None
     _check_host(env, ignore_system)
     result = install_environment(env, prefix)
     variables, missing = activation(env, result.prefix, dict(os.environ))
@@ -566,7 +585,7 @@ def import_(project: Path, env: str | None, source: str | None, from_prefix: Pat
         raise click.UsageError("give either FILE (environment.yml or requirements.txt), a registered version "
                                "(NAME:VERSION, NAME@LABEL) or --from-prefix PATH")
     file, registered = None, None
-    if source is not None and (Path(source).exists() or Path(source).suffix):
+    if source is not None and (Path(source).exists() or Path(source).suffix in (".yml", ".yaml", ".txt")):
         file = Path(source)
     elif source is not None:
         target = parse_target(source)

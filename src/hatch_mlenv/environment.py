@@ -170,7 +170,15 @@ def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
     from hatch_mlenv.lockfile import parse_lock
     from hatch_mlenv.registry import open_registry, select_url
 
-    registry = open_registry(select_url(url, configured_registry()))
+    url = select_url(url, configured_registry())
+    if url == "local" or url.startswith("sqlite://"):  # reading creates no database where there is none
+        from hatch_mlenv.errors import NotFoundError
+        from hatch_mlenv.registry.local import database_path
+
+        if not database_path(url).exists():
+            raise NotFoundError(f"{text}: no environment named {ref.name!r} in {url} "
+                                f"({database_path(url)} does not exist: nothing is registered there)")
+    registry = open_registry(url)
     try:
         stored = registry.get(ref)  # verified: entry hash and the lock's own digest
     except RegistryError as exc:  # name the reference and the registry on the first line
@@ -195,7 +203,7 @@ def _from_lockfile(path: Path) -> Environment:
     from hatch_mlenv.lockfile import read_lock
 
     lock = read_lock(path)
-    name = lock.name or _name_from_path(path)
+    name = lockfile_name(lock, path)
     return _registered(name, path.read_text(encoding="utf-8"), lock, _definition_from_lock(name, lock), {},
                        reference=str(path))
 
@@ -216,7 +224,10 @@ def _registered(name: str, lock_text: str, lock: Lock, definition: dict[str, Any
     return Environment(spec, lock, pending=(lock_text, document), **origin)
 
 
-def _name_from_path(path: Path) -> str:
+def lockfile_name(lock: Lock, path: Path) -> str:
+    """The name of an environment loaded from a lockfile: the one it records, else its directory's."""
+    if lock.name:
+        return lock.name
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.resolve().parent.name).strip(".-_") or "environment"
     return name[:100]
 

@@ -1,14 +1,15 @@
 """`mlenv gc`: free what nothing uses any more.
 
 What may go, all in hatch-mlenv's own directories: prefixes installed for registered
-versions (`<data>/envs/NAME-DIGEST12`), their materialised definitions
-(`<data>/versions/NAME-DIGEST12`), packs (`<data>/packs/NAME-DIGEST12.tar.gz`), and
-cache entries (extracted conda packages and their archives, downloaded wheels,
-wheel metadata, lock stamps). What stays: everything a registered, non-archived
-version of the selected registry uses, and everything the lock of a project on this
-machine uses (projects are recorded when `mlenv install` installs them; a project
-whose lockfile is gone no longer counts). A project's own `.mlenv/` is never touched.
-uv's cache has its own collector (`uv cache prune`).
+versions (`<data>/envs/NAME-DIGEST12`), their definitions (`<data>/versions/NAME-DIGEST12`),
+packs (`<data>/packs/NAME-DIGEST12.tar.gz`), and cache entries (extracted conda packages
+and their archives, downloaded wheels, wheel metadata, lock stamps). What stays:
+everything a registered, non-archived version uses, in the selected registry and in
+every registry an install on this machine came from, and everything the lock of a
+project or a lockfile installed on this machine uses (`mlenv install` records both
+before it writes anything; one whose lockfile is gone no longer counts). A registry
+that cannot be read stops `gc` before anything is removed. A project's own `.mlenv/`
+is never touched. uv's cache has its own collector (`uv cache prune`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv.errors import MlenvError
+from hatch_mlenv.errors import MlenvError, RegistryError
+from hatch_mlenv.image import TAG_LENGTH
 from hatch_mlenv.paths import cache_dir, data_dir
 
-PROJECTS_FILE = "projects.txt"  # in the data directory: one project lockfile path a line
-TAG_LENGTH = 12
+PROJECTS_FILE = "projects.txt"  # in the data directory: one installed lockfile's path a line
+REGISTRIES_FILE = "registries.txt"  # in the data directory: one registry URL an install came from, a line
 
 
 @dataclass
@@ -49,10 +51,17 @@ class Collection:
         }
 
 
-def record_project(lockfile: Path) -> None:
-    """Remember a project lock installed on this machine (its packages stay in the cache)."""
-    path = data_dir() / PROJECTS_FILE
-    line = str(lockfile.resolve())
+def record_use(env: Any) -> None:
+    """Remember what an install uses: the registry of a registered version, else the lockfile of a
+    project or the lockfile given as REF (its packages stay in the cache while it exists)."""
+    if env.version is not None:
+        _remember(REGISTRIES_FILE, env.registry)
+    else:
+        _remember(PROJECTS_FILE, str(Path(env.reference if env.is_registered else env.spec.lockfile).resolve()))
+
+
+def _remember(file: str, line: str) -> None:
+    path = data_dir() / file
     try:
         if line in path.read_text(encoding="utf-8").splitlines():
             return
@@ -63,29 +72,42 @@ def record_project(lockfile: Path) -> None:
         handle.write(line + "\n")
 
 
+def _lines(file: str) -> list[str]:
+    try:
+        return list(dict.fromkeys((data_dir() / file).read_text(encoding="utf-8").splitlines()))
+    except OSError:
+        return []
+
+
 def _live_locks(registry: Any) -> tuple[list[Any], list[str]]:
-    """The locks still in use: every non-archived registered version, every recorded project lock
-    that still exists. Returns them and the project lockfiles still present."""
+    """The locks still in use: every non-archived version of the selected registry and of every
+    registry an install came from, every recorded lockfile that still exists. Returns them and the
+    lockfiles still present."""
+    from hatch_mlenv.environment import lockfile_name
     from hatch_mlenv.lockfile import parse_lock, read_lock
+    from hatch_mlenv.registry import open_registry
 
     locks = []
-    for summary in registry.list(include_archived=True):
-        for version in registry.history(summary.name):
-            if not version.archived:
-                locks.append((version.name, parse_lock(version.lockfile, version.ref)))
+    urls = [registry.url, *(url for url in _lines(REGISTRIES_FILE) if url != registry.url)]
+    for url in urls:
+        try:
+            source = registry if url == registry.url else open_registry(url)
+            for summary in source.list(include_archived=True):
+                for version in source.history(summary.name):
+                    if not version.archived:
+                        locks.append((version.name, parse_lock(version.lockfile, version.ref)))
+        except MlenvError as exc:
+            raise RegistryError(f"cannot tell what {url} still uses, so nothing was removed: {exc} (versions "
+                                f"installed on this machine came from it; see {data_dir() / REGISTRIES_FILE})") from None
     projects = []
-    try:
-        lines = (data_dir() / PROJECTS_FILE).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        lines = []
-    for line in dict.fromkeys(lines):
+    for line in _lines(PROJECTS_FILE):
         path = Path(line)
         try:
             lock = read_lock(path)
         except MlenvError:
             continue  # gone or no longer readable: nothing of it is in use
         projects.append(line)
-        locks.append((lock.name or path.parent.name, lock))
+        locks.append((lockfile_name(lock, path), lock))
     return locks, projects
 
 

@@ -310,6 +310,9 @@ def install_environment(
         if not damage:
             return InstallResult(prefix, "unchanged")
     fresh = force or bool(damage)
+    from hatch_mlenv.gc import record_use
+
+    record_use(env)  # before anything is written, so that a concurrent `mlenv gc` keeps what this needs
     try:
         prefix.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -345,10 +348,6 @@ def install_environment(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if not env.is_registered:  # its packages stay in the shared cache while its lock exists (`mlenv gc`)
-        from hatch_mlenv.gc import record_project
-
-        record_project(env.spec.lockfile)
     if force:
         return InstallResult(prefix, "reinstalled", tuple(changed))
     if damage:

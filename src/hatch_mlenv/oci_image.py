@@ -619,20 +619,47 @@ def layout_tar(layout: Path, out: Any) -> None:
         _tar_entries(tar, layout, paths, 0)
 
 
-def _layout_holds(output: Path, tag: str, lock_digest: str) -> str | None:
-    """The manifest digest of `tag` in an existing layout dir or tar at `output`, if it is this lock's."""
+def _check_output(output: Path, base_image: str, project_dir: Path) -> None:
+    """`-o` replaces what is there only when it is an image this builder wrote (every image in its
+    index carries `io.mlenv.digest`), and never the base's own layout: checked before building."""
+    if base_image.startswith("oci:"):
+        spec = base_image[len("oci:"):].split("@", 1)[0]
+        if ":" in spec and "/" not in spec.rsplit(":", 1)[1]:
+            spec = spec.rsplit(":", 1)[0]
+        base_root = Path(spec) if Path(spec).is_absolute() else project_dir / spec
+        if output.resolve() == base_root.resolve():
+            raise ImageError(f"{output}: is the base image's layout ({base_image}); choose another -o")
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    if output.is_dir() and not (output / "oci-layout").is_file():
+        raise ImageError(f"{output}: exists and is not an OCI image layout; choose another -o")
+    if not output.is_dir() and output.suffix != ".tar":
+        raise ImageError(f"{output}: exists and is not a directory or a .tar; choose another -o")
+    manifests = _index_entries(output)
+    if not manifests or not all("io.mlenv.digest" in (entry.get("annotations") or {}) for entry in manifests):
+        raise ImageError(f"{output}: exists and holds something hatch-mlenv did not write (other images, or "
+                         "another file); it is not replaced: choose another -o or remove it")
+
+
+def _index_entries(output: Path) -> list[dict[str, Any]] | None:
+    """The manifests of the `index.json` of a layout directory or tar; None when there is none."""
     try:
         if output.is_dir():
             index = json.loads((output / "index.json").read_text())
-        elif output.is_file():
+        else:
             with tarfile.open(output) as tar:
                 member = tar.extractfile("index.json")
                 index = json.loads(member.read()) if member else {}
-        else:
-            return None
     except (OSError, ValueError, KeyError, tarfile.TarError):
         return None
-    for entry in index.get("manifests") or []:
+    return list(index.get("manifests") or []) if isinstance(index, dict) else None
+
+
+def _layout_holds(output: Path, tag: str, lock_digest: str) -> str | None:
+    """The manifest digest of `tag` in an existing layout dir or tar at `output`, if it is this lock's."""
+    if not output.exists():
+        return None
+    for entry in _index_entries(output) or []:
         annotations = entry.get("annotations") or {}
         if annotations.get("org.opencontainers.image.ref.name") == tag and annotations.get("io.mlenv.digest") == f"sha256:{lock_digest}":
             return entry.get("digest")
@@ -677,8 +704,7 @@ def build_oci(
                           "base-dockerfile")
     if output is not None:
         output = output.absolute()
-        if output.is_dir() and any(output.iterdir()) and not (output / "oci-layout").is_file():
-            raise ImageError(f"{output}: exists and is not an OCI image layout; choose another -o")
+        _check_output(output, plan.base_image, env.spec.project_dir)
     if push:
         require_registry(plan.repository)
     tag = plan.tags[0]

@@ -417,6 +417,9 @@ def _requirements(
 
 
 def _core_metadata(url: str, known: list[str]) -> str | None:
+    """A wheel's METADATA: the PEP 658 file beside it, else (indexes serve none for many older
+    wheels, as PyPI for aiohttp 3.8.6) read out of the remote wheel with HTTP range requests, as
+    uv and pip do: the zip's end, its central directory, then only the METADATA member."""
     import urllib.error
     import urllib.request
     import zipfile
@@ -424,17 +427,85 @@ def _core_metadata(url: str, known: list[str]) -> str | None:
 
     if url.startswith("file://"):
         with zipfile.ZipFile(unquote(urlsplit(url).path)) as wheel:
-            name = next(n for n in wheel.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
-            return wheel.read(name).decode("utf-8", "replace")
-    request = urllib.request.Request(credentials.strip(url) + ".metadata")
+            return _metadata_member(wheel)
+    public = credentials.strip(url)
     header = credentials.authorization(url, known)
+    request = urllib.request.Request(public + ".metadata")
     if header:
         request.add_header("Authorization", header)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            return None
     except (OSError, urllib.error.URLError):
-        return None  # the index serves no PEP 658 metadata: the lock records no dependencies for it
+        return None
+    try:
+        with zipfile.ZipFile(_RemoteFile(public, header)) as wheel:
+            return _metadata_member(wheel)
+    except (OSError, urllib.error.URLError, zipfile.BadZipFile, StopIteration, ValueError):
+        return None  # no metadata to be had: the lock records no dependencies for it
+
+
+def _metadata_member(wheel) -> str:  # noqa: ANN001 - a zipfile.ZipFile
+    name = next(n for n in wheel.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+    return wheel.read(name).decode("utf-8", "replace")
+
+
+class _RemoteFile:
+    """A read-only, seekable view of a file on an HTTP server that honours `Range`, for zipfile:
+    each read the cache cannot serve fetches at least 64 KiB from where it starts."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, url: str, authorization: str | None) -> None:
+        self.url, self.authorization = url, authorization
+        self.position = 0
+        self.chunks: dict[int, bytes] = {}  # start offset -> bytes
+        tail = self._get(f"bytes=-{self.CHUNK}")
+        self.size = self._total
+        self.chunks[self.size - len(tail)] = tail
+
+    def _get(self, byte_range: str) -> bytes:
+        import urllib.request
+
+        request = urllib.request.Request(self.url, headers={"Range": byte_range})
+        if self.authorization:
+            request.add_header("Authorization", self.authorization)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            content_range = response.headers.get("Content-Range", "")
+            if response.status != 206 or "/" not in content_range:
+                raise OSError(f"{self.url}: the server does not serve byte ranges")
+            self._total = int(content_range.rsplit("/", 1)[1])
+            return response.read()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def read(self, count: int = -1) -> bytes:
+        end = self.size if count is None or count < 0 else min(self.size, self.position + count)
+        if end <= self.position:
+            return b""
+        for start, data in self.chunks.items():
+            if start <= self.position and end <= start + len(data):
+                found = data[self.position - start:end - start]
+                self.position = end
+                return found
+        stop = max(end, min(self.size, self.position + self.CHUNK))
+        data = self._get(f"bytes={self.position}-{stop - 1}")
+        self.chunks[self.position] = data
+        found = data[:end - self.position]
+        self.position = end
+        return found
 
 
 def _dependencies(metadata: str | None, environment: dict[str, str]) -> dict[str, str]:

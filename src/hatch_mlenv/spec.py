@@ -442,7 +442,7 @@ class Spec:
         docker = {k: v for k, v in docker.items() if v is not None}
         if docker:
             table["docker"] = docker
-        spark = {"packages": list(self.spark.packages), "repositories": list(self.spark.repositories),
+        spark = {"packages": list(self.spark.packages), "repositories": [url(r) for r in self.spark.repositories],
                  "conf": dict(self.spark.conf)}
         spark = {k: v for k, v in spark.items() if v}
         if spark:

@@ -123,9 +123,17 @@ class MlenvEnvironment(EnvironmentInterface):
             raise ConfigError(*self._config_key("path"), "must be a string")
         if chosen:
             return (Path(self.root) / Path(chosen).expanduser()).absolute()
-        # Known without a lock (`hatch env find`, `remove`); a registered version too gets a prefix of this
-        # project's own, since hatch installs the project into it.
-        return (Path(self.root) / ".mlenv" / "envs" / self.spec.name).absolute()
+        # Known without a lock (`hatch env find`, `remove`). A registered version gets a prefix of this
+        # project's own (hatch installs the project into it), named by the reference, so that it is
+        # never the one `mlenv install` gives the project's own lock: `.mlenv/envs/NAME@LABEL`, `NAME-vN`.
+        option = self._env_option
+        if option is not None and (":" in option or "@" in option):
+            from hatch_mlenv.reference import parse_reference
+
+            name = str(parse_reference(option)).replace(":", "-v")
+        else:
+            name = self.spec.name
+        return (Path(self.root) / ".mlenv" / "envs" / name).absolute()
 
     def _config_key(self, option: str) -> tuple[Path, str]:
         """Where this environment's option is written, for error messages."""

@@ -311,9 +311,12 @@ class LocalBackend:
         return url == "local" or url.startswith("sqlite://")
 
     def open(self, url: str) -> LocalRegistry:
-        if url == "local":
-            return LocalRegistry(default_path())
-        return LocalRegistry(Path(url[len("sqlite://"):]).expanduser())
+        return LocalRegistry(database_path(url))
+
+
+def database_path(url: str) -> Path:
+    """The SQLite file of `local` or `sqlite:///PATH`."""
+    return default_path() if url == "local" else Path(url[len("sqlite://"):]).expanduser()
 
 
 @hookimpl
