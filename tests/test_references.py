@@ -21,6 +21,14 @@ from tests.conftest import assert_clean_error, mlenv, write_project
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_process(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """subprocess.Popen, not subprocess.run: a test that imports conda-lock's parser gets its
+    vendored poetry, which replaces subprocess.run in-process (see tests/conftest.py)."""
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    out, err = process.communicate(timeout=300)
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
 def make_project(root: Path, channel: Path, pip_index: str, *, numpy: str = "numpy", threads: str = "2") -> Path:
     return write_project(
         root,
@@ -111,8 +119,7 @@ def test_the_python_api_loads_installs_and_runs_a_registered_version(
         "print(json.dumps({'name': env.name, 'version': env.version, 'digest': env.digest, 'image': env.image,\n"
         "                  'variables': env.variables, 'prefix': str(prefix), 'out': out.strip()}))\n"
     )
-    process = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                             timeout=300)
+    process = run_process([sys.executable, "-c", script], cwd=tmp_path)
     assert process.returncode == 0, process.stderr
     data = json.loads(process.stdout)
     digest = read_lock(registered / "conda-lock.yml").digest()
@@ -251,8 +258,7 @@ def test_hatch_environment_and_pytest_plugin_take_a_registered_version(tmp_path:
     hatch = [sys.executable, "-m", "hatch"]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HATCH_ENV")}
     environ |= {"HATCH_DATA_DIR": str(tmp_path / "hatch-data"), "HATCH_CACHE_DIR": str(tmp_path / "hatch-cache")}
-    run = subprocess.run([*hatch, "run", "prod:sh", "-c", "mlenv-hello"], cwd=project, capture_output=True,
-                         text=True, env=environ, timeout=300)
+    run = run_process([*hatch, "run", "prod:sh", "-c", "mlenv-hello"], cwd=project, env=environ)
     prefix = project / ".mlenv" / "envs" / "base-env@production"
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"hello from {prefix}"
@@ -263,8 +269,8 @@ def test_hatch_environment_and_pytest_plugin_take_a_registered_version(tmp_path:
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), *host_site])}
 
     def pytest_in_prefix(option: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(prefix / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider", option],
-                              cwd=project, capture_output=True, text=True, env=environ, timeout=300)
+        return run_process([str(prefix / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider", option],
+                           cwd=project, env=environ)
 
     ok = pytest_in_prefix("--mlenv-verify=base-env:1")
     assert ok.returncode == 0 and f"matches the lock (sha256:{digest[:12]})" in ok.stdout, ok.stdout + ok.stderr
