@@ -147,3 +147,29 @@ def _reread(tmp_path: Path, text: str):
     path = tmp_path / "reread.yml"
     path.write_text(text, encoding="utf-8")
     return read_lock(path)
+
+
+def test_a_parsed_lock_is_kept_as_json_and_a_broken_entry_is_parsed_again(
+    tmp_path: Path, isolated_registry: Path
+) -> None:
+    """The YAML is parsed once per text; the JSON kept in the cache gives the same Lock, and a
+    damaged cache entry falls back to the YAML (it is a cache, never the source of truth)."""
+    import hashlib
+    import json
+
+    from hatch_mlenv import lockfile
+
+    source = LOCK_SAMPLES / "numpy-conda-lock.yml"
+    text = source.read_text()
+    key = hashlib.sha256(text.encode()).hexdigest()
+    lockfile._PARSED.clear()
+    first = lockfile.parse_lock(text, source)
+    kept = isolated_registry / "cache" / "lock-documents" / f"{key}.json"
+    assert kept.is_file()
+    lockfile._PARSED.clear()
+    assert lockfile.parse_lock(text, source) == first
+    assert lockfile.parse_lock(text, source).digest() == first.digest()
+    kept.write_text(json.dumps({"version": 1})[:-3])  # truncated: not JSON
+    lockfile._PARSED.clear()
+    assert lockfile.parse_lock(text, source).digest() == first.digest()
+    assert json.loads(kept.read_text())["version"] == 1  # rewritten whole

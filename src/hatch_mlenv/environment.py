@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv.errors import RegistryError, UsageError
-from hatch_mlenv.image import TAG_LENGTH, image_reference
+from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.lockfile import Lock
 from hatch_mlenv.manifest import lock_manifest
 from hatch_mlenv.spec import Spec
@@ -130,6 +130,8 @@ class Environment:
 
     @cached_property
     def image(self) -> str:
+        from hatch_mlenv.image import image_reference
+
         return image_reference(self.digest, self.spec)
 
     def manifest(self) -> dict[str, Any]:

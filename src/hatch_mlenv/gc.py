@@ -3,7 +3,7 @@
 What may go, all in hatch-mlenv's own directories: prefixes installed for registered
 versions (`<data>/envs/NAME-DIGEST12`), their definitions (`<data>/versions/NAME-DIGEST12`),
 packs (`<data>/packs/NAME-DIGEST12.tar.gz`), and cache entries (extracted conda packages
-and their archives, downloaded wheels, wheel metadata, lock stamps). What stays:
+and their archives, downloaded wheels, wheel metadata, parsed locks, lock stamps). What stays:
 everything a registered, non-archived version uses, in the selected registry and in
 every registry an install on this machine came from, and everything the lock of a
 project or a lockfile installed on this machine uses (`mlenv install` records both
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv.errors import MlenvError, RegistryError
-from hatch_mlenv.image import TAG_LENGTH
+from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.paths import cache_dir, data_dir
 
 PROJECTS_FILE = "projects.txt"  # in the data directory: one installed lockfile's path a line
@@ -79,7 +79,7 @@ def _lines(file: str) -> list[str]:
         return []
 
 
-def _live_locks(registry: Any) -> tuple[list[Any], list[str]]:
+def _live_locks(registry: Any) -> tuple[list[Any], list[str], set[str]]:
     """The locks still in use: every non-archived version of the selected registry and of every
     registry an install came from, every recorded lockfile that still exists. Returns them and the
     lockfiles still present."""
@@ -88,6 +88,7 @@ def _live_locks(registry: Any) -> tuple[list[Any], list[str]]:
     from hatch_mlenv.registry import open_registry
 
     locks = []
+    texts: set[str] = set()
     urls = [registry.url, *(url for url in _lines(REGISTRIES_FILE) if url != registry.url)]
     for url in urls:
         try:
@@ -96,6 +97,7 @@ def _live_locks(registry: Any) -> tuple[list[Any], list[str]]:
                 for version in source.history(summary.name):
                     if not version.archived:
                         locks.append((version.name, parse_lock(version.lockfile, version.ref)))
+                        texts.add(_text_key(version.lockfile))
         except MlenvError as exc:
             raise RegistryError(f"cannot tell what {url} still uses, so nothing was removed: {exc} (versions "
                                 f"installed on this machine came from it; see {data_dir() / REGISTRIES_FILE})") from None
@@ -108,13 +110,23 @@ def _live_locks(registry: Any) -> tuple[list[Any], list[str]]:
             continue  # gone or no longer readable: nothing of it is in use
         projects.append(line)
         locks.append((lockfile_name(lock, path), lock))
-    return locks, projects
+        try:
+            texts.add(_text_key(path.read_text(encoding="utf-8")))
+        except OSError:
+            pass
+    return locks, projects, texts
+
+
+def _text_key(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def collect(registry: Any, *, dry_run: bool = False, older_than_days: float | None = None) -> Collection:
     """Remove (or with `dry_run`, list) what no live lock uses, optionally only what is older
     than `older_than_days` (by modification time)."""
-    locks, projects = _live_locks(registry)
+    locks, projects, texts = _live_locks(registry)
     keys = {f"{name}-{lock.digest()[:TAG_LENGTH]}" for name, lock in locks}
     packages: set[str] = set()
     wheels: set[str] = set()
@@ -148,6 +160,8 @@ def collect(registry: Any, *, dry_run: bool = False, older_than_days: float | No
         consider(path, path.name in wheels)
     for path in _entries(cache / "wheel-metadata"):
         consider(path, path.name.removesuffix(".METADATA") in wheels)
+    for path in _entries(cache / "lock-documents"):  # parsed locks, by the sha256 of their text
+        consider(path, path.name.removesuffix(".json") in texts)
     for path in _entries(cache / "lock-stamps"):
         consider(path, Path(_stamp_lockfile(path) or "").is_file())  # a stamp is worth keeping while its lock exists
     if not dry_run:

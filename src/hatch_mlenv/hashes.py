@@ -7,6 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+
+# Hex digits of a lock's digest that name it in image tags and in directories (NAME-DIGEST12).
+TAG_LENGTH = 12
+
 def file_hashes(path: Path, kinds: Sequence[str]) -> dict[str, str]:
     """Hex digests of `path` for each hashlib name in `kinds`, in one read."""
     digests = {kind: hashlib.new(kind) for kind in kinds}

@@ -40,6 +40,7 @@ from typing import Any, Callable
 from hatch_mlenv import __version__
 from hatch_mlenv.errors import ConfigError, ImageError
 from hatch_mlenv.errors import first_line as _first_line
+from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.lockfile import Lock
 from hatch_mlenv.spec import BASE_DOCKERFILE_KEY, REQUIREMENT_KEYS
 
@@ -47,7 +48,6 @@ PLATFORM = "linux-64"
 DEFAULT_BASE_IMAGE = "debian:12-slim"
 MICROMAMBA_IMAGE = "mambaorg/micromamba:1.5.10"
 STRATEGIES = ("host", "dockerfile")
-TAG_LENGTH = 12  # hex digits of the lock digest in the image tag
 
 
 def repository_name(name: str, repository: str | None = None, registry: str | None = None) -> str:

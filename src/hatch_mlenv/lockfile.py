@@ -199,24 +199,61 @@ def parse_lock(text: str, source: object) -> Lock:
     key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     parsed = _PARSED.get(key)
     if parsed is None:
-        parsed = _parse_lock(text, source)
+        parsed = _parse_lock(text, source, key)
         while len(_PARSED) >= _PARSED_KEEP:
             _PARSED.pop(next(iter(_PARSED)), None)
         _PARSED[key] = parsed
     return parsed
 
 
-def _parse_lock(text: str, source: object) -> Lock:
-    import yaml
+def _parse_lock(text: str, source: object, key: str) -> Lock:
+    """The YAML is parsed once per text: its document is kept as JSON in the user cache, by the
+    text's sha256, so that the commands that only read a lock (a no-op install, run, show)
+    neither import nor run a YAML parser. The document is validated on every read."""
+    document = _cached_document(key)
+    if document is None:
+        import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        document = yaml.load(text, Loader=loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise LockfileError(source, f"corrupted lockfile: not valid YAML{where}") from None
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        try:
+            document = yaml.load(text, Loader=loader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise LockfileError(source, f"corrupted lockfile: not valid YAML{where}") from None
+        lock = lock_from_document(document, source)  # only a valid lock's document is kept
+        _keep_document(key, document)
+        return lock
     return lock_from_document(document, source)
+
+
+LOCK_DOCUMENTS = "lock-documents"  # in the user cache: <sha256 of a lock's text>.json
+
+
+def _cached_document(key: str) -> Any:
+    from hatch_mlenv.paths import cache_dir
+
+    try:
+        return json.loads((cache_dir() / LOCK_DOCUMENTS / f"{key}.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _keep_document(key: str, document: Any) -> None:
+    from hatch_mlenv.paths import cache_dir
+
+    try:
+        text = json.dumps(document, separators=(",", ":"))
+    except (TypeError, ValueError):  # a YAML type JSON lacks (a date): parse it each time instead
+        return
+    directory = cache_dir() / LOCK_DOCUMENTS
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / f".{key}.{os.getpid()}.part"
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, directory / f"{key}.json")
+    except OSError:  # a cache: never worth failing a read for
+        pass
 
 
 def lock_from_document(document: Any, path: object) -> Lock:
