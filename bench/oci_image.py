@@ -7,7 +7,7 @@ small package, `mlenv-tweak`, from a channel made here in two versions: the one-
 1.0 -> 1.1. The docker builder builds on bench/image.py's imported busybox base; the oci builder on
 the same root filesystem as an OCI layout directory (`oci:base:busybox`).
 
-Measured, each a fresh process (`_spawn.py`), round-robin, medians:
+Measured, each a fresh process (`_harness.py`), round-robin, medians:
   - cold: `mlenv image build` with an empty package cache (fresh MLENV_HOME); the docker builder's
     image is removed first, the oci builder's output layout too;
   - one-package change: the same command for the lock with mlenv-tweak 1.1, with the cache warm
@@ -29,8 +29,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import CommandFailed, bench_env, console_script, footer, header, print_table, run, scratch_dir, verdict, write_project
-from image import BASE_IMAGE, Engine, Outcome, Step, build_big_channel, med, rmtree, round_robin, spawn
+from _harness import (CommandFailed, Command, Sample, bench_env, console_script, footer, header, measure, median_seconds,
+                      print_table, round_robin, run, scratch_dir, verdict, write_project)
+from image import BASE_IMAGE, Engine, build_big_channel, rmtree
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # fixtures/
@@ -60,7 +61,7 @@ def project(root: Path, channels: list[Path], tweak: str, base: str, registry: s
 
 
 def expect(word: str):  # noqa: ANN201 - the first line of either builder's output says built or reused
-    def check(outcome: Outcome) -> None:
+    def check(outcome: Sample, _n: int = 0) -> None:
         if word not in (outcome.stdout.splitlines() or [""])[0]:
             raise CommandFailed(f"expected {word!r}, got {outcome.stdout!r}")
     return check
@@ -74,14 +75,14 @@ def main() -> None:
     started = time.perf_counter()
     engine = Engine()
     try:
-        measure(engine, args.runs)
+        measure_builders(engine, args.runs)
     finally:
         engine.close()
     print(f"\n  total {time.perf_counter() - started:.0f} s; images removed")
     footer()
 
 
-def measure(engine: Engine, runs: int) -> None:
+def measure_builders(engine: Engine, runs: int) -> None:
     from fixtures.docker_base import write_busybox_layout
 
     print(f"  {engine.version()}")
@@ -95,7 +96,7 @@ def measure(engine: Engine, runs: int) -> None:
             if builder == "oci":
                 write_busybox_layout(path / "base")
             projects[builder, tweak] = path
-            spawn([mlenv, "lock", "--project", str(path)], bench_env(MLENV_HOME=str(root / "lock-home")))
+            measure([mlenv, "lock", "--project", str(path)], env=bench_env(MLENV_HOME=str(root / "lock-home")))
     cold_home, warm_home = root / "cold-home", root / "warm-home"
     cold, warm = bench_env(MLENV_HOME=str(cold_home)), bench_env(MLENV_HOME=str(warm_home))
     out_a, out_b = root / "out-1.0", root / "out-1.1"
@@ -107,8 +108,8 @@ def measure(engine: Engine, runs: int) -> None:
         return [mlenv, "image", "build", "--builder", "oci", "-o", str(out), "--project", str(projects["oci", tweak])]
 
     # warm caches: both 1.0 images built once with warm_home (docker's kept for reuse)
-    spawn(docker("1.0"), warm)
-    spawn(oci("1.0", out_a), warm)
+    measure(docker("1.0"), env=warm)
+    measure(oci("1.0", out_a), env=warm)
     steps = {
         "docker builder: cold": dict(argv=docker("1.0"), env=cold, before=lambda: (engine.clean(), rmtree(cold_home)()),
                                      check=expect("built")),
@@ -120,21 +121,21 @@ def measure(engine: Engine, runs: int) -> None:
                                                 check=expect("built")),
     }
     print(f"\nmeasuring {len(steps)} commands x {runs} runs, round-robin ...", flush=True)
-    got = round_robin(runs, {k: Step(**v) for k, v in steps.items()})
-    spawn(docker("1.0"), warm)  # for reuse
+    got = round_robin(runs, {k: Command(**v) for k, v in steps.items()})
+    measure(docker("1.0"), env=warm)  # for reuse
     reuse = {
-        "docker builder: reuse": Step(docker("1.0"), warm, check=expect("reused")),
-        "oci builder: reuse (-o layout holds it)": Step(oci("1.0", out_a), warm, check=expect("reused")),
-        "mlenv --version": Step([mlenv, "--version"], warm),
+        "docker builder: reuse": Command(docker("1.0"), warm, check=expect("reused")),
+        "oci builder: reuse (-o layout holds it)": Command(oci("1.0", out_a), warm, check=expect("reused")),
+        "mlenv --version": Command([mlenv, "--version"], warm),
     }
     again = round_robin(max(runs, 5), reuse, warmup=1)
     size = sum(f.stat().st_size for f in (out_a / "blobs" / "sha256").iterdir())
-    rows = [[label, med(outcomes), f"{min(o.sample.seconds for o in outcomes):.2f}-"
-             f"{max(o.sample.seconds for o in outcomes):.2f}"] for label, outcomes in {**got, **again}.items()]
+    rows = [[label, median_seconds(outcomes), f"{min(o.seconds for o in outcomes):.2f}-"
+             f"{max(o.seconds for o in outcomes):.2f}"] for label, outcomes in {**got, **again}.items()]
     print_table(f"builds: medians of {runs} (reuse: {max(runs, 5)}) fresh processes", ["command", "wall s", "min-max s"],
                 rows)
-    ratio = {k: med(got[f"oci builder: {k}"]) / med(got[f"docker builder: {k}"]) for k in ("cold", "one-package change")}
-    oci_reuse = med(again["oci builder: reuse (-o layout holds it)"])
+    ratio = {k: median_seconds(got[f"oci builder: {k}"]) / median_seconds(got[f"docker builder: {k}"]) for k in ("cold", "one-package change")}
+    oci_reuse = median_seconds(again["oci builder: reuse (-o layout holds it)"])
     print_table("targets", ["", "value", "verdict"], [
         ["oci cold / docker cold", f"{ratio['cold']:.2f}x", verdict(ratio["cold"], 0.5)],
         ["oci one-package change / docker", f"{ratio['one-package change']:.2f}x", "(no target)"],
@@ -155,13 +156,13 @@ def push(root: Path, channels: list[Path], mlenv: str) -> None:
             path = project(root / f"push-{tweak}", channels, tweak, "oci:base:busybox", registry.host)
             write_busybox_layout(path / "base")
             env = bench_env(MLENV_HOME=str(root / "warm-home"))
-            spawn([mlenv, "lock", "--project", str(path)], env)
-            outcome = spawn([mlenv, "image", "build", "--builder", "oci", "--push", "--project", str(path)], env)
+            measure([mlenv, "lock", "--project", str(path)], env=env)
+            outcome = measure([mlenv, "image", "build", "--builder", "oci", "--push", "--project", str(path)], env=env)
             match = PUSHED.search(outcome.stdout)
             if match is None:
                 raise SystemExit(f"no push report in: {outcome.stdout}")
             pushed, total = (int(n.replace(",", "")) for n in match.groups())
-            sent.append((tweak, pushed, total, outcome.sample.seconds))
+            sent.append((tweak, pushed, total, outcome.seconds))
         shutil.rmtree(root / "registry" / "data", ignore_errors=True)
     print_table("push to a registry on loopback (oci builder)", ["image", "bytes sent", "image bytes", "fraction sent", "wall s"],
                 [[f"mlenv-tweak {t}" + (" (empty registry)" if t == "1.0" else " (one-package change)"),

@@ -20,8 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from _common import PYTHON, Command, bench_env, footer, header, interleaved, measure, median_seconds, print_table, run
-from _common import scratch_dir
+from _harness import PYTHON, Command, bench_env, footer, header, round_robin, measure, median_seconds, print_table, run
+from _harness import scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # fixtures/
@@ -65,7 +65,7 @@ def main() -> None:
         "run -- true, lock with needs": mlenv("run", "--project", str(scratch / "needs"), "--", "true"),
         "doctor, lock with needs": mlenv("doctor", "--project", str(scratch / "needs")),
     }
-    samples = interleaved(args.runs, commands)
+    samples = round_robin(args.runs, commands)
     base = median_seconds(samples["python -c pass"])
     rows = [[label, median_seconds(s), f"{median_seconds(s) / base:.2f}"] for label, s in samples.items()]
     print_table(f"{args.runs} runs each, interleaved, medians", ["fresh process", "wall s", "x python -c pass"], rows)
