@@ -251,6 +251,15 @@ def test_base_from_a_registry_push_with_referrers_and_pull(oci_project: Path, tm
     base_digest = json.loads(registry.fetch_manifest("bases/busybox", "1", ("application/vnd.oci.image.manifest.v1+json",))[0])
     assert layout.manifest["layers"][0] == base_digest["layers"][0]  # the base's layer, by digest
     assert build(oci_project, "--push").stdout.strip() == f"{reference} reused in the registry"
+    # registered after the push: the next push adds the version's tag to the manifest already there
+    mlenv("register", "--project", str(oci_project), check=True)
+    tagged = build(oci_project, "--push").stdout.splitlines()
+    repository = reference.rsplit(":", 1)[0]
+    assert tagged == [f"{reference} reused in the registry", f"{repository}:v1 tagged in the registry"]
+    v1 = registry.fetch_manifest(reference.split("/", 1)[1].rsplit(":", 1)[0], "v1",
+                                 ("application/vnd.oci.image.manifest.v1+json",))
+    assert "sha256:" + hashlib.sha256(v1[0]).hexdigest() == layout.manifest_digest
+    assert build(oci_project, "--push").stdout.strip() == f"{reference} reused in the registry"
 
     # SBOM and lock as referrers: Debian's distribution 2.8 has no referrers API, so the fallback tag
     repo = reference.split("/", 1)[1].rsplit(":", 1)[0]

@@ -735,6 +735,13 @@ def build_oci(
             result.digest = result.digest or "sha256:" + hashlib.sha256(remote[0]).hexdigest()
             result.lines.append(f"{plan.reference} reused in the registry")
             push = False
+            for other in plan.tags[1:]:  # pushed before it was registered: its v<N> tag is added now
+                try:
+                    if registry.fetch_manifest(repo, other, (OCI_MANIFEST,)) is None:
+                        registry.put_manifest(repo, other, remote[0], OCI_MANIFEST)
+                        result.lines.append(f"{plan.repository}:{other} tagged in the registry")
+                except RegistryError as exc:
+                    raise ImageError(f"tagging {plan.repository}:{other}: {exc}") from None
     if not (to_write or load or push):
         return result
 
