@@ -397,3 +397,10 @@ def test_a_reference_on_a_machine_with_no_registry_creates_none(tmp_path: Path, 
     assert_clean_error(mlenv("show", "fraud", "--registry", f"sqlite://{tmp_path / 'nodir' / 'r.sqlite3'}",
                              cwd=tmp_path), 1, "does not exist")
     assert not home.exists() and not (tmp_path / "nodir").exists()
+
+
+def test_a_directory_named_like_a_reference_is_said_so(registered: Path, tmp_path: Path) -> None:
+    (tmp_path / "fraud").mkdir()
+    result = mlenv("install", "fraud", cwd=tmp_path)
+    assert_clean_error(result, 2, "fraud: a directory here without pyproject.toml", "write fraud@latest")
+    assert mlenv("install", "fraud@latest", cwd=tmp_path, check=True).stdout.startswith("installed fraud")

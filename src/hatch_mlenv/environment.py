@@ -43,6 +43,9 @@ class Environment:
         if target.reference is None:
             path = Path(target.path or ".")
             if path.is_dir() or not path.exists():
+                if not isinstance(reference, Path) and _bare_name(target.text) and not (path / "pyproject.toml").exists():
+                    raise UsageError(f"{target.text}: a directory here without pyproject.toml (a path that exists "
+                                     f"wins); for the registered version write {target.text}@latest")
                 return cls._from_project(path, env)
             if env is not None:
                 raise UsageError(f"--env names an environment of a project; {path} is a lockfile")
@@ -224,6 +227,11 @@ def _registered(name: str, lock_text: str, lock: Lock, definition: dict[str, Any
         document["project"]["version"] = project["version"]
     spec = parse_spec(document, directory / PYPROJECT)
     return Environment(spec, lock, pending=(lock_text, document), **origin)
+
+
+def _bare_name(text: str) -> bool:
+    """`fraud-train`: what could as well be a registered name as a directory."""
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", text) is not None and text not in (".", "..")
 
 
 def lockfile_name(lock: Lock, path: Path) -> str:

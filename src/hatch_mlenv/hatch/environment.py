@@ -97,7 +97,7 @@ class MlenvEnvironment(EnvironmentInterface):
     @cached_property
     def registered(self) -> Environment | None:
         """`env = "NAME:VERSION"` or `"NAME@LABEL"`: a registered version instead of the project's lock
-        (from the registry `[tool.mlenv] registry` names, else $MLENV_REGISTRY, else local)."""
+        (from $MLENV_REGISTRY, else the registry `[tool.mlenv] registry` names, else local)."""
         option = self._env_option
         if option is None or not (":" in option or "@" in option):
             return None
