@@ -205,7 +205,7 @@ def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
 
 def _from_lockfile(path: Path) -> Environment:
     """Any conda-lock.yml (one conda-lock wrote, one `mlenv get` wrote) as an environment."""
-    from hatch_mlenv.lockfile import read_lock
+    from hatch_mlenv.lockfile import lockfile_name, read_lock
 
     lock = read_lock(path)
     name = lockfile_name(lock, path)
@@ -232,14 +232,6 @@ def _registered(name: str, lock_text: str, lock: Lock, definition: dict[str, Any
 def _bare_name(text: str) -> bool:
     """`fraud-train`: what could as well be a registered name as a directory."""
     return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", text) is not None and text not in (".", "..")
-
-
-def lockfile_name(lock: Lock, path: Path) -> str:
-    """The name of an environment loaded from a lockfile: the one it records, else its directory's."""
-    if lock.name:
-        return lock.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.resolve().parent.name).strip(".-_") or "environment"
-    return name[:100]
 
 
 def _definition_from_lock(name: str, lock: Lock) -> dict[str, Any]:

@@ -25,9 +25,8 @@ from typing import Any
 from hatch_mlenv.errors import MlenvError, RegistryError
 from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.paths import cache_dir, data_dir
+from hatch_mlenv.usage import PROJECTS_FILE, REGISTRIES_FILE, lines as _lines
 
-PROJECTS_FILE = "projects.txt"  # in the data directory: one installed lockfile's path a line
-REGISTRIES_FILE = "registries.txt"  # in the data directory: one registry URL an install came from, a line
 
 
 @dataclass
@@ -51,39 +50,11 @@ class Collection:
         }
 
 
-def record_use(env: Any) -> None:
-    """Remember what an install uses: the registry of a registered version, else the lockfile of a
-    project or the lockfile given as REF (its packages stay in the cache while it exists)."""
-    if env.version is not None:
-        _remember(REGISTRIES_FILE, env.registry)
-    else:
-        _remember(PROJECTS_FILE, str(Path(env.reference if env.is_registered else env.spec.lockfile).resolve()))
-
-
-def _remember(file: str, line: str) -> None:
-    path = data_dir() / file
-    try:
-        if line in path.read_text(encoding="utf-8").splitlines():
-            return
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:  # one short line: an append is atomic enough
-        handle.write(line + "\n")
-
-
-def _lines(file: str) -> list[str]:
-    try:
-        return list(dict.fromkeys((data_dir() / file).read_text(encoding="utf-8").splitlines()))
-    except OSError:
-        return []
-
-
 def _live_locks(registry: Any) -> tuple[list[Any], list[str], set[str]]:
     """The locks still in use: every non-archived version of the selected registry and of every
     registry an install came from, every recorded lockfile that still exists. Returns them and the
     lockfiles still present."""
-    from hatch_mlenv.environment import lockfile_name
+    from hatch_mlenv.lockfile import lockfile_name
     from hatch_mlenv.lockfile import parse_lock, read_lock
     from hatch_mlenv.registry import open_registry
 

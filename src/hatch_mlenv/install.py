@@ -310,7 +310,7 @@ def install_environment(
         if not damage:
             return InstallResult(prefix, "unchanged")
     fresh = force or bool(damage)
-    from hatch_mlenv.gc import record_use
+    from hatch_mlenv.usage import record_use
 
     record_use(env)  # before anything is written, so that a concurrent `mlenv gc` keeps what this needs
     try:

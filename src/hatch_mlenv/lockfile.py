@@ -174,6 +174,16 @@ def lock_digest(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def lockfile_name(lock: Lock, path: Path) -> str:
+    """The name of an environment loaded from a lockfile: the one it records, else its directory's."""
+    if lock.name:
+        return lock.name
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.resolve().parent.name).strip(".-_") or "environment"
+    return name[:100]
+
+
 def read_lock(path: Path) -> Lock:
     """Read a conda-lock.yml (format v1, as conda-lock writes it) or raise LockfileError."""
     try:
