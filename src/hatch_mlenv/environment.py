@@ -205,12 +205,12 @@ def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
 
 def _from_lockfile(path: Path) -> Environment:
     """Any conda-lock.yml (one conda-lock wrote, one `mlenv get` wrote) as an environment."""
-    from hatch_mlenv.lockfile import lockfile_name, read_lock
+    from hatch_mlenv.lockfile import lockfile_name, parse_lock, read_lock_text
 
-    lock = read_lock(path)
+    text = read_lock_text(path)
+    lock = parse_lock(text, path)
     name = lockfile_name(lock, path)
-    return _registered(name, path.read_text(encoding="utf-8"), lock, _definition_from_lock(name, lock), {},
-                       reference=str(path))
+    return _registered(name, text, lock, _definition_from_lock(name, lock), {}, reference=str(path))
 
 
 def _registered(name: str, lock_text: str, lock: Lock, definition: dict[str, Any], project: dict[str, Any],
@@ -269,6 +269,19 @@ def _write_version(directory: Path, lock_text: str, document: dict[str, Any]) ->
     atomic_write(directory / "conda-lock.yml", lock_text)
     atomic_write(directory / "pyproject.toml", tomlkit.dumps(document))
     atomic_write(directory / ".source", f"{asked} {written()}")
+
+
+def registered_option(option: str | None, project_dir: Path) -> Environment | None:
+    """The registered version an option names (see `reference.option_reference`), from
+    `$MLENV_REGISTRY`, else the registry of the project in `project_dir`, else local; None
+    when the option names no registered version."""
+    from hatch_mlenv.reference import option_reference
+    from hatch_mlenv.registry import select_url
+
+    ref = option_reference(option)
+    if ref is None:
+        return None
+    return Environment.load(str(ref), registry=select_url(None, configured_registry(project_dir)))
 
 
 def configured_registry(directory: Path = Path(".")) -> str | None:

@@ -28,7 +28,6 @@ from hatch_mlenv.paths import cache_dir, data_dir
 from hatch_mlenv.usage import PROJECTS_FILE, REGISTRIES_FILE, lines as _lines
 
 
-
 @dataclass
 class Collection:
     """What `gc` found unused: (path, bytes) pairs, removed unless it was a dry run."""
@@ -52,10 +51,9 @@ class Collection:
 
 def _live_locks(registry: Any) -> tuple[list[Any], list[str], set[str]]:
     """The locks still in use: every non-archived version of the selected registry and of every
-    registry an install came from, every recorded lockfile that still exists. Returns them and the
-    lockfiles still present."""
-    from hatch_mlenv.lockfile import lockfile_name
-    from hatch_mlenv.lockfile import parse_lock, read_lock
+    registry an install came from, every recorded lockfile that still exists. Returns them, the
+    lockfiles still present, and the keys (`lockfile.text_key`) of their texts."""
+    from hatch_mlenv.lockfile import lockfile_name, parse_lock, read_lock_text, text_key
     from hatch_mlenv.registry import open_registry
 
     locks = []
@@ -68,7 +66,7 @@ def _live_locks(registry: Any) -> tuple[list[Any], list[str], set[str]]:
                 for version in source.history(summary.name):
                     if not version.archived:
                         locks.append((version.name, parse_lock(version.lockfile, version.ref)))
-                        texts.add(_text_key(version.lockfile))
+                        texts.add(text_key(version.lockfile))
         except MlenvError as exc:
             raise RegistryError(f"cannot tell what {url} still uses, so nothing was removed: {exc} (versions "
                                 f"installed on this machine came from it; see {data_dir() / REGISTRIES_FILE})") from None
@@ -76,22 +74,14 @@ def _live_locks(registry: Any) -> tuple[list[Any], list[str], set[str]]:
     for line in _lines(PROJECTS_FILE):
         path = Path(line)
         try:
-            lock = read_lock(path)
+            text = read_lock_text(path)
+            lock = parse_lock(text, path)
         except MlenvError:
             continue  # gone or no longer readable: nothing of it is in use
         projects.append(line)
         locks.append((lockfile_name(lock, path), lock))
-        try:
-            texts.add(_text_key(path.read_text(encoding="utf-8")))
-        except OSError:
-            pass
+        texts.add(text_key(text))
     return locks, projects, texts
-
-
-def _text_key(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def collect(registry: Any, *, dry_run: bool = False, older_than_days: float | None = None) -> Collection:

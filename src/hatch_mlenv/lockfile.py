@@ -186,15 +186,19 @@ def lockfile_name(lock: Lock, path: Path) -> str:
 
 def read_lock(path: Path) -> Lock:
     """Read a conda-lock.yml (format v1, as conda-lock writes it) or raise LockfileError."""
+    return parse_lock(read_lock_text(path), path)
+
+
+def read_lock_text(path: Path) -> str:
+    """A lockfile's text, or LockfileError (MissingLockError when there is none)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MissingLockError(path, "lockfile not found; run `mlenv lock` to create it") from None
     except UnicodeDecodeError:
         raise LockfileError(path, "corrupted lockfile: not UTF-8 text") from None
     except OSError as exc:
         raise LockfileError(path, f"cannot read lockfile: {exc.strerror or exc}") from None
-    return parse_lock(text, path)
 
 
 # The last few lock texts parsed, by their sha256: the build hook reads the lock for the
@@ -206,7 +210,7 @@ _PARSED_KEEP = 4
 
 def parse_lock(text: str, source: object) -> Lock:
     """Parse lockfile text; `source` (a path or a registry reference) names it in errors."""
-    key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    key = text_key(text)
     parsed = _PARSED.get(key)
     if parsed is None:
         parsed = _parse_lock(text, source, key)
@@ -214,6 +218,11 @@ def parse_lock(text: str, source: object) -> Lock:
             _PARSED.pop(next(iter(_PARSED)), None)
         _PARSED[key] = parsed
     return parsed
+
+
+def text_key(text: str) -> str:
+    """sha256 (hex) of a lock's text: the key of its parsed document in memory and in the cache."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _parse_lock(text: str, source: object, key: str) -> Lock:

@@ -39,7 +39,7 @@ def pytest_sessionstart(session: Any) -> None:
     option = session.config.getoption("--mlenv-verify")
     if option == NOT_GIVEN:
         return
-    from hatch_mlenv.environment import Environment
+    from hatch_mlenv.environment import Environment, registered_option
     from hatch_mlenv.errors import HostError, MlenvError
     from hatch_mlenv.system import ignored_by_environment, require_host
     from hatch_mlenv.verify import verify_environment
@@ -47,14 +47,7 @@ def pytest_sessionstart(session: Any) -> None:
     root = Path(session.config.rootpath)
     ignore = session.config.getoption("--mlenv-ignore-system-requirements") or ignored_by_environment()
     try:
-        if ":" in option or "@" in option:  # a registered version, from the project's registry
-            from hatch_mlenv.environment import configured_registry
-            from hatch_mlenv.reference import parse_reference
-            from hatch_mlenv.registry import select_url
-
-            env = Environment.load(str(parse_reference(option)), registry=select_url(None, configured_registry(root)))
-        else:
-            env = Environment.load(root, option or None)
+        env = registered_option(option, root) or Environment.load(root, option or None)
         for line in require_host(env, ignore=ignore, bypass="--mlenv-ignore-system-requirements"):
             session.config.issue_config_time_warning(
                 pytest.PytestWarning(f"mlenv: ignoring system requirements: {line}"), stacklevel=2

@@ -51,6 +51,14 @@ def parse_reference(text: str, *, require_version: bool = False) -> Reference:
     return Reference(match["name"], label=label)
 
 
+def option_reference(option: str | None) -> Reference | None:
+    """An option that names a `[tool.mlenv.envs.NAME]` or a registered version (hatch's `env`,
+    pytest's `--mlenv-verify`): the Reference when it has a `:` or an `@`, else None."""
+    if option is None or not (":" in option or "@" in option):
+        return None
+    return parse_reference(option)
+
+
 def check_label(label: str) -> str:
     if not _LABEL_RE.match(label):
         raise UsageError(f"invalid label {label!r}: use letters, digits, '.', '_' and '-' (at most 64)")

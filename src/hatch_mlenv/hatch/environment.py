@@ -98,15 +98,9 @@ class MlenvEnvironment(EnvironmentInterface):
     def registered(self) -> Environment | None:
         """`env = "NAME:VERSION"` or `"NAME@LABEL"`: a registered version instead of the project's lock
         (from $MLENV_REGISTRY, else the registry `[tool.mlenv] registry` names, else local)."""
-        option = self._env_option
-        if option is None or not (":" in option or "@" in option):
-            return None
-        from hatch_mlenv.environment import Environment, configured_registry
-        from hatch_mlenv.reference import parse_reference
-        from hatch_mlenv.registry import select_url
+        from hatch_mlenv.environment import registered_option
 
-        return Environment.load(str(parse_reference(option)),
-                                registry=select_url(None, configured_registry(Path(self.root))))
+        return registered_option(self._env_option, Path(self.root))
 
     @cached_property
     def spec(self) -> Spec:
@@ -126,13 +120,10 @@ class MlenvEnvironment(EnvironmentInterface):
         # Known without a lock (`hatch env find`, `remove`). A registered version gets a prefix of this
         # project's own (hatch installs the project into it), named by the reference, so that it is
         # never the one `mlenv install` gives the project's own lock: `.mlenv/envs/NAME@LABEL`, `NAME-vN`.
-        option = self._env_option
-        if option is not None and (":" in option or "@" in option):
-            from hatch_mlenv.reference import parse_reference
+        from hatch_mlenv.reference import option_reference
 
-            name = str(parse_reference(option)).replace(":", "-v")
-        else:
-            name = self.spec.name
+        ref = option_reference(self._env_option)
+        name = str(ref).replace(":", "-v") if ref is not None else self.spec.name
         return (Path(self.root) / ".mlenv" / "envs" / name).absolute()
 
     def _config_key(self, option: str) -> tuple[Path, str]:
