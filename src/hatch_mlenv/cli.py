@@ -480,11 +480,9 @@ def run(reference: str | None, project: Path | None, env: str | None, prefix: Pa
     """Run COMMAND inside the installed environment (installing it first if needed): mlenv run [REF] -- CMD ARGS..."""
     from hatch_mlenv.install import activation, install_environment, resolve_command
 
-    after = click.get_current_context().meta.get("mlenv.command")
-    if after is None:  # no `--`: everything is the command
+    after = click.get_current_context().meta.get("mlenv.command")  # set when a REF came before `--`
+    if after is None:  # everything is the command
         command, reference = ((reference, *command) if reference is not None else command), None
-    elif command:
-        raise click.UsageError(f"one REF before `--`, then the command (got {reference} {' '.join(command)})")
     else:
         command = after
     if not command:

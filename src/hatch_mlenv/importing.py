@@ -54,7 +54,7 @@ class Imported:
 
 def from_registered(env: Any) -> Imported:
     """The `[tool.mlenv]` definition a registered version was locked from (see `Spec.definition`)."""
-    definition = env.manifest().get("definition")
+    definition = env.definition
     if not definition:
         raise ConfigError(env.reference, None, "this version was registered without its definition "
                           "(registered from a lockfile, or by hatch-mlenv before 0.2); nothing to import")

@@ -138,14 +138,19 @@ def _choose_platform(index: dict[str, Any], base_image: str) -> dict[str, Any]:
     raise ImageError(f"base image {base_image!r} has no linux/amd64 image in its index")
 
 
-def _layout_base(base_image: str, project_dir: Path) -> Base:
+def _layout_location(base_image: str, project_dir: Path) -> tuple[Path, str | None]:
+    """`oci:PATH[:TAG|@DIGEST]` -> the layout directory (PATH relative to the project) and the tag or digest."""
     spec = base_image[len("oci:"):]
     reference = None
     if "@" in spec:
         spec, reference = spec.rsplit("@", 1)
     elif ":" in spec and "/" not in spec.rsplit(":", 1)[1]:
         spec, reference = spec.rsplit(":", 1)
-    root = (project_dir / spec).resolve() if not Path(spec).is_absolute() else Path(spec)
+    return ((project_dir / spec).resolve() if not Path(spec).is_absolute() else Path(spec)), reference
+
+
+def _layout_base(base_image: str, project_dir: Path) -> Base:
+    root, reference = _layout_location(base_image, project_dir)
     index_path = root / "index.json"
     if not index_path.is_file():
         raise ImageError(f"base image {base_image!r} not found: {root} is not an OCI image layout (no index.json)")
@@ -623,10 +628,7 @@ def _check_output(output: Path, base_image: str, project_dir: Path) -> None:
     """`-o` replaces what is there only when it is an image this builder wrote (every image in its
     index carries `io.mlenv.digest`), and never the base's own layout: checked before building."""
     if base_image.startswith("oci:"):
-        spec = base_image[len("oci:"):].split("@", 1)[0]
-        if ":" in spec and "/" not in spec.rsplit(":", 1)[1]:
-            spec = spec.rsplit(":", 1)[0]
-        base_root = Path(spec) if Path(spec).is_absolute() else project_dir / spec
+        base_root, _reference = _layout_location(base_image, project_dir)
         if output.resolve() == base_root.resolve():
             raise ImageError(f"{output}: is the base image's layout ({base_image}); choose another -o")
     if not output.exists() or (output.is_dir() and not any(output.iterdir())):
