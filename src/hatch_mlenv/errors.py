@@ -91,3 +91,43 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...], *, known: bool
 
 class HostError(MlenvError):
     """This machine cannot run the lock: a CUDA driver, glibc or macOS it needs is missing or too old."""
+
+
+class MissingToolError(MlenvError):
+    """A program or library hatch-mlenv runs is not installed: the message says what to install."""
+
+
+def missing_tool(tool: str, needed_for: str, install: str | None = None) -> MissingToolError:
+    """The error for a missing `tool`, one line: what it is needed for and how to install it.
+
+    `install` defaults to `pip install '<requirement>'` with the requirement hatch-mlenv
+    declares for a distribution named `tool` (its version range stays in pyproject.toml
+    only), else the bare name. Raise it `from None`: the ImportError or FileNotFoundError
+    behind it says nothing more to the user.
+    """
+    if install is None:
+        install = f"pip install '{_declared_requirement(tool) or tool}'"
+    return MissingToolError(f"{tool} is not installed; hatch-mlenv needs it {needed_for}: {install}")
+
+
+def _declared_requirement(name: str) -> str | None:
+    """hatch-mlenv's own requirement on distribution `name` (`uv<0.14,>=0.13`), without extras' ones."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    try:
+        declared = metadata.requires("hatch-mlenv") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for text in declared:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and "extra" in str(requirement.marker):
+            continue
+        if canonicalize_name(requirement.name) == canonicalize_name(name):
+            return f"{requirement.name}{requirement.specifier}"
+    return None

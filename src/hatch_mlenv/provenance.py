@@ -5,6 +5,7 @@ Low in the package: the environment's manifest and the registries both use it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,11 @@ def git_state(directory: Path) -> tuple[str | None, bool | None]:
             ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
             cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30,
         )
+    except FileNotFoundError as exc:  # no git, or no such directory (exc.filename says which)
+        here = Path(directory).absolute()
+        if exc.filename == "git" and any((parent / ".git").exists() for parent in (here, *here.parents)):
+            _note_git_missing()  # a checkout whose commit goes unrecorded: say so, and what would record it
+        return None, None
     except (OSError, subprocess.SubprocessError):
         return None, None
     if process.returncode != 0:
@@ -71,3 +77,11 @@ def git_state(directory: Path) -> tuple[str | None, bool | None]:
     if commit is None or commit == "(initial)":
         return None, None
     return commit, dirty
+
+
+@functools.lru_cache(maxsize=None)
+def _note_git_missing() -> None:
+    """Once per process, however many times the state is read."""
+    from hatch_mlenv.progress import note
+
+    note("git is not installed, so the git commit is not recorded; install git to record it")
