@@ -174,7 +174,9 @@ def test_markers_are_evaluated_for_each_target_platform(
     ("python", "requirement", "needles"),
     [
         ("3.7.0", "mlenv-py371", ("mlenv-py371", "python 3.7.0", "3.7.1")),      # requires-python conflict
-        ("3.11", "mlenv-sdist-only", ("mlenv-sdist-only", "no usable wheels")),   # no wheel for the target
+        # no wheel for the target, and its source release does not build: what the build lacks
+        ("3.11", "mlenv-sdist-only", ("mlenv-sdist-only", "does not build here",
+                                      "setuptools is not on the index", "its build requires setuptools>=40.8.0")),
         ("3.11", "mlenv-not-on-the-index", ("mlenv-not-on-the-index", "not found")),
     ],
 )

@@ -3,7 +3,8 @@
 What may go, all in hatch-mlenv's own directories: prefixes installed for registered
 versions (`<data>/envs/NAME-DIGEST12`), their definitions (`<data>/versions/NAME-DIGEST12`),
 packs (`<data>/packs/NAME-DIGEST12.tar.gz`), and cache entries (extracted conda packages
-and their archives, downloaded wheels, wheel metadata, parsed locks, lock stamps). What stays:
+and their archives, downloaded wheels and sdists, wheels built from sdists, wheel metadata,
+parsed locks, lock stamps). What stays:
 everything a registered, non-archived version uses, in the selected registry and in
 every registry an install on this machine came from, and everything the lock of a
 project or a lockfile installed on this machine uses (`mlenv install` records both
@@ -118,6 +119,8 @@ def collect(registry: Any, *, dry_run: bool = False, older_than_days: float | No
             continue  # rattler's own bookkeeping; a package's lock file goes with the package
         consider(path, _archive_stem(path.name) in packages)
     for path in _entries(cache / "wheels"):
+        consider(path, path.name in wheels)
+    for path in _entries(cache / "built-wheels"):  # wheels built from locked sdists, by the sdist's sha256
         consider(path, path.name in wheels)
     for path in _entries(cache / "wheel-metadata"):
         consider(path, path.name.removesuffix(".METADATA") in wheels)

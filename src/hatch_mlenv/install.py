@@ -177,41 +177,6 @@ def verify_local_archives(records: list) -> None:
                 )
 
 
-def fetch_wheel(package: LockedPackage, indexes: Sequence[str] = ()) -> Path:
-    """The locked wheel in the host cache, downloaded if needed and checked against its sha256.
-
-    The lock's URLs carry no credentials: those come from `indexes` (the spec's
-    index URLs, `${VAR}` expanded) for the same host, else from netrc."""
-    if not package.sha256:
-        raise InstallError(f"{package.name} {package.version}: the lock has no sha256 for {package.url}")
-    name = Path(urllib.parse.urlparse(package.url).path).name
-    target = cache_dir() / "wheels" / package.sha256 / name
-    if target.is_file() and file_sha256(target) == package.sha256:
-        return target
-    from urllib.request import Request, urlopen
-
-    from hatch_mlenv.credentials import authorization
-
-    request = Request(package.url)
-    header = authorization(package.url, indexes)
-    if header:
-        request.add_header("Authorization", header)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    try:
-        with urlopen(request, timeout=60) as response, open(partial, "wb") as out:
-            shutil.copyfileobj(response, out)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise InstallError(f"cannot download {package.url}: {exc}") from None
-    actual = file_sha256(partial)
-    if actual != package.sha256:
-        partial.unlink(missing_ok=True)
-        raise InstallError(f"{name}: sha256 mismatch (lock says {package.sha256}, downloaded {actual})")
-    os.replace(partial, target)
-    return target
-
-
 def install_wheels(
     packages: list[LockedPackage],
     prefix: Path,
@@ -219,11 +184,17 @@ def install_wheels(
     *,
     target_prefix: str | None = None,
     indexes: Sequence[str] = (),
+    find_links: Sequence[str] = (),
 ) -> int:
-    """Install the locked wheels into `prefix` (scripts point at `target_prefix`'s python)."""
+    """Install the locked pip packages into `prefix` (scripts point at `target_prefix`'s python).
+
+    A wheel is installed as locked; a source release is built into a wheel by the
+    prefix's own python first (`distributions.build_wheel`, cached by its sha256)."""
     from installer import install
     from installer.destinations import SchemeDictionaryDestination
     from installer.sources import WheelFile
+
+    from hatch_mlenv.distributions import build_wheel, fetch, is_sdist
 
     short = ".".join(python_version.split(".")[:2])
     site = prefix / "lib" / f"python{short}" / "site-packages"
@@ -237,7 +208,10 @@ def install_wheels(
     interpreter = f"{target_prefix or prefix}/bin/python"
     destination = SchemeDictionaryDestination(scheme, interpreter=interpreter, script_kind="posix")
     for package in packages:
-        wheel = fetch_wheel(package, indexes)
+        wheel = fetch(package.url, package.sha256, f"{package.name} {package.version}", indexes)
+        if is_sdist(package.url):
+            wheel = build_wheel(wheel, package.sha256 or "", prefix / "bin" / "python", python_version,
+                                package.platform, indexes, find_links)
         try:
             with WheelFile.open(wheel) as source:
                 install(source, destination, {"INSTALLER": b"hatch-mlenv\n"})
@@ -336,7 +310,8 @@ def install_environment(
         after = {r.name.normalized: (str(r.version), str(r.build)) for r in _prefix_records(staging)}
         changed = sorted(n for n in after.keys() | before.keys() if after.get(n) != before.get(n))
         old_pip = {} if fresh else old_state.get("pip", {})
-        changed += _sync_wheels(lock, platform, staging, prefix, old_pip, wheel_indexes(env.spec, lock))
+        changed += _sync_wheels(lock, platform, staging, prefix, old_pip, wheel_indexes(env.spec, lock),
+                                env.spec.pip_find_links)
         (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
         new_state = {
             "digest": env.digest,
@@ -437,7 +412,8 @@ def _prefix_records(prefix: Path) -> list:  # -> list[rattler.PrefixRecord]
 
 
 def _sync_wheels(
-    lock: Any, platform: str, staging: Path, prefix: Path, old: dict[str, str], indexes: Sequence[str]
+    lock: Any, platform: str, staging: Path, prefix: Path, old: dict[str, str], indexes: Sequence[str],
+    find_links: Sequence[str] = (),
 ) -> list[str]:
     """Remove pip packages that changed or went away, install the new ones; returns their names."""
     wheels = [p for p in lock.for_platform(platform) if p.manager == "pip"]
@@ -450,7 +426,8 @@ def _sync_wheels(
         _uninstall_dist(staging, python.version, name)
     new = [p for p in wheels if old.get(p.name) != p.sha256]
     if new:
-        install_wheels(new, staging, python.version, target_prefix=str(prefix), indexes=indexes)
+        install_wheels(new, staging, python.version, target_prefix=str(prefix), indexes=indexes,
+                       find_links=find_links)
     return sorted(set(stale) | {p.name for p in new})
 
 

@@ -24,6 +24,7 @@ from hatch_mlenv.lockfile import (
     META_NAME,
     META_NEEDS,
     META_PYPI_NAMES,
+    META_SDISTS,
     META_SPEC_HASH,
     META_SYSTEM_REQUIREMENTS,
     META_TOOL,
@@ -316,6 +317,11 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
         names = renamed((p for p in packages if p.manager == "conda"), spec.pypi_names)
         if names:
             custom[META_PYPI_NAMES] = json.dumps(names, sort_keys=True, separators=(",", ":"))
+    from hatch_mlenv.distributions import is_sdist
+
+    sdists = sorted({p.name for p in packages if p.manager == "pip" and is_sdist(p.url)})
+    if sdists:  # built from source at install time, for whoever reads the lock before installing it
+        custom[META_SDISTS] = json.dumps(sdists, separators=(",", ":"))
     from hatch_mlenv.spec import current_platform
 
     return render_lockfile(

@@ -34,6 +34,8 @@ META_DIGEST = "mlenv.digest"
 # `[tool.mlenv.system-requirements]` as declared (JSON), and what each platform needs
 # from the host (JSON, see hatch_mlenv.system.host_needs).
 META_SYSTEM_REQUIREMENTS = "mlenv.system-requirements"
+# The pip names locked as source releases (built into wheels at install time), a JSON list.
+META_SDISTS = "mlenv.sdists"
 META_NEEDS = "mlenv.needs"
 
 # 1 is conda-lock's format; 3 is the same shape as rattler-lock (early pixi) wrote it,

@@ -13,9 +13,15 @@ stub wheel in a private find-links directory (so the version exists even when
 no index has it). They are dropped from the output: pip never installs a
 second copy over conda's files.
 
-Only wheels are locked (`--only-binary :all:`): the lock must install on
-machines without compilers, and building a foreign platform's sdist to read
-its metadata is how the old resolver spent twenty minutes.
+Wheels are preferred; a release that has no wheel for the target (termcolor
+1.1.0, PyPI's pyspark) is locked as its source release, sdist URL and sha256,
+with the `Requires-Dist` its archive declares, and built into a wheel for the
+environment's own python at install time (`distributions.build_wheel`).
+`pip-only-binary` forbids that for some or all names, as uv's `--only-binary`.
+
+A requirement with extras on a conda-provided distribution (`dask[dataframe]`
+over conda's `dask-core`) keeps its `==` pin to conda's version but is resolved
+with the distribution's real metadata, so that what the extra asks for is locked.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from hatch_mlenv import credentials
 from hatch_mlenv.errors import ConfigError, SolveError
 from hatch_mlenv.lockfile import LockedPackage
 from hatch_mlenv.pypi_names import canonical, provided_distributions
+from hatch_mlenv.spec import ONLY_BINARY_ALL
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,15 +72,6 @@ _UV_OTHER = {
     "win-arm64": "aarch64-pc-windows-msvc",
     "win-32": "i686-pc-windows-msvc",
 }
-# Variables that would change what uv resolves behind the spec's back; the spec
-# alone decides (credentials, cache, TLS and timeouts still come from the user).
-_UV_RESOLUTION_VARIABLES = (
-    "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_INDEX", "UV_DEFAULT_INDEX", "UV_FIND_LINKS", "UV_NO_INDEX",
-    "UV_CONSTRAINT", "UV_OVERRIDE", "UV_BUILD_CONSTRAINT", "UV_PRERELEASE", "UV_RESOLUTION", "UV_EXCLUDE_NEWER",
-    "UV_INDEX_STRATEGY", "UV_NO_BINARY", "UV_ONLY_BINARY", "UV_TORCH_BACKEND", "UV_PYTHON", "UV_CONFIG_FILE",
-    "UV_NO_CONFIG", "UV_SYSTEM_PYTHON", "UV_UPGRADE", "UV_UPGRADE_PACKAGE", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
-    "MACOSX_DEPLOYMENT_TARGET",
-)
 
 
 def marker_environment(platform: str, python_version: str) -> dict[str, str]:
@@ -160,6 +158,7 @@ def resolve_pip(
     environment = marker_environment(platform, python.version)
     provided = provided_distributions(conda, spec.pypi_names)
     wanted = []
+    with_extras: set[str] = set()  # conda-provided names whose extras need their real metadata
     for text in spec.pip:
         requirement = Requirement(text)
         if requirement.marker is not None and not requirement.marker.evaluate(environment):
@@ -173,6 +172,9 @@ def resolve_pip(
                 f"on {platform}: {package.name} provides the Python distribution {requirement.name} "
                 f"at version {package.version}, which does not satisfy {requirement.specifier}"
             )
+        elif requirement.extras:
+            wanted.append(text)
+            with_extras.add(canonical(requirement.name))
     if not wanted:
         return []
     indexes = index_urls(spec)
@@ -186,10 +188,10 @@ def resolve_pip(
     what = f"{len(wanted)} pip requirement{'s' if len(wanted) != 1 else ''}"
     with step(f"resolving {what} for {platform} (python {python.version}) with uv"):
         entries = _compile(
-            wanted, provided, python.version, target, variables, indexes, spec.pip_find_links,
+            spec, wanted, provided, with_extras, python.version, target, variables, indexes,
             previous, [canonical(n) for n in update], platform, target_tags(spec, platform, python.version),
         )
-        requires = _requirements(entries, environment, [*indexes, *spec.pip_find_links])
+    requires = _requirements(entries, environment, [*indexes, *spec.pip_find_links])
     return [
         LockedPackage(
             platform=platform,
@@ -214,24 +216,26 @@ def _satisfies(requirement: Requirement, version: str) -> bool:
 
 
 def _compile(
+    spec: Spec,
     wanted: list[str],
     provided: Mapping[str, LockedPackage],
+    with_extras: set[str],
     python_version: str,
     target: str,
     variables: dict[str, str],
     indexes: list[str],
-    find_links: Sequence[str],
     previous: list[LockedPackage],
     upgrade: list[str],
     platform: str,
     ranking: dict[str, int],
 ) -> list[dict[str, str]]:
     """Run `uv pip compile` once; the pylock.toml's packages as {name, version, url, sha256}."""
-    from uv import find_uv_bin
-
-    from hatch_mlenv.paths import cache_dir
+    from hatch_mlenv.distributions import uv_binary, uv_cache, uv_environment
 
     installed = _installed_versions(provided)
+    # A conda-provided name asked for with extras is pinned to conda's version but keeps
+    # its real metadata (no stub, no empty dependency-metadata): its extras' requirements.
+    declared = {name: version for name, version in installed.items() if name not in with_extras}
     with tempfile.TemporaryDirectory(prefix="mlenv-uv-") as scratch:
         root = Path(scratch)
         (root / "requirements.in").write_text("\n".join(wanted) + "\n", encoding="utf-8")
@@ -241,58 +245,54 @@ def _compile(
         (root / "uv.toml").write_text(
             "".join(
                 f'[[dependency-metadata]]\nname = "{name}"\nversion = "{version}"\nrequires-dist = []\n\n'
-                for name, version in installed.items()
+                for name, version in declared.items()
             ),
             encoding="utf-8",
         )
         stubs = root / "installed"
         stubs.mkdir()
-        for name, version in installed.items():
+        for name, version in declared.items():
             _stub_wheel(stubs, name, version)
         output = root / "pylock.toml"
         if previous:  # uv takes an existing output file's pins as preferences
             output.write_text(render_pylock(previous), encoding="utf-8")
         command = [
-            find_uv_bin(), "pip", "compile", str(root / "requirements.in"),
+            uv_binary(), "pip", "compile", str(root / "requirements.in"),
             "--constraints", str(root / "constraints.txt"),
             "--config-file", str(root / "uv.toml"),
-            # Any interpreter will do (nothing is built); without one uv runs every python on
-            # PATH to find one, which cost ~1 s per platform behind pyenv shims (bench/pip.py).
+            # Any interpreter will do to resolve (and to read an sdist's metadata); without one uv
+            # runs every python on PATH to find one, ~1 s per platform behind pyenv shims (bench/pip.py).
             "--python", sys.executable,
             "--python-version", python_version,
             "--python-platform", target,
-            "--only-binary", ":all:",
-            *[arg for location in find_links for arg in ("--find-links", location)],
+            *[arg for name in spec.pip_only_binary for arg in ("--only-binary", name)],
+            *[arg for location in spec.pip_find_links for arg in ("--find-links", location)],
             "--find-links", str(stubs),
             *[arg for name in upgrade for arg in ("--upgrade-package", name)],
             "--output-file", str(output),
-            "--cache-dir", os.environ.get("UV_CACHE_DIR") or str(cache_dir() / "uv"),
+            "--cache-dir", uv_cache(),
             "--no-header", "--quiet", "--color", "never", "--no-progress",
         ]
-        environ = {k: v for k, v in os.environ.items() if k not in _UV_RESOLUTION_VARIABLES}
-        # The indexes go in the environment, not argv, where their credentials would show in `ps`.
-        environ["UV_INDEX_URL"] = indexes[0]
-        if indexes[1:]:
-            environ["UV_EXTRA_INDEX_URL"] = " ".join(indexes[1:])
-        result = subprocess.run(command, env={**environ, **variables}, capture_output=True, text=True)
+        result = subprocess.run(command, env={**uv_environment(indexes), **variables}, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SolveError(_explain(result.stderr, wanted, platform, python_version, indexes))
+            raise SolveError(_explain(result.stderr, spec, installed, with_extras, platform, python_version, indexes))
         document = tomllib.loads(output.read_text(encoding="utf-8"))
     entries = []
     for package in document.get("packages", []):
         name = canonical(package["name"])
         if name in installed or name in provided:
             continue
-        wheel = _best_wheel(package, ranking, platform)
-        url = wheel.get("url") or Path(wheel["path"]).resolve().as_uri()
-        entries.append({"name": name, "version": package["version"], "url": url, "sha256": wheel["hashes"]["sha256"]})
+        chosen = _best_file(package, ranking, platform)
+        url = chosen.get("url") or Path(chosen["path"]).resolve().as_uri()
+        entries.append({"name": name, "version": package["version"], "url": url, "sha256": chosen["hashes"]["sha256"]})
     return entries
 
 
-def _best_wheel(package: dict, ranking: dict[str, int], platform: str) -> dict:
-    """The wheel an installer on the target would pick among those uv lists for a version (a
-    release may have several that fit: an abi3 build and a pure one): the one whose best tag
-    comes first in the target's tag order, as pip and uv order them."""
+def _best_file(package: dict, ranking: dict[str, int], platform: str) -> dict:
+    """The file an installer on the target would pick among those uv lists for a version: of the
+    wheels (a release may have several that fit: an abi3 build and a pure one), the one whose best
+    tag comes first in the target's tag order, as pip and uv order them; else its sdist, which uv
+    only lists when building it is allowed."""
     from urllib.parse import unquote, urlsplit
 
     from packaging.utils import InvalidWheelFilename, parse_wheel_filename
@@ -308,12 +308,15 @@ def _best_wheel(package: dict, ranking: dict[str, int], platform: str) -> dict:
 
     wheels = [w for w in package.get("wheels") or [] if "sha256" in w.get("hashes", {})]
     best = min(wheels, key=rank, default=None)
-    if best is None or rank(best) == len(ranking):
-        raise SolveError(
-            f"cannot lock {package['name']} {package.get('version')} for {platform}: uv returned no wheel "
-            f"with a sha256 that fits the target ({len(package.get('wheels') or [])} listed)"
-        )
-    return best
+    if best is not None and rank(best) < len(ranking):
+        return best
+    sdist = package.get("sdist")
+    if sdist and "sha256" in sdist.get("hashes", {}):
+        return sdist
+    raise SolveError(
+        f"cannot lock {package['name']} {package.get('version')} for {platform}: uv returned no wheel "
+        f"that fits the target and no source release with a sha256 ({len(package.get('wheels') or [])} wheels listed)"
+    )
 
 
 # manylinux_2_X levels that also have a legacy name
@@ -384,13 +387,15 @@ def _requirements(
     """Each wheel's `Requires-Dist` for the target, as conda-lock records dependencies: {name: specifier}.
 
     Read from the core metadata that indexes serve next to wheels (PEP 658), or
-    from the wheel itself for a local file; fetched in parallel, and kept in the
-    user cache by the wheel's sha256 (a wheel's metadata never changes), so a
-    relock or another platform with the same wheels asks the index nothing.
+    from the wheel itself for a local file, or from a source release's archive
+    (downloaded into the cache the install takes it from); fetched in parallel,
+    and kept in the user cache by the file's sha256 (its metadata never changes),
+    so a relock or another platform with the same files asks the index nothing.
     """
     if not entries:
         return []
     from hatch_mlenv.paths import cache_dir
+    from hatch_mlenv.progress import step
 
     cache = cache_dir() / "wheel-metadata"
 
@@ -400,7 +405,10 @@ def _requirements(
             return cached.read_text(encoding="utf-8")
         except OSError:
             pass
-        text = _core_metadata(entry["url"], known)
+        if is_sdist(entry["url"]):
+            text = sdist_metadata(fetch(entry["url"], entry["sha256"], f"{entry['name']} {entry['version']}", known))
+        else:
+            text = _core_metadata(entry["url"], known)
         if text is not None:
             try:
                 cache.mkdir(parents=True, exist_ok=True)
@@ -411,8 +419,16 @@ def _requirements(
                 pass
         return text
 
+    from hatch_mlenv.distributions import fetch, is_sdist, sdist_metadata
+
+    sources = [e for e in entries if is_sdist(e["url"]) and not (cache / f"{e['sha256']}.METADATA").is_file()]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        texts = list(pool.map(metadata, entries))
+        if sources:  # a source release has no metadata beside it: the archive itself is read
+            names = ", ".join(f"{e['name']} {e['version']}" for e in sources)
+            with step(f"reading the metadata of {len(sources)} source release{'s' if len(sources) != 1 else ''} ({names})"):
+                texts = list(pool.map(metadata, entries))
+        else:
+            texts = list(pool.map(metadata, entries))
     return [_dependencies(text, environment) for text in texts]
 
 
@@ -528,24 +544,116 @@ def _dependencies(metadata: str | None, environment: dict[str, str]) -> dict[str
     return dict(sorted(dependencies.items()))
 
 
-def _explain(stderr: str, wanted: list[str], platform: str, python_version: str, indexes: list[str]) -> str:
-    """One first line naming the requirement and the platform; uv's explanation below it."""
-    from packaging.requirements import Requirement
+def _explain(
+    stderr: str, spec: Spec, installed: Mapping[str, str], with_extras: set[str], platform: str,
+    python_version: str, indexes: list[str],
+) -> str:
+    """A failed pip resolution in hatch-mlenv's words: the first line is the deepest cause uv
+    found (the first premise of its derivation, or the build that failed), with conda's versions
+    labelled as conda's and the target python named; uv's derivation follows, without the hints
+    that name uv's own command-line options."""
+    import re
 
-    lines = [
-        line for line in credentials.redact(stderr, indexes).rstrip().splitlines()
-        if line.strip() and not line.startswith("warning: The requested Python version")
-    ]
-    text = "\n".join(lines).lower()
-    named = [w for w in wanted if canonical(Requirement(w).name) in text.replace("_", "-")]
-    subject = ", ".join(named or wanted)
-    head = f"cannot resolve the pip requirements for {platform} (python {python_version}): {subject}"
+    text = credentials.redact(stderr, indexes).rstrip()
+    for name, version in installed.items():  # what conda provides is not what the user asked for
+        pattern = "[-_.]".join(re.escape(part) for part in re.split(r"[-_.]", name))
+        text = re.sub(rf"you\s+require\s+({pattern})=={re.escape(version)}\b", rf"conda provides \1 {version}",
+                      text, flags=re.IGNORECASE)
+        text = re.sub(rf"\s+and\s+({pattern})=={re.escape(version)}\b", rf", but conda provides \1 {version}",
+                      text, flags=re.IGNORECASE)
+        text = re.sub(rf"\b({pattern})=={re.escape(version)}\b", rf"\1 {version} (from conda)", text,
+                      flags=re.IGNORECASE)
+    text = re.sub(r"the\s+(?:current|requested)\s+Python\s+version\s+\([^)]*\)", f"the environment's python {python_version}", text)
+    # uv's hints that name its own options (`--python-version`, `--no-build`) are not for our users
+    lines = [line for line in text.splitlines()
+             if line.strip() and not line.startswith("warning: The requested Python version")
+             and not (line.startswith("hint:") and "--" in line)]
+    short = ".".join(python_version.split(".")[:2])
+    only_binary = set(spec.pip_only_binary)
+    cause, hint = _first_cause(lines), None
+    built = re.search(r"Failed to (?:download and )?build `([^`]+)`", text)
+    if built:
+        failure = _build_error(lines) or (cause or "").replace("you require", "its build requires")
+        cause = f"{built.group(1)} has no wheel for {platform} and its source release does not build here" + (
+            f" ({failure})" if failure else "")
+        hint = "to refuse source releases instead, set tool.mlenv.pip-only-binary = true"
+    elif cause is None:
+        cause = lines[0].removeprefix("error: ") if lines else "uv gave no reason"
+    for name in sorted(with_extras):  # extras need the distribution's metadata at conda's version
+        if re.search(rf"no\s+versions?\s+of\s+{re.escape(name)}\b", text, flags=re.IGNORECASE):
+            cause = (f"the extras asked of {name} need its metadata at conda's version {installed.get(name)}, "
+                     f"which the index does not have; {cause}")
+            hint = f"ask conda for what the extra needs instead, or drop the extras from {name}"
+    refused = re.search(r"An index URL \((\S+)\) could not be queried due to a lack of valid authentication "
+                        r"credentials \(([^)]*)\)", text)
+    if refused:  # what looks like a missing package is a refused login
+        cause = f"the index {refused.group(1)} refused the credentials ({refused.group(2)}); {cause}"
+    for name in re.findall(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:==\S+)? has no usable wheels", cause):
+        if ONLY_BINARY_ALL in only_binary or canonical(name) in only_binary:
+            cause = cause.replace("has no usable wheels", f"has no wheel for {platform} (python {short}) and "
+                                  "tool.mlenv.pip-only-binary forbids building it from source", 1)
+            hint = "allow its source release: remove it from tool.mlenv.pip-only-binary (or set it to false)"
+        else:
+            cause = cause.replace("has no usable wheels", f"has no wheel for {platform} (python {short}) "
+                                  "and no source release", 1)
+    cause = cause.replace("was not found in the package registry", f"is not on the index {credentials.strip(indexes[0])}"
+                          if indexes else "is not on the index")
+    if "the environment's python" in cause and "does not satisfy" in cause:
+        hint = f"the python comes from the conda side: set tool.mlenv.python to a version the package supports"
+    head = f"cannot resolve the pip requirements for {platform} (python {python_version}): {cause}"
+    if built:  # a build's traceback is the package's, not ours: its last word is on the first line
+        lines = _without_build_output(lines)
     below = ["  " + (f"uv: {line[7:]}" if line.startswith("error: ") else line) for line in lines]
+    if hint:
+        below.append(f"  hint: {hint}")
     return "\n".join([head, *below])
 
 
+def _first_cause(lines: list[str]) -> str | None:
+    """The first premise of uv's derivation: `Because A and B, we can conclude ...` gives `A and B`."""
+    for index, line in enumerate(lines):
+        body = line.strip().removeprefix("cause:").strip()
+        if body.startswith("Because "):
+            # uv wraps its sentences at the terminal's width: the rest of the paragraph follows
+            text = " ".join([body, *(rest.strip() for rest in lines[index + 1:index + 8])])
+            return " ".join(text[len("Because "):].split(", we can conclude")[0].split()).rstrip(".")
+    return None
+
+
+def _without_build_output(lines: list[str]) -> list[str]:
+    kept, inside = [], False
+    for line in lines:
+        if line.strip() == "[stderr]" or line.strip() == "[stdout]":
+            inside = True
+            continue
+        if inside and line.startswith((" ", "\t")) and not line.lstrip().startswith("cause:"):
+            continue
+        inside = False
+        kept.append(line)
+    return kept
+
+
+def _build_error(lines: list[str]) -> str | None:
+    """The build's own last word: the last line of its stderr (an exception, usually)."""
+    inside = False
+    last = None
+    for line in lines:
+        stripped = line.strip()
+        if stripped == "[stderr]":
+            inside = True
+            continue
+        if stripped.startswith("hint:"):
+            inside = False
+        if inside and stripped and not stripped.startswith(("^", "~")):
+            last = stripped
+    return last
+
+
 def render_pylock(packages: Iterable[LockedPackage], python_version: str | None = None, platform: str | None = None) -> str:
-    """PEP 751 `pylock.toml` text for locked pip packages: every entry with its wheel URL and sha256."""
+    """PEP 751 `pylock.toml` text for locked pip packages: every entry with its wheel (or, for a
+    source release, its sdist) URL and sha256."""
+    from hatch_mlenv.distributions import is_sdist
+
     lines = ['lock-version = "1.0"', 'created-by = "hatch-mlenv"']
     if python_version is not None:
         lines.append(f'requires-python = "=={".".join(python_version.split(".")[:2])}.*"')
@@ -560,6 +668,8 @@ def render_pylock(packages: Iterable[LockedPackage], python_version: str | None 
             "[[packages]]",
             f"name = {json.dumps(package.name)}",
             f"version = {json.dumps(package.version)}",
-            f"wheels = [{{ url = {json.dumps(package.url)}, hashes = {{ sha256 = {json.dumps(package.sha256)} }} }}]",
+            (f"sdist = {{ url = {json.dumps(package.url)}, hashes = {{ sha256 = {json.dumps(package.sha256)} }} }}"
+             if is_sdist(package.url) else
+             f"wheels = [{{ url = {json.dumps(package.url)}, hashes = {{ sha256 = {json.dumps(package.sha256)} }} }}]"),
         ]
     return "\n".join(lines) + "\n"

@@ -108,6 +108,7 @@ _TOP_KEYS = (
     "pip-index-url",
     "pip-extra-index-urls",
     "pip-find-links",
+    "pip-only-binary",
     "pypi-names",
     "lockfile",
     "variables",
@@ -272,6 +273,8 @@ class Spec:
     solver: str = DEFAULT_SOLVER
     # `[tool.mlenv.system-requirements]` as declared: key (cuda, glibc, ...) -> version.
     system_requirements: dict[str, str] = field(default_factory=dict, hash=False)
+    # PyPI names that must come as wheels, never built from a source release; (":all:",) for every one.
+    pip_only_binary: tuple[str, ...] = ()
 
     @property
     def project_dir(self) -> Path:
@@ -382,6 +385,8 @@ class Spec:
         # Only when set, so that the locks of specs without them stay fresh.
         if self.pip_find_links:
             payload["pip-find-links"] = [self._find_links_identity(f) for f in self.pip_find_links]
+        if self.pip_only_binary:
+            payload["pip-only-binary"] = sorted(self.pip_only_binary)
         if self.pypi_names:
             payload["pypi-names"] = sorted(self.pypi_names.items())
         if self.solver != DEFAULT_SOLVER:
@@ -415,6 +420,7 @@ class Spec:
             "pip-index-url": url(self.pip_index_url) if self.pip_index_url else None,
             "pip-extra-index-urls": [url(u) for u in self.pip_extra_index_urls],
             "pip-find-links": [url(location) for location in self.pip_find_links],
+            "pip-only-binary": (True if self.pip_only_binary == (ONLY_BINARY_ALL,) else list(self.pip_only_binary)),
             "pypi-names": dict(self.pypi_names),
             "registry": self.registry,
             "solver": self.solver if self.solver != DEFAULT_SOLVER else None,
@@ -758,7 +764,26 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         pypi_names=dict(sorted(pypi_names.items())),
         solver=solver,
         system_requirements=system_requirements,
+        pip_only_binary=_parse_only_binary(pyproject, table.get("pip-only-binary")),
     )
+
+
+ONLY_BINARY_ALL = ":all:"
+
+
+def _parse_only_binary(pyproject: Path, value: Any) -> tuple[str, ...]:
+    """`pip-only-binary`: true (no source release at all), false, or the PyPI names that must be wheels."""
+    key = "tool.mlenv.pip-only-binary"
+    if value is None or value is False:
+        return ()
+    if value is True:
+        return (ONLY_BINARY_ALL,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(pyproject, key, f"must be true, false or an array of PyPI names, not {_type_name(value)}")
+    for i, name in enumerate(value):
+        if not _PYPI_NAME_RE.match(name):
+            raise ConfigError(pyproject, f"{key}[{i}]", f"not a PyPI project name: {name!r}")
+    return tuple(sorted({re.sub(r"[-_.]+", "-", v).lower() for v in value}))
 
 
 def _parse_channel(pyproject: Path, key: str, raw: str) -> Channel:
