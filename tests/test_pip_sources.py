@@ -226,6 +226,7 @@ def test_pip_check_agrees_with_the_lock_after_building_sources(
     listed = subprocess.run(
         [str(prefix / "bin" / "python"), "-c",
          "import importlib.metadata as m; print(sorted((d.metadata['Name'], d.version) for d in m.distributions()))"],
-        capture_output=True, text=True, check=True,
+        # not capture_output: conda-lock's vendored poetry, once imported, replaces subprocess.run
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True,
     ).stdout
     assert "('promise', '2.3')" in listed and "('six', '1.16.0')" in listed
