@@ -596,6 +596,10 @@ def _explain(
         else:
             cause = cause.replace("has no usable wheels", f"has no wheel for {platform} (python {short}) "
                                   "and no source release", 1)
+    asked = re.search(r",?\s+and you require ([^,]+?)$", cause)
+    if asked and asked.group(1) in cause[:asked.start()]:  # the requirement itself, named already
+        cause = cause[:asked.start()]
+    cause = cause.replace("you require", "the spec asks for")
     cause = cause.replace("was not found in the package registry", f"is not on the index {credentials.strip(indexes[0])}"
                           if indexes else "is not on the index")
     if "the environment's python" in cause and "does not satisfy" in cause:
