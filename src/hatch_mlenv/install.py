@@ -210,6 +210,14 @@ def install_wheels(
     for package in packages:
         wheel = fetch(package.url, package.sha256, f"{package.name} {package.version}", indexes)
         if is_sdist(package.url):
+            from hatch_mlenv.spec import current_platform
+
+            if package.platform != current_platform():  # the prefix's python cannot run here
+                raise InstallError(
+                    f"cannot build {wheel.name} from source for {package.platform} on this {current_platform()} "
+                    f"machine: install (or build the image) on {package.platform}, or forbid source releases "
+                    "(tool.mlenv.pip-only-binary) and relock"
+                )
             wheel = build_wheel(wheel, package.sha256 or "", prefix / "bin" / "python", python_version,
                                 package.platform, indexes, find_links)
         try:
