@@ -199,7 +199,7 @@ def test_extras_of_a_conda_provided_distribution_are_locked(
         # the deepest cause first, conda's version labelled as conda's
         ('["six"]', "mlenv-needs-old-six", ("mlenv-needs-old-six depend on six<1.10, but conda provides six 1.16.0",)),
         # the target python in our words, with our own hint
-        ("[]", "mlenv-py399", ("the environment's python", "does not satisfy Python>=3.99")),
+        ("[]", "mlenv-py399", ("mlenv-py399==1.0 depends on Python>=3.99, which the environment's python",)),
         ("[]", "mlenv-not-on-the-index", ("mlenv-not-on-the-index is not on the index http://127.0.0.1",)),
     ],
 )
@@ -230,3 +230,32 @@ def test_pip_check_agrees_with_the_lock_after_building_sources(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True,
     ).stdout
     assert "('promise', '2.3')" in listed and "('six', '1.16.0')" in listed
+
+
+def test_build_constraints_reach_the_lock_and_the_install(
+    tmp_path: Path, channels: tuple[Path, Path], index: str
+) -> None:
+    """What a source release's isolated build installs can be constrained (pyspark 2.x needs
+    `pypandoc<1.8`): the lock's metadata build and the install's wheel build both obey."""
+    from hatch_mlenv.errors import InstallError
+    from hatch_mlenv.install import install_wheels
+
+    # the index has setuptools 80.9.0 only: a constraint it cannot meet makes the build fail, by name
+    refused = project(tmp_path / "r", channels[:1], index,
+                      'pip = ["termcolor==1.1.0"]\npip-build-constraints = ["setuptools<1"]\n')
+    result = mlenv("lock", "--project", str(refused))
+    assert_clean_error(result, 1, "termcolor==1.1.0", "does not build here", "setuptools")
+    assert "pip-build-constraints" in result.stderr
+
+    proj = project(tmp_path / "p", channels[:1], index,
+                   'pip = ["termcolor==1.1.0"]\npip-build-constraints = ["setuptools>=80"]\n')
+    mlenv("lock", "--project", str(proj), check=True)
+    termcolor = pip_packages(proj / "conda-lock.yml")["termcolor"]
+    mlenv("install", "--project", str(proj), check=True)  # met: the build runs
+    prefix = proj / ".mlenv" / "envs" / "demo"
+    with pytest.raises(InstallError, match=r"^cannot build termcolor-1.1.0.tar.gz from source: .*setuptools"):
+        install_wheels([termcolor], prefix, host_python_minor(), indexes=[index], build_constraints=["setuptools<1"])
+    assert (prefix / "lib" / f"python{host_python_minor()}" / "site-packages" / "termcolor.py").is_file()
+
+    bad = project(tmp_path / "b", channels[:1], index, 'pip = []\npip-build-constraints = ["not a requirement!"]\n')
+    assert_clean_error(mlenv("lock", "--project", str(bad)), 2, "tool.mlenv.pip-build-constraints[0]")

@@ -111,28 +111,71 @@ def sdist_metadata(path: Path) -> str | None:
     """An sdist's core metadata as uv reads it without building: PKG-INFO when it is reliable
     (Metadata-Version 2.2 or later and `Requires-Dist` not dynamic), else what setuptools wrote
     into `*.egg-info/requires.txt` beside it (the sdists of 2018 and before), turned into
-    `Requires-Dist` lines with their markers and extras; None when neither says anything."""
+    `Requires-Dist` lines with their markers and extras; None when neither says anything.
+    The archive is read once, and no further than what it needs (pyspark's is 200 MB)."""
     import email.parser
 
-    members = _archive_members(path)
-    root_info = next((n for n in members if n.count("/") == 1 and n.endswith("/PKG-INFO")), None)
-    if root_info is None:
+    found = _metadata_members(path)
+    text = found.get("PKG-INFO")
+    if text is None:
         return None
-    text = _read_member(path, root_info)
     message = email.parser.HeaderParser().parsestr(text)
-    version = tuple(int(x) for x in (message.get("Metadata-Version") or "1.0").split(".")[:2] if x.isdigit())
-    dynamic = {d.strip().lower() for d in message.get_all("Dynamic") or []}
-    if version >= (2, 2) and "requires-dist" not in dynamic:
+    if _reliable(message):
         return text
-    requires = next((n for n in members if n.count("/") == 2 and n.endswith(".egg-info/requires.txt")), None)
+    requires = found.get("requires.txt")
     if requires is not None:
-        lines = [f"Requires-Dist: {r}" for r in _requires_txt(_read_member(path, requires))]
-        return "\n".join([f"Metadata-Version: 2.1", f"Name: {message.get('Name', '')}",
+        lines = [f"Requires-Dist: {r}" for r in _requires_txt(requires)]
+        return "\n".join(["Metadata-Version: 2.1", f"Name: {message.get('Name', '')}",
                           f"Version: {message.get('Version', '')}", *lines]) + "\n"
-    egg_info = next((n for n in members if n.count("/") == 2 and n.endswith(".egg-info/PKG-INFO")), None)
-    if egg_info is not None or message.get_all("Requires-Dist"):
+    if "egg-info" in found or message.get_all("Requires-Dist"):
         return text  # an egg-info without requires.txt: setuptools found nothing to require
     return None
+
+
+def _reliable(message) -> bool:  # noqa: ANN001 - an email.message.Message
+    version = tuple(int(x) for x in (message.get("Metadata-Version") or "1.0").split(".")[:2] if x.isdigit())
+    dynamic = {d.strip().lower() for d in message.get_all("Dynamic") or []}
+    return version >= (2, 2) and "requires-dist" not in dynamic
+
+
+def _metadata_members(path: Path) -> dict[str, str]:
+    """{"PKG-INFO": text, "requires.txt": text, "egg-info": ""} as far as the archive has them,
+    read in one pass that stops as soon as what is found settles the answer."""
+    import email.parser
+
+    found: dict[str, str] = {}
+
+    def take(name: str, read) -> bool:  # noqa: ANN001 - returns whether to stop
+        depth = name.strip("/").count("/")
+        if depth == 1 and name.endswith("/PKG-INFO"):
+            found["PKG-INFO"] = read()
+            if _reliable(email.parser.HeaderParser().parsestr(found["PKG-INFO"])):
+                return True
+        elif depth == 2 and ".egg-info/" in name:
+            found["egg-info"] = ""
+            if name.endswith(".egg-info/requires.txt"):
+                found["requires.txt"] = read()
+        return "PKG-INFO" in found and "requires.txt" in found
+
+    if path.name.lower().endswith(".zip"):
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if take(name, lambda n=name: archive.read(n).decode("utf-8", "replace")):
+                    break
+        return found
+    import tarfile
+
+    with tarfile.open(path, "r|*") as archive:  # a stream: one pass, no index of 10,000 members first
+        for member in archive:
+            if member.isfile() and take(member.name, lambda m=member: _text(archive.extractfile(m))):
+                break
+    return found
+
+
+def _text(handle) -> str:  # noqa: ANN001 - a file object from tarfile, or None
+    return handle.read().decode("utf-8", "replace") if handle is not None else ""
 
 
 def _requires_txt(text: str) -> list[str]:
@@ -151,46 +194,27 @@ def _requires_txt(text: str) -> list[str]:
     return out
 
 
-def _archive_members(path: Path) -> list[str]:
-    if path.name.lower().endswith(".zip"):
-        import zipfile
-
-        with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
-    import tarfile
-
-    with tarfile.open(path) as archive:
-        return archive.getnames()
-
-
-def _read_member(path: Path, member: str) -> str:
-    if path.name.lower().endswith(".zip"):
-        import zipfile
-
-        with zipfile.ZipFile(path) as archive:
-            return archive.read(member).decode("utf-8", "replace")
-    import tarfile
-
-    with tarfile.open(path) as archive:
-        handle = archive.extractfile(member)
-        return handle.read().decode("utf-8", "replace") if handle else ""
-
-
 # -- building a source release for an environment ------------------------------------------------
 
 def build_wheel(
     sdist: Path, sha256: str, python: Path, python_version: str, platform: str,
-    indexes: Sequence[str], find_links: Sequence[str] = (),
+    indexes: Sequence[str], find_links: Sequence[str] = (), build_constraints: Sequence[str] = (),
 ) -> Path:
     """The wheel built from a locked sdist for the environment's own `python`.
 
-    An isolated build by uv (build requirements from the spec's indexes), kept in
-    the user cache by the sdist's sha256 and the target python and platform, so an
-    sdist is built once per machine and target, whichever prefix or image needs it."""
+    An isolated build by uv (build requirements from the spec's indexes, within
+    `build_constraints`), kept in the user cache by the sdist's sha256, the target
+    python and platform and the constraints, so an sdist is built once per machine
+    and target, whichever prefix or image needs it."""
     from hatch_mlenv.progress import step
 
     short = ".".join(python_version.split(".")[:2])
-    cached_dir = cache_dir() / "built-wheels" / sha256 / f"python{short}-{platform}"
+    target = f"python{short}-{platform}"
+    if build_constraints:  # another build environment, maybe another wheel
+        import hashlib
+
+        target += "-" + hashlib.sha256("\n".join(sorted(build_constraints)).encode()).hexdigest()[:12]
+    cached_dir = cache_dir() / "built-wheels" / sha256 / target
     found = sorted(cached_dir.glob("*.whl")) if cached_dir.is_dir() else []
     if found:
         return found[0]
@@ -199,9 +223,12 @@ def build_wheel(
     cached_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=cached_dir.parent) as scratch:
         out = Path(scratch) / "out"
+        constraints = Path(scratch) / "build-constraints.txt"
+        constraints.write_text("".join(f"{c}\n" for c in build_constraints), encoding="utf-8")
         command = [
             uv_binary(), "build", "--wheel", "--no-config", "--out-dir", str(out), "--python", str(python),
             *[arg for location in find_links for arg in ("--find-links", location)],
+            "--build-constraints", str(constraints),
             "--cache-dir", uv_cache(), "--color", "never", "--no-progress", "--quiet", str(sdist),
         ]
         with step(f"building {sdist.name} from source for python {python_version}"):
@@ -226,6 +253,6 @@ def _build_failure(name: str, stderr: str, indexes: Sequence[str]) -> str:
     lines = [line for line in redact(stderr, indexes).rstrip().splitlines() if line.strip()]
     cause = next((line.strip() for line in reversed(lines)
                   if line.strip() and not line.lstrip().startswith(("hint:", "[stderr]", "^"))), "no wheel was produced")
-    head = (f"cannot build {name} from source: {cause} (to refuse source releases, set "
-            f"tool.mlenv.pip-only-binary = true and relock)")
+    head = (f"cannot build {name} from source: {cause} (constrain its build with "
+            f"tool.mlenv.pip-build-constraints, or refuse sources with tool.mlenv.pip-only-binary and relock)")
     return "\n".join([head, *("  " + line for line in lines)])

@@ -342,7 +342,8 @@ def _install_prefix(env: Any, prefix: Path, target_prefix: str) -> None:
         if python is None:
             raise ImageError(f"{lockfile}: pip packages are locked for {PLATFORM} but python is not")
         install_wheels(wheels, prefix, python.version, target_prefix=target_prefix,
-                       indexes=wheel_indexes(env.spec, lock), find_links=env.spec.pip_find_links)
+                       indexes=wheel_indexes(env.spec, lock), find_links=env.spec.pip_find_links,
+                       build_constraints=env.spec.pip_build_constraints)
     # rattler marks its own cache directories; this one is an image's prefix.
     (prefix / "CACHEDIR.TAG").unlink(missing_ok=True)
 

@@ -185,6 +185,7 @@ def install_wheels(
     target_prefix: str | None = None,
     indexes: Sequence[str] = (),
     find_links: Sequence[str] = (),
+    build_constraints: Sequence[str] = (),
 ) -> int:
     """Install the locked pip packages into `prefix` (scripts point at `target_prefix`'s python).
 
@@ -219,7 +220,7 @@ def install_wheels(
                     "(tool.mlenv.pip-only-binary) and relock"
                 )
             wheel = build_wheel(wheel, package.sha256 or "", prefix / "bin" / "python", python_version,
-                                package.platform, indexes, find_links)
+                                package.platform, indexes, find_links, build_constraints)
         try:
             with WheelFile.open(wheel) as source:
                 install(source, destination, {"INSTALLER": b"hatch-mlenv\n"})
@@ -319,7 +320,7 @@ def install_environment(
         changed = sorted(n for n in after.keys() | before.keys() if after.get(n) != before.get(n))
         old_pip = {} if fresh else old_state.get("pip", {})
         changed += _sync_wheels(lock, platform, staging, prefix, old_pip, wheel_indexes(env.spec, lock),
-                                env.spec.pip_find_links)
+                                env.spec.pip_find_links, env.spec.pip_build_constraints)
         (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
         new_state = {
             "digest": env.digest,
@@ -422,6 +423,7 @@ def _prefix_records(prefix: Path) -> list:  # -> list[rattler.PrefixRecord]
 def _sync_wheels(
     lock: Any, platform: str, staging: Path, prefix: Path, old: dict[str, str], indexes: Sequence[str],
     find_links: Sequence[str] = (),
+    build_constraints: Sequence[str] = (),
 ) -> list[str]:
     """Remove pip packages that changed or went away, install the new ones; returns their names."""
     wheels = [p for p in lock.for_platform(platform) if p.manager == "pip"]
@@ -435,7 +437,7 @@ def _sync_wheels(
     new = [p for p in wheels if old.get(p.name) != p.sha256]
     if new:
         install_wheels(new, staging, python.version, target_prefix=str(prefix), indexes=indexes,
-                       find_links=find_links)
+                       find_links=find_links, build_constraints=build_constraints)
     return sorted(set(stale) | {p.name for p in new})
 
 

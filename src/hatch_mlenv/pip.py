@@ -249,6 +249,8 @@ def _compile(
             ),
             encoding="utf-8",
         )
+        build_constraints = root / "build-constraints.txt"
+        build_constraints.write_text("".join(f"{c}\n" for c in spec.pip_build_constraints), encoding="utf-8")
         stubs = root / "installed"
         stubs.mkdir()
         for name, version in declared.items():
@@ -260,6 +262,7 @@ def _compile(
             uv_binary(), "pip", "compile", str(root / "requirements.in"),
             "--constraints", str(root / "constraints.txt"),
             "--config-file", str(root / "uv.toml"),
+            "--build-constraints", str(build_constraints),
             # Any interpreter will do to resolve (and to read an sdist's metadata); without one uv
             # runs every python on PATH to find one, ~1 s per platform behind pyenv shims (bench/pip.py).
             "--python", sys.executable,
@@ -406,7 +409,9 @@ def _requirements(
         except OSError:
             pass
         if is_sdist(entry["url"]):
-            text = sdist_metadata(fetch(entry["url"], entry["sha256"], f"{entry['name']} {entry['version']}", known))
+            # "" when the archive declares nothing (termcolor 1.1.0): cached too, never read again
+            text = sdist_metadata(fetch(entry["url"], entry["sha256"], f"{entry['name']} {entry['version']}",
+                                        known)) or ""
         else:
             text = _core_metadata(entry["url"], known)
         if text is not None:
@@ -576,7 +581,8 @@ def _explain(
         failure = _build_error(lines) or (cause or "").replace("you require", "its build requires")
         cause = f"{built.group(1)} has no wheel for {platform} and its source release does not build here" + (
             f" ({failure})" if failure else "")
-        hint = "to refuse source releases instead, set tool.mlenv.pip-only-binary = true"
+        hint = ("constrain what its build installs with tool.mlenv.pip-build-constraints (as uv's build "
+                "constraints), or refuse source releases with tool.mlenv.pip-only-binary = true")
     elif cause is None:
         cause = lines[0].removeprefix("error: ") if lines else "uv gave no reason"
     for name in sorted(with_extras):  # extras need the distribution's metadata at conda's version
@@ -597,8 +603,11 @@ def _explain(
             cause = cause.replace("has no usable wheels", f"has no wheel for {platform} (python {short}) "
                                   "and no source release", 1)
     asked = re.search(r",?\s+and you require ([^,]+?)$", cause)
-    if asked and asked.group(1) in cause[:asked.start()]:  # the requirement itself, named already
+    if asked and re.split(r"[=<>!~\[; ]", asked.group(1))[0] in cause[:asked.start()]:  # named already
         cause = cause[:asked.start()]
+    # "python X does not satisfy Python>=V and P depends on Python>=V": the package first
+    cause = re.sub(r"^(the environment's python \S+) does not satisfy (\S+) and (\S+) depends on \2$",
+                   r"\3 depends on \2, which \1 does not satisfy", cause)
     cause = cause.replace("you require", "the spec asks for")
     cause = cause.replace("was not found in the package registry", f"is not on the index {credentials.strip(indexes[0])}"
                           if indexes else "is not on the index")

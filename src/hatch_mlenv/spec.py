@@ -109,6 +109,7 @@ _TOP_KEYS = (
     "pip-extra-index-urls",
     "pip-find-links",
     "pip-only-binary",
+    "pip-build-constraints",
     "pypi-names",
     "lockfile",
     "variables",
@@ -275,6 +276,9 @@ class Spec:
     system_requirements: dict[str, str] = field(default_factory=dict, hash=False)
     # PyPI names that must come as wheels, never built from a source release; (":all:",) for every one.
     pip_only_binary: tuple[str, ...] = ()
+    # PEP 508 constraints on what isolated builds of source releases install (pyspark 2.x's
+    # setup.py needs `pypandoc<1.8`), at lock time (metadata) and at install time (the wheel).
+    pip_build_constraints: tuple[str, ...] = ()
 
     @property
     def project_dir(self) -> Path:
@@ -387,6 +391,8 @@ class Spec:
             payload["pip-find-links"] = [self._find_links_identity(f) for f in self.pip_find_links]
         if self.pip_only_binary:
             payload["pip-only-binary"] = sorted(self.pip_only_binary)
+        if self.pip_build_constraints:
+            payload["pip-build-constraints"] = sorted(_normalize_spec(s) for s in self.pip_build_constraints)
         if self.pypi_names:
             payload["pypi-names"] = sorted(self.pypi_names.items())
         if self.solver != DEFAULT_SOLVER:
@@ -421,6 +427,7 @@ class Spec:
             "pip-extra-index-urls": [url(u) for u in self.pip_extra_index_urls],
             "pip-find-links": [url(location) for location in self.pip_find_links],
             "pip-only-binary": (True if self.pip_only_binary == (ONLY_BINARY_ALL,) else list(self.pip_only_binary)),
+            "pip-build-constraints": list(self.pip_build_constraints),
             "pypi-names": dict(self.pypi_names),
             "registry": self.registry,
             "solver": self.solver if self.solver != DEFAULT_SOLVER else None,
@@ -670,6 +677,9 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
     pip = reader.string_list(table, "pip", [])
     for i, text in enumerate(pip):
         _check_requirement(pyproject, f"tool.mlenv.pip[{i}]", text)
+    build_constraints = reader.string_list(table, "pip-build-constraints", [])
+    for i, text in enumerate(build_constraints):
+        _check_requirement(pyproject, f"tool.mlenv.pip-build-constraints[{i}]", text)
     if reader.boolean(table, "include-project-dependencies", False):
         deps = project.get("dependencies", [])
         if "dependencies" in project.get("dynamic", []):
@@ -765,6 +775,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         solver=solver,
         system_requirements=system_requirements,
         pip_only_binary=_parse_only_binary(pyproject, table.get("pip-only-binary")),
+        pip_build_constraints=tuple(build_constraints),
     )
 
 
