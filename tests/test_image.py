@@ -77,7 +77,7 @@ def test_build_run_reuse_and_change(image_project: Path, docker_client) -> None:
 
     built = mlenv("image", "build", "--project", str(image_project), check=True)
     assert built.stdout.strip() == f"{tag} built"
-    assert "Step 1/" in built.stderr and "COPY env/ /opt/env/" in built.stderr  # streamed steps
+    assert "Step 1/" in built.stderr and 'COPY ["env/", "/opt/env/"]' in built.stderr  # streamed steps
     # the placeholder in the package's script was rewritten for the image's prefix
     assert run(docker_client, tag, "mlenv-hello").strip() == "hello from /opt/env"
     assert run(docker_client, tag, "echo $OMP_NUM_THREADS $CONDA_PREFIX").split() == ["3", "/opt/env"]
@@ -203,7 +203,7 @@ def test_dockerfile_strategy_is_deterministic(image_project: Path, tmp_path: Pat
     assert (one / "conda-lock.yml").read_bytes() == (image_project / "conda-lock.yml").read_bytes()
     dockerfile = (one / "Dockerfile").read_text()
     assert "micromamba create --yes --prefix /opt/env --file /tmp/conda-lock.yml" in dockerfile
-    assert "COPY --from=builder /opt/env /opt/env" in dockerfile
+    assert 'COPY --from=builder ["/opt/env", "/opt/env"]' in dockerfile
     assert SECRET not in dockerfile and "API_TOKEN" not in dockerfile
 
 

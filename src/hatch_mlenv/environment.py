@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv.errors import RegistryError, UsageError
+from hatch_mlenv.errors import ConfigError, RegistryError, UsageError
 from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.lockfile import Lock
 from hatch_mlenv.manifest import lock_manifest
@@ -61,6 +61,12 @@ class Environment:
 
         spec = load_spec(project, env)
         return cls(spec, read_lock(spec.lockfile))
+
+    @property
+    def source(self) -> str:
+        """What an error about its definition names: the project's pyproject.toml, or the version
+        (`NAME:VERSION in REGISTRY`) or the lockfile it was loaded from."""
+        return str(self.spec.pyproject) if self.reference is None else _origin(self.reference, self.registry)
 
     @property
     def is_registered(self) -> bool:
@@ -219,14 +225,32 @@ def _registered(name: str, lock_text: str, lock: Lock, definition: dict[str, Any
     its definition as pyproject.toml and its lock. The spec is read from memory; the files are
     written only when a stage needs them (`Environment.files`), so reading commands write nothing."""
     from hatch_mlenv.paths import data_dir
-    from hatch_mlenv.spec import PYPROJECT, Spec, parse_spec
+    from hatch_mlenv.spec import PYPROJECT, Spec, check_locked_values, parse_spec
 
+    # Whoever registered it may not be whoever builds it: its definition gets every check of a spec,
+    # and what its lock carries into images and processes the checks of the keys it came from.
+    # Errors name the version, not the directory it would be written to.
+    source = _origin(origin["reference"], origin.get("registry"))
+    if not isinstance(definition, dict) or not isinstance(project, dict):
+        raise ConfigError(source, "tool.mlenv", "the stored definition is not a table")
     directory = data_dir() / "versions" / f"{name}-{lock.digest()[:TAG_LENGTH]}"
     document = {"project": {"name": project.get("name") or name}, "tool": {"mlenv": Spec.ordered(definition)}}
     if project.get("version"):
         document["project"]["version"] = project["version"]
-    spec = parse_spec(document, directory / PYPROJECT)
+    try:
+        spec = parse_spec(document, directory / PYPROJECT)
+        try:
+            variables = lock.variables
+        except ValueError:
+            raise ConfigError(source, "tool.mlenv.variables", "the lock's variables are not readable JSON") from None
+        check_locked_values(source, spec.project_dir, lock.base_image, variables)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.key, exc.message) from None
     return Environment(spec, lock, pending=(lock_text, document), **origin)
+
+
+def _origin(reference: str, registry: str | None) -> str:
+    return f"{reference} in {registry}" if registry else reference
 
 
 def _bare_name(text: str) -> bool:
@@ -238,8 +262,12 @@ def _definition_from_lock(name: str, lock: Lock) -> dict[str, Any]:
     """What a lock alone says of its definition (versions registered without one)."""
     table: dict[str, Any] = {"name": name, "channels": list(lock.channels) or ["conda-forge"],
                              "platforms": sorted(lock.platforms)}
-    if lock.variables:
-        table["variables"] = {k: {"secret": True} if v is None else v for k, v in lock.variables.items()}
+    try:
+        variables = lock.variables
+    except ValueError:  # unreadable: `_registered` says so
+        variables = {}
+    if variables and isinstance(variables, dict):
+        table["variables"] = {k: {"secret": True} if v is None else v for k, v in variables.items()}
     if lock.base_image:
         table["docker"] = {"base-image": lock.base_image}
     return table

@@ -21,6 +21,7 @@ class ConfigError(MlenvError):
     def __init__(self, path: object, key: str | None, message: str) -> None:
         self.path = str(path)
         self.key = key
+        self.message = message
         where = f"{self.path}: {key}" if key else self.path
         super().__init__(f"{where}: {message}")
 

@@ -136,13 +136,31 @@ class ImagePlan:
 
 
 def plan_for(env: Any, version: int | None = None, base_digest: str | None = None) -> ImagePlan:
-    """The plan of an `Environment`: base image and variables come from the lock (the digest covers them)."""
+    """The plan of an `Environment`: base image and variables come from the lock (the digest covers them).
+
+    What the plan takes from the spec and the lock is checked again here, against the grammar of
+    the Dockerfile words, paths and environment entries it becomes (as `parse_spec` checked the
+    spec): a lockfile edited by hand or a version registered elsewhere is written into no image
+    unchecked. A ConfigError names the key and where the environment came from."""
+    from hatch_mlenv.spec import check_locked_values, prefix_problem, registry_problem, repository_problem
     from hatch_mlenv.system import lock_needs
 
     spec, lock = env.spec, env.lock
+    source = getattr(env, "source", spec.pyproject)
+    docker = spec.docker
+    for key, value, problem in (("prefix", docker.prefix, prefix_problem),
+                                ("registry", docker.registry, registry_problem),
+                                ("repository", docker.repository, repository_problem)):
+        wrong = problem(value.rstrip("/") if key == "registry" else value) if value is not None else None
+        if wrong is not None:
+            raise ConfigError(source, f"tool.mlenv.docker.{key}", f"{value!r} {wrong}")
+    check_locked_values(source, spec.project_dir, lock.base_image or spec.docker.base_image, lock.variables)
     repository = repository_name(spec.name, spec.docker.repository, spec.docker.registry)
     base_image = lock.base_image or spec.docker.base_image or DEFAULT_BASE_IMAGE
     if lock.base_dockerfile:
+        if not re.fullmatch(r"[0-9a-f]{64}", lock.base_dockerfile):
+            raise ConfigError(source, BASE_DOCKERFILE_KEY,
+                              "the lock's sha256 of the base Dockerfile is not 64 hex digits")
         base_image = base_dockerfile_reference(repository, lock.base_dockerfile)
     return ImagePlan(
         name=spec.name,
@@ -168,20 +186,49 @@ def require_linux(lock: Lock, lockfile: Path) -> None:
         )
 
 
+# -- writing values into a Dockerfile ----------------------------------------------------------
+# Values were checked by the spec and by `plan_for`; the writers still refuse what a Dockerfile
+# cannot hold as one word or one quoted string, so that no value ever becomes an instruction.
+_DOCKERFILE_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_UNWRITABLE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def dockerfile_string(value: str, raw_tail: str = "") -> str:
+    """`value` as a double-quoted Dockerfile word that means exactly `value`: the Dockerfile's escapes
+    (backslash before `\\`, `"` and `$`, so that nothing is expanded), UTF-8 kept as is. `raw_tail`
+    is appended unescaped (the `$PATH` that ENV PATH expands on purpose)."""
+    if _UNWRITABLE_RE.search(value):
+        raise ImageError(f"{value!r} holds a line break or control character, which a Dockerfile cannot hold")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}{raw_tail}"'
+
+
+def _word(value: str, what: str) -> str:
+    """A value written bare (FROM's image, a comment's name): one word, nothing a parser splits on."""
+    if not value or any(c.isspace() for c in value) or _UNWRITABLE_RE.search(value):
+        raise ImageError(f"{what} {value!r} is not one word: it cannot be written into a Dockerfile")
+    return value
+
+
 def _instruction(keyword: str, pairs: list[tuple[str, str]]) -> str:
-    """One ENV or LABEL instruction for all pairs: one layer of history, values JSON-quoted."""
-    body = " \\\n    ".join(f"{key}={json.dumps(value)}" for key, value in pairs)
+    """One ENV or LABEL instruction for all pairs (one layer of history); `pairs` hold quoted values."""
+    for key, _ in pairs:
+        if not _DOCKERFILE_KEY_RE.fullmatch(key):
+            raise ImageError(f"{keyword} key {key!r} cannot be written into a Dockerfile")
+    body = " \\\n    ".join(f"{key}={value}" for key, value in pairs)
     return f"{keyword} {body}"
 
 
 def _env_lines(plan: ImagePlan) -> list[str]:
-    pairs = [("PATH", f"{plan.prefix}/bin:$PATH"), ("CONDA_PREFIX", plan.prefix)] if plan.managed else []
-    pairs += sorted((plan.variables | plan.runtime_variables()).items())
+    pairs = ([("PATH", dockerfile_string(f"{plan.prefix}/bin:", raw_tail="$PATH")),
+              ("CONDA_PREFIX", dockerfile_string(plan.prefix))] if plan.managed else [])
+    variables = plan.variables | plan.runtime_variables()
+    pairs += [(key, dockerfile_string(value)) for key, value in sorted(variables.items())]
     return [_instruction("ENV", pairs)] if pairs else []
 
 
 def _label_lines(plan: ImagePlan) -> list[str]:
-    return [_instruction("LABEL", sorted(plan.labels().items()))]
+    return [_instruction("LABEL", [(key, dockerfile_string(value)) for key, value in sorted(plan.labels().items())])]
 
 
 ENTRYPOINT = "etc/hatch-mlenv/entrypoint.sh"  # inside the prefix
@@ -190,15 +237,16 @@ ENTRYPOINT = "etc/hatch-mlenv/entrypoint.sh"  # inside the prefix
 def host_dockerfile(plan: ImagePlan, *, entrypoint: bool = False) -> str:
     """The host strategy's Dockerfile; `entrypoint`: the prefix has ENTRYPOINT's activation wrapper."""
     # An ENTRYPOINT clears the CMD inherited from the base image: give it one.
-    activate = [f"ENTRYPOINT {json.dumps([f'{plan.prefix}/{ENTRYPOINT}'])}", 'CMD ["/bin/sh"]'] if entrypoint else []
-    built_base = ([f"# {plan.base_image} is built from the base Dockerfile (sha256:{plan.base_dockerfile}) "
-                   "by `mlenv image build`"] if plan.base_dockerfile else [])
+    prefix = _word(plan.prefix, "prefix")
+    activate = [f"ENTRYPOINT {json.dumps([f'{prefix}/{ENTRYPOINT}'])}", 'CMD ["/bin/sh"]'] if entrypoint else []
+    built_base = ([f"# {_word(plan.base_image, 'base image')} is built from the base Dockerfile "
+                   f"(sha256:{plan.base_dockerfile}) by `mlenv image build`"] if plan.base_dockerfile else [])
     return "\n".join(
         [
-            f"# Generated by hatch-mlenv {__version__} for {plan.name} sha256:{plan.digest}",
+            f"# Generated by hatch-mlenv {__version__} for {_word(plan.name, 'name')} sha256:{plan.digest}",
             *built_base,
-            f"FROM {plan.base_image}",
-            *([f"COPY env/ {plan.prefix}/"] if plan.managed else []),
+            f"FROM {_word(plan.base_image, 'base image')}",
+            *([f"COPY {json.dumps(['env/', f'{prefix}/'])}"] if plan.managed else []),
             *_env_lines(plan),
             *activate,
             *_label_lines(plan),
@@ -230,13 +278,15 @@ def entrypoint_script(staged: Path, plan: ImagePlan) -> str | None:
     # Its PATH line would drop the image's PATH: ENV already puts the prefix's bin first.
     lines = [line.replace(str(staged), plan.prefix) for line in script.splitlines()
              if line.strip() and not line.startswith("export PATH=")]
-    spec_values = [f"export {name}={shlex.quote(value)}" for name, value in sorted(plan.variables.items())]
+    spec_values = [f"export {_shell_name(name)}={shlex.quote(value)}" for name, value in sorted(plan.variables.items())]
     quoted_bin = shlex.quote(bin_dir)
     return "\n".join(
         [
             "#!/bin/sh",
-            f"# Written by hatch-mlenv {__version__} for {plan.name} sha256:{plan.digest}: the image's entrypoint.",
-            f"# conda's activation of {plan.prefix} (as rattler writes it), then the command. The scripts' own",
+            f"# Written by hatch-mlenv {__version__} for {_word(plan.name, 'name')} sha256:{plan.digest}: the image's "
+            "entrypoint.",
+            f"# conda's activation of {_word(plan.prefix, 'prefix')} (as rattler writes it), then the command. The "
+            "scripts' own",
             "# output goes to stderr, so a command's stdout is only the command's.",
             "{",
             *(f"    {line}" for line in lines),
@@ -256,20 +306,29 @@ def entrypoint_script(staged: Path, plan: ImagePlan) -> str | None:
     )
 
 
+def _shell_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ImageError(f"{name!r} is not an environment variable name a shell can export")
+    return name
+
+
 def micromamba_dockerfile(plan: ImagePlan) -> str:
+    import shlex
+
+    prefix = _word(plan.prefix, "prefix")
     return "\n".join(
         [
-            f"# Generated by hatch-mlenv {__version__} for {plan.name} sha256:{plan.digest}",
+            f"# Generated by hatch-mlenv {__version__} for {_word(plan.name, 'name')} sha256:{plan.digest}",
             "# Self-contained: the builder stage installs conda-lock.yml (conda and pip",
             "# packages, verified against their hashes) with micromamba; the final stage",
             "# copies the prefix onto the base image. Needs network access to the channels.",
             f"FROM {MICROMAMBA_IMAGE} AS builder",
             "COPY --chown=$MAMBA_USER:$MAMBA_USER conda-lock.yml /tmp/conda-lock.yml",
-            f"RUN micromamba create --yes --prefix {plan.prefix} --file /tmp/conda-lock.yml \\",
+            f"RUN micromamba create --yes --prefix {shlex.quote(prefix)} --file /tmp/conda-lock.yml \\",
             "    && micromamba clean --all --yes",
             "",
-            f"FROM {plan.base_image}",
-            f"COPY --from=builder {plan.prefix} {plan.prefix}",
+            f"FROM {_word(plan.base_image, 'base image')}",
+            f"COPY --from=builder {json.dumps([prefix, prefix])}",
             *_env_lines(plan),
             *_label_lines(plan),
             "",
@@ -299,12 +358,13 @@ def write_context(
     try:
         if strategy == "host" and plan.managed:
             entrypoint = stage_prefix(env, staging / "env", plan)
-            (staging / "Dockerfile").write_text(host_dockerfile(plan, entrypoint=entrypoint))
+            (staging / "Dockerfile").write_text(host_dockerfile(plan, entrypoint=entrypoint), encoding="utf-8")
         elif strategy == "host":
-            (staging / "Dockerfile").write_text(host_dockerfile(plan))
+            (staging / "Dockerfile").write_text(host_dockerfile(plan), encoding="utf-8")
         else:
-            shutil.copyfile(lockfile, staging / "conda-lock.yml")
-            (staging / "Dockerfile").write_text(micromamba_dockerfile(plan))
+            # env.files(): a version loaded by reference gets its lockfile on disk first
+            shutil.copyfile(env.files().spec.lockfile, staging / "conda-lock.yml")
+            (staging / "Dockerfile").write_text(micromamba_dockerfile(plan), encoding="utf-8")
         (staging / ".dockerignore").write_text("")
         if out.exists():
             out.rmdir()
@@ -325,7 +385,7 @@ def stage_prefix(env: Any, staged: Path, plan: ImagePlan) -> bool:
         return False
     path = staged / ENTRYPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(wrapper)
+    path.write_text(wrapper, encoding="utf-8")
     path.chmod(0o755)
     return True
 

@@ -183,6 +183,7 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
 
     if spec.managed:
         spec.check_channels()
+        spec.check_url_variables()
         spec.check_match_specs()
         packages = solve_spec(spec, previous, update)
     else:

@@ -139,13 +139,11 @@ def _choose_platform(index: dict[str, Any], base_image: str) -> dict[str, Any]:
 
 
 def _layout_location(base_image: str, project_dir: Path) -> tuple[Path, str | None]:
-    """`oci:PATH[:TAG|@DIGEST]` -> the layout directory (PATH relative to the project) and the tag or digest."""
-    spec = base_image[len("oci:"):]
-    reference = None
-    if "@" in spec:
-        spec, reference = spec.rsplit("@", 1)
-    elif ":" in spec and "/" not in spec.rsplit(":", 1)[1]:
-        spec, reference = spec.rsplit(":", 1)
+    """`oci:PATH[:TAG|@DIGEST]` -> the layout directory (PATH relative to the project) and the tag or digest.
+    The spec's reading (`spec.image_reference_problem`) keeps a relative PATH inside the project."""
+    from hatch_mlenv.spec import split_oci_layout
+
+    spec, reference = split_oci_layout(base_image)
     return ((project_dir / spec).resolve() if not Path(spec).is_absolute() else Path(spec)), reference
 
 

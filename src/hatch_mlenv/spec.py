@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform as _platform
+import posixpath
 import re
 import sys
 from dataclasses import dataclass, field
@@ -85,17 +86,23 @@ SYSTEM_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # The way back: `__cuda` -> `cuda` (the word of image labels and of the needs' `by`).
 REQUIREMENT_KEYS = {name: key for key, (name, _) in SYSTEM_REQUIREMENTS.items()}
-_REQUIREMENT_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}$")
-_ARCHSPEC_RE = re.compile(r"^[A-Za-z0-9_]+$")
+# Every pattern ends in \Z, not $: `$` also matches before a final newline ("demo\n").
+_REQUIREMENT_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}\Z")
+_ARCHSPEC_RE = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 # Names (environments, channels, conda packages) and variable values have bounds, documented in the README.
 MAX_NAME_LENGTH = 100
 MAX_VARIABLE_BYTES = 32 * 1024
-_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}$")
-_VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}\Z")
+_VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # PEP 508 distribution names.
-_PYPI_NAME_RE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")
-_PYTHON_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+_PYPI_NAME_RE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])\Z")
+_PYTHON_RE = re.compile(r"^\d+(\.\d+){0,2}\Z")
+# One term of a `python` constraint (`>=3.10`, `3.11.*`, `=3.11`, `3.13.0rc1`); terms are joined by `,` and `|`.
+_PYTHON_TERM_RE = re.compile(r"^(?:==|!=|>=|<=|~=|>|<|=)?\s*\d+(?:\.\d+)*(?:(?:a|b|rc|dev|post)\d*)?(?:\.\*)?\Z")
+# A virtual package's "VERSION" or "VERSION=BUILD".
+_VIRTUAL_VERSION_RE = re.compile(r"^\d+(?:\.\d+)*\Z")
+_VIRTUAL_BUILD_RE = re.compile(r"^[A-Za-z0-9_.]+\Z")
 
 _TOP_KEYS = (
     "name",
@@ -133,8 +140,175 @@ _DOCKER_KEYS = ("base-image", "base-dockerfile", "registry", "repository", "pref
 BASE_DOCKERFILE_KEY = "tool.mlenv.docker.base-dockerfile"
 _SPARK_KEYS = ("packages", "repositories", "conf")
 # groupId:artifactId:version, the form spark.jars.packages takes.
-_MAVEN_RE = re.compile(r"^[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-+]+$")
+_MAVEN_RE = re.compile(r"^[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-+]+\Z")
 _VARIABLE_KEYS = ("value", "secret")
+
+# -- values that become Dockerfile words, shell words, paths and URLs --------------------------
+# Each check takes a value as the spec (or a registered lock) gives it and returns what is wrong
+# with it against the grammar of what it becomes, or None. `parse_spec` runs them on every spec,
+# a registered version's definition included; `check_locked_values` on what a lock carries;
+# the image stage again on what it writes.
+
+# Docker's distribution reference grammar (github.com/distribution/reference, regexp.go).
+_ALNUM = r"[a-z0-9]+"
+_PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_REMOTE_NAME = rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_IMAGE_RE = re.compile(rf"(?P<name>(?:{_DOMAIN}/)?{_REMOTE_NAME})(?::{_TAG})?(?:@(?P<digest>{_DIGEST}))?")
+_REPOSITORY_RE = re.compile(_REMOTE_NAME)
+_REGISTRY_RE = re.compile(rf"{_DOMAIN}(?:/{_REMOTE_NAME})?")
+_TAG_RE = re.compile(_TAG)
+_DIGEST_RE = re.compile(_DIGEST)
+_MAX_IMAGE_NAME = 255  # docker's NameTotalLengthMax
+# An image prefix: POSIX portable file name characters (and '+'), so that it is one word in a
+# Dockerfile, a shell script and conda's prefix replacement.
+_PREFIX_RE = re.compile(r"(?:/[A-Za-z0-9._+-]+)+")
+# C0 controls but tab, and DEL: no environment variable, Dockerfile line or properties line holds them.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_URL_REFERENCE_RE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+OCI_LAYOUT_SCHEME = "oci:"
+_VCS_DIRECTORIES = (".git", ".hg", ".svn")
+LOCKFILE_SUFFIXES = (".yml", ".yaml")
+
+
+def _control(text: str) -> str | None:
+    """What is wrong with a control character in `text`, or None when it has none."""
+    found = _CONTROL_RE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    what = {"\0": "a NUL byte", "\n": "a line break", "\r": "a carriage return"}.get(char, "a control character")
+    return f"contains {what} (U+{ord(char):04X})"
+
+
+def split_oci_layout(base_image: str) -> tuple[str, str | None]:
+    """`oci:PATH[:TAG|@DIGEST]` -> (PATH as written, TAG or DIGEST or None)."""
+    spec = base_image[len(OCI_LAYOUT_SCHEME):]
+    if "@" in spec:
+        path, reference = spec.rsplit("@", 1)
+        return path, reference
+    if ":" in spec and "/" not in spec.rsplit(":", 1)[1]:
+        path, reference = spec.rsplit(":", 1)
+        return path, reference
+    return spec, None
+
+
+def image_reference_problem(text: str) -> str | None:
+    """A base image: docker's reference grammar (`[host[:port]/]path[:tag][@digest]`), or an OCI
+    layout `oci:PATH[:TAG|@DIGEST]` whose PATH is absolute or stays inside the project."""
+    problem = _control(text)
+    if problem is not None:
+        return problem
+    if text.startswith(OCI_LAYOUT_SCHEME):
+        path, reference = split_oci_layout(text)
+        if not path or any(c.isspace() for c in path):
+            return "is not oci:PATH[:TAG|@DIGEST] (PATH empty or with spaces)"
+        if reference is not None and not (
+            (_DIGEST_RE.fullmatch(reference) if "@" in text else _TAG_RE.fullmatch(reference))
+        ):
+            return f"is not oci:PATH[:TAG|@DIGEST]: {reference!r} is not a tag or digest"
+        if not path.startswith("/") and _escapes(path):
+            return "names an OCI layout outside the project (oci:PATH is absolute or inside the project)"
+        return None
+    found = _IMAGE_RE.fullmatch(text)
+    if found is None:
+        return ("is not an image reference ([host[:port]/]name[:tag][@digest], name in lowercase "
+                "letters, digits and . _ -), nor oci:PATH[:TAG]")
+    if len(found.group("name")) > _MAX_IMAGE_NAME:
+        return f"has a name longer than {_MAX_IMAGE_NAME} characters"
+    digest = found.group("digest")
+    if digest is not None and digest.startswith("sha256:") and not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        return "has a sha256 digest that is not 64 lowercase hex digits"
+    return None
+
+
+def repository_problem(text: str) -> str | None:
+    """An image repository: OCI distribution's rules (lowercase path components joined by '/')."""
+    if _REPOSITORY_RE.fullmatch(text) is None or len(text) > _MAX_IMAGE_NAME:
+        return ("is not an image repository: lowercase letters and digits, separated by '.', '_', '__' or "
+                "'-' within a component and '/' between components")
+    return None
+
+
+def registry_problem(text: str) -> str | None:
+    """An image registry: `host[:port][/namespace]`, no scheme."""
+    if _REGISTRY_RE.fullmatch(text) is None:
+        return "is not an image registry: host[:port][/namespace], e.g. \"registry.example.com\" or \"127.0.0.1:5000\""
+    return None
+
+
+def prefix_problem(text: str) -> str | None:
+    """The image's prefix: absolute, normalised, not `/`, portable file name characters only."""
+    problem = _control(text)
+    if problem is not None:
+        return problem
+    if not text.startswith("/"):
+        return "must be an absolute path"
+    if text == "/" or not text.strip("/"):
+        return "must not be / (the environment is copied onto the base image at this path)"
+    path = text.rstrip("/")
+    if path.startswith("//") or posixpath.normpath(path) != path:
+        return f"must be a normalised path, without '.', '..' or '//' (did you mean {posixpath.normpath(path)!r}?)"
+    if _PREFIX_RE.fullmatch(path) is None:
+        return "may hold only letters, digits, '.', '_', '+', '-' and '/'"
+    return None
+
+
+def variable_value_problem(value: str) -> str | None:
+    """A variable's value becomes an environment entry, a Dockerfile ENV, a shell word and a Spark property."""
+    problem = _control(value)
+    if problem is None:
+        return None
+    if "\0" in value:
+        return f"the value {problem}, which no environment variable can hold"
+    return f"the value {problem}: a value is one line (a Dockerfile ENV and a Spark property cannot hold more)"
+
+
+def url_reference_problem(url: str) -> str | None:
+    """Every `${` of a URL starts a `${NAME}` reference (expanded from the environment when used)."""
+    start = url.find("${")
+    while start != -1:
+        if _URL_REFERENCE_RE.match(url, start) is None:
+            end = url.find("}", start)
+            shown = url[start:end + 1] if end != -1 else url[start:]
+            return f"malformed reference {shown!r}: write ${{NAME}}, NAME an environment variable name"
+        start = url.find("${", start + 2)
+    return None
+
+
+def _escapes(relative: str) -> bool:
+    """A relative path that leaves its directory once normalised."""
+    normal = posixpath.normpath(relative.replace("\\", "/"))
+    return normal == ".." or normal.startswith("../")
+
+
+def check_locked_values(source: object, project_dir: Path, base_image: str | None,
+                        variables: Mapping[str, Any]) -> None:
+    """What a lock carries that reaches a Dockerfile or a process environment (its base image and
+    variables, covered by its digest): the checks of the spec keys they came from, for a lock that
+    was not written from this machine's spec (a registered version, a lockfile given by path)."""
+    if base_image is not None:
+        if not isinstance(base_image, str):
+            raise ConfigError(source, "tool.mlenv.docker.base-image", f"must be a string, not {_type_name(base_image)}")
+        problem = image_reference_problem(base_image)
+        if problem is not None:
+            raise ConfigError(source, "tool.mlenv.docker.base-image", f"{base_image!r} {problem}")
+    if not isinstance(variables, Mapping):
+        raise ConfigError(source, "tool.mlenv.variables", f"must be a table, not {_type_name(variables)}")
+    for name, value in variables.items():
+        if not isinstance(name, str) or not _VARIABLE_RE.match(name) or len(name) > MAX_NAME_LENGTH:
+            raise ConfigError(source, "tool.mlenv.variables", f"invalid environment variable name {name!r}")
+        key = f"tool.mlenv.variables.{name}"
+        if value is None:  # a secret: its value comes from the caller
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(source, key, f"must be a string, not {_type_name(value)}")
+        problem = variable_value_problem(value)
+        if problem is not None:
+            raise ConfigError(source, key, problem)
 
 
 def current_platform() -> str:
@@ -310,6 +484,18 @@ class Spec:
             path = channel.local_path
             if path is not None and not path.is_dir():
                 raise ConfigError(self.pyproject, channel.key, f"channel directory {str(path)!r} does not exist")
+
+    def check_url_variables(self) -> None:
+        """Every `${VAR}` of a channel or package index URL is set: checked before a solve, whether
+        or not this solve fetches that URL (an index is only read when there are pip packages)."""
+        from hatch_mlenv.credentials import expand
+
+        urls = [(channel.url, channel.key) for channel in self.channels]
+        if self.pip_index_url is not None:
+            urls.append((self.pip_index_url, "tool.mlenv.pip-index-url"))
+        urls += [(url, f"tool.mlenv.pip-extra-index-urls[{i}]") for i, url in enumerate(self.pip_extra_index_urls)]
+        for url, key in urls:
+            expand(url, self.pyproject, key)
 
     def check_solver(self, available: Mapping[str, object]) -> None:
         """The solver named must be registered (checked before a solve, so that
@@ -608,7 +794,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
     reader.check_keys(table, "tool.mlenv", _TOP_KEYS)
     envs = reader.table(table, "envs")
     for env_name, env_table in envs.items():
-        env_key = f"tool.mlenv.envs.{env_name}"
+        env_key = f"tool.mlenv.envs.{_printable(env_name)}"
         if not _NAME_RE.match(env_name):
             raise ConfigError(pyproject, env_key, "invalid environment name: use letters, digits, '.', '_' and '-'")
         if not isinstance(env_table, dict):
@@ -668,11 +854,16 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
     python = reader.string(table, "python", None)
     if python is not None and not python.strip():
         raise ConfigError(pyproject, "tool.mlenv.python", "must not be empty")
+    if python is not None and not all(_PYTHON_TERM_RE.match(term.strip())
+                                      for term in re.split(r"[,|]", python.strip())):
+        raise ConfigError(pyproject, "tool.mlenv.python", f"invalid match spec {python!r}: python takes a version or "
+                          "prefix such as \"3.11\" or \"3.11.7\", or a constraint such as \">=3.10,<3.12\"")
 
     conda = reader.string_list(table, "conda", [])
     for i, text in enumerate(conda):
-        if not text.strip():
-            raise ConfigError(pyproject, f"tool.mlenv.conda[{i}]", "invalid match spec: empty")
+        problem = _match_spec_problem(text)
+        if problem is not None:
+            raise ConfigError(pyproject, f"tool.mlenv.conda[{i}]", f"invalid match spec {text!r}: {problem}")
 
     pip = reader.string_list(table, "pip", [])
     for i, text in enumerate(pip):
@@ -701,10 +892,16 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
     ]:
         if url is not None and urlparse(url).scheme not in ("http", "https", "file"):
             raise ConfigError(pyproject, f"tool.mlenv.{key}", f"not an http(s) or file URL: {url!r}")
+        problem = url is not None and (_control(url) or url_reference_problem(url))
+        if problem:
+            raise ConfigError(pyproject, f"tool.mlenv.{key}", problem)
 
     find_links = []
     for i, location in enumerate(reader.string_list(table, "pip-find-links", [])):
         key = f"tool.mlenv.pip-find-links[{i}]"
+        problem = _control(location) or url_reference_problem(location)
+        if problem:
+            raise ConfigError(pyproject, key, problem)
         scheme = urlparse(location).scheme
         if scheme in ("http", "https"):
             find_links.append(location)
@@ -715,7 +912,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         find_links.append(str(path.resolve()))
     pypi_names = reader.table(table, "pypi-names")
     for conda_name, pypi_name in pypi_names.items():
-        key = f"tool.mlenv.pypi-names.{conda_name}"
+        key = f"tool.mlenv.pypi-names.{_printable(conda_name)}"
         if not _NAME_RE.match(conda_name):
             raise ConfigError(pyproject, key, f"invalid conda package name {conda_name!r}")
         if not isinstance(pypi_name, str):
@@ -723,13 +920,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         if not _PYPI_NAME_RE.match(pypi_name):
             raise ConfigError(pyproject, key, f"invalid PyPI distribution name {pypi_name!r}")
 
-    lockfile_name = reader.string(table, "lockfile", DEFAULT_LOCKFILE)
-    if not lockfile_name.strip():
-        raise ConfigError(pyproject, "tool.mlenv.lockfile", "must not be empty")
-    lockfile = (pyproject.parent / lockfile_name).resolve()
-    if not lockfile.is_relative_to(pyproject.parent.resolve()):
-        raise ConfigError(pyproject, "tool.mlenv.lockfile",
-                          f"{lockfile_name!r} is outside the project directory; a lockfile lives in the project")
+    lockfile = _parse_lockfile(pyproject, reader.string(table, "lockfile", DEFAULT_LOCKFILE))
 
     managed = reader.boolean(table, "managed", True)
     interpreter = reader.string(table, "interpreter", None)
@@ -801,6 +992,9 @@ def _parse_channel(pyproject: Path, key: str, raw: str) -> Channel:
     text = raw.strip()
     if not text:
         raise ConfigError(pyproject, key, "channel must not be empty")
+    problem = _control(text) or url_reference_problem(text)
+    if problem:
+        raise ConfigError(pyproject, key, problem)
     parsed = urlparse(text)
     if parsed.scheme == "file":
         path = Path(parsed.path)
@@ -815,13 +1009,87 @@ def _parse_channel(pyproject: Path, key: str, raw: str) -> Channel:
     return Channel(raw, path.resolve().as_uri(), key)
 
 
+def _parse_lockfile(pyproject: Path, name: str) -> Path:
+    """`lockfile`: a YAML file inside the project directory, outside any version control directory."""
+    key = "tool.mlenv.lockfile"
+    problem = _control(name)
+    if problem is not None:
+        raise ConfigError(pyproject, key, f"{name!r} {problem}")
+    if not name.strip():
+        raise ConfigError(pyproject, key, "must not be empty")
+    if name.endswith(("/", "\\")):
+        raise ConfigError(pyproject, key, f"{name!r} names a directory; name the file, "
+                          f"e.g. \"{name}{DEFAULT_LOCKFILE}\"")
+    project = pyproject.parent.resolve()
+    lockfile = (project / name).resolve()  # through symbolic links too
+    if not lockfile.is_relative_to(project):
+        raise ConfigError(pyproject, key, f"{name!r} is outside the project directory; a lockfile lives in the project")
+    if lockfile == project:
+        raise ConfigError(pyproject, key, f"{name!r} is the project directory; name the file, "
+                          f"e.g. {DEFAULT_LOCKFILE!r}")
+    if any(part in _VCS_DIRECTORIES for part in lockfile.relative_to(project).parts):
+        raise ConfigError(pyproject, key, f"{name!r} is inside a version control directory")
+    if not lockfile.name.endswith(LOCKFILE_SUFFIXES) or lockfile.name in LOCKFILE_SUFFIXES:
+        raise ConfigError(pyproject, key, f"{name!r}: a lockfile is YAML, named *.yml or *.yaml "
+                          f"(default {DEFAULT_LOCKFILE!r})")
+    if lockfile.is_dir():
+        raise ConfigError(pyproject, key, f"{name!r} is a directory; name the file, e.g. \"{name}/{DEFAULT_LOCKFILE}\"")
+    return lockfile
+
+
+def _match_spec_problem(text: str) -> str | None:
+    """What a cheap look finds wrong in a conda match spec (rattler parses it before a solve)."""
+    if not text.strip():
+        return "empty"
+    problem = _control(text)
+    if problem is not None:
+        return problem
+    if "::" in text:
+        channel, _, rest = text.strip().partition("::")
+        if not channel.strip():
+            return f"the channel before '::' is empty (write {rest.strip()!r} or CHANNEL::{rest.strip()})"
+        if not rest.strip():
+            return "no package name after '::'"
+    return None
+
+
+# Marker variables whose values are versions: compared with a version operator, the other side must be
+# a version, or packaging compares them as text (`python_version > "3.x"` is False everywhere).
+_VERSION_MARKERS = ("python_version", "python_full_version", "implementation_version")
+_MARKER_COMPARISON_RE = re.compile(
+    r"(?P<variable>\w+)\s*(?P<op>===|==|!=|<=|>=|~=|<|>)\s*(?P<quote>[\"'])(?P<value>[^\"']*)(?P=quote)"
+    r"|(?P<quote2>[\"'])(?P<value2>[^\"']*)(?P=quote2)\s*(?P<op2>===|==|!=|<=|>=|~=|<|>)\s*(?P<variable2>\w+)"
+)
+
+
+def _marker_problem(marker: str) -> str | None:
+    """A comparison that packaging would not evaluate as written: a version marker against a non-version
+    (evaluated as text, so silently false), or `~=` against something that is no version (an error later)."""
+    from packaging.specifiers import InvalidSpecifier, Specifier
+
+    for found in _MARKER_COMPARISON_RE.finditer(marker):
+        variable = found.group("variable") or found.group("variable2")
+        op = found.group("op") or found.group("op2")
+        value = found.group("value") if found.group("variable") else found.group("value2")
+        if op == "===" or (variable not in _VERSION_MARKERS and op != "~="):
+            continue
+        try:
+            Specifier(f"{op}{value}")
+        except InvalidSpecifier:
+            return f"{variable} {op} {value!r}: {value!r} is not a version this comparison takes"
+    return None
+
+
 def _check_requirement(pyproject: Path, key: str, text: str) -> None:
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
-        Requirement(text)
+        requirement = Requirement(text)
     except InvalidRequirement as exc:
         raise ConfigError(pyproject, key, f"invalid PEP 508 requirement {text!r}: {_first_line(exc)}") from None
+    problem = _marker_problem(str(requirement.marker)) if requirement.marker is not None else None
+    if problem is not None:
+        raise ConfigError(pyproject, key, f"invalid marker in {text!r}: {problem}")
 
 
 def _parse_variables(reader: _Reader, table: dict[str, Any]) -> tuple[Variable, ...]:
@@ -830,14 +1098,17 @@ def _parse_variables(reader: _Reader, table: dict[str, Any]) -> tuple[Variable, 
     for name, value in raw.items():
         key = f"tool.mlenv.variables.{name}"
         if not _VARIABLE_RE.match(name) or len(name) > MAX_NAME_LENGTH:
-            raise ConfigError(reader.path, key[:80], f"invalid environment variable name (at most {MAX_NAME_LENGTH} "
-                              "letters, digits and '_', not starting with a digit)")
+            raise ConfigError(reader.path, _printable(key[:80]), f"invalid environment variable name (at most "
+                              f"{MAX_NAME_LENGTH} letters, digits and '_', not starting with a digit)")
         if isinstance(value, dict):
             text_value = value.get("value")
         else:
             text_value = value
         if isinstance(text_value, str) and len(text_value.encode()) > MAX_VARIABLE_BYTES:
             raise ConfigError(reader.path, key, f"the value is longer than {MAX_VARIABLE_BYTES // 1024} KiB")
+        problem = variable_value_problem(text_value) if isinstance(text_value, str) else None
+        if problem is not None:
+            raise ConfigError(reader.path, key if isinstance(value, str) else f"{key}.value", problem)
         if isinstance(value, str):
             variables.append(Variable(name, value))
         elif isinstance(value, dict):
@@ -904,12 +1175,18 @@ def _parse_virtual_packages(
         base = f"tool.mlenv.virtual-packages.{plat}"
         for name, value in reader.table(overrides, plat, "tool.mlenv.virtual-packages").items():
             key = f"{base}.{name}"
-            if not name.startswith("__"):
-                raise ConfigError(reader.path, key, "virtual package names start with '__' (e.g. __cuda)")
+            if not name.startswith("__") or not _NAME_RE.match(name[2:]):
+                raise ConfigError(reader.path, _printable(key),
+                                  "virtual package names start with '__' (e.g. __cuda), then letters, digits, "
+                                  "'.', '_', '-'")
             if value is False:  # `__cuda = false`: this platform has no such thing
                 packages.pop(name, None)
             elif isinstance(value, str) and value.strip():
                 version, _, build = value.strip().partition("=")
+                if not _VIRTUAL_VERSION_RE.match(version) or not _VIRTUAL_BUILD_RE.match(build or "0"):
+                    raise ConfigError(reader.path, key, f"invalid value {value!r}: must be \"VERSION\" or "
+                                      "\"VERSION=BUILD\", the version digits and dots, such as \"12.2\" or "
+                                      "\"1=x86_64_v3\"")
                 packages[name] = (version, build or "0")
             else:
                 raise ConfigError(reader.path, key, "must be a version string such as \"12.2\" (or false to remove it)")
@@ -932,8 +1209,13 @@ def _parse_spark(reader: _Reader, table: dict[str, Any]) -> SparkSpec:
             raise ConfigError(reader.path, f"{key}.repositories[{index}]", f"not an http(s) or file URL: {url!r}")
     conf = reader.table(spark, "conf", key)
     for name, value in conf.items():
+        if not name or any(c.isspace() for c in name) or _control(name):
+            raise ConfigError(reader.path, f"{key}.conf", f"invalid Spark property name {name!r}")
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(reader.path, f"{key}.conf.{name}", f"must be a string, number or boolean, not {_type_name(value)}")
+        problem = _control(str(value))
+        if problem is not None:
+            raise ConfigError(reader.path, f"{key}.conf.{name}", f"the value {problem}: a Spark property is one line")
     return SparkSpec(
         packages=tuple(p.strip() for p in packages),
         repositories=tuple(repositories),
@@ -946,9 +1228,20 @@ def _parse_docker(reader: _Reader, table: dict[str, Any]) -> DockerSpec:
     key = "tool.mlenv.docker"
     reader.check_keys(docker, key, _DOCKER_KEYS)
     prefix = reader.string(docker, "prefix", DEFAULT_PREFIX, key)
-    if not prefix.startswith("/"):
-        raise ConfigError(reader.path, f"{key}.prefix", f"must be an absolute path, not {prefix!r}")
+    problem = prefix_problem(prefix)
+    if problem is not None:
+        raise ConfigError(reader.path, f"{key}.prefix", f"{prefix!r} {problem}")
     base_image = reader.string(docker, "base-image", None, key)
+    problem = image_reference_problem(base_image) if base_image is not None else None
+    if problem is not None:
+        raise ConfigError(reader.path, f"{key}.base-image", f"{base_image!r} {problem}")
+    registry, repository = reader.string(docker, "registry", None, key), reader.string(docker, "repository", None, key)
+    problem = registry_problem(registry.rstrip("/")) if registry is not None else None
+    if problem is not None:
+        raise ConfigError(reader.path, f"{key}.registry", f"{registry!r} {problem}")
+    problem = repository_problem(repository) if repository is not None else None
+    if problem is not None:
+        raise ConfigError(reader.path, f"{key}.repository", f"{repository!r} {problem}")
     dockerfile = reader.string(docker, "base-dockerfile", None, key)
     if dockerfile is not None:
         if not dockerfile.strip():
@@ -960,10 +1253,15 @@ def _parse_docker(reader: _Reader, table: dict[str, Any]) -> DockerSpec:
         base_image=base_image,
         # Relative to the project; it must exist only when its content is needed (lock, build).
         base_dockerfile=(reader.path.parent / Path(dockerfile).expanduser()).resolve() if dockerfile else None,
-        registry=reader.string(docker, "registry", None, key),
-        repository=reader.string(docker, "repository", None, key),
-        prefix=prefix.rstrip("/") or "/",
+        registry=registry,
+        repository=repository,
+        prefix=prefix.rstrip("/"),
     )
+
+
+def _printable(text: str) -> str:
+    """A key as an error message shows it: on one line, whatever it holds."""
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _type_name(value: object) -> str:
@@ -990,7 +1288,7 @@ class _Reader:
     def check_keys(self, table: dict[str, Any], base: str, allowed: tuple[str, ...]) -> None:
         for key in table:
             if key not in allowed:
-                raise ConfigError(self.path, f"{base}.{key}", f"unknown key{_suggest(key, allowed)}")
+                raise ConfigError(self.path, f"{base}.{_printable(key)}", f"unknown key{_suggest(key, allowed)}")
 
     def _get(self, table: dict[str, Any], key: str, base: str) -> tuple[str, Any]:
         return f"{base}.{key}", table.get(key)

@@ -8,7 +8,7 @@ RUN micromamba create --yes --prefix /opt/env --file /tmp/conda-lock.yml \
     && micromamba clean --all --yes
 
 FROM debian:12-slim
-COPY --from=builder /opt/env /opt/env
+COPY --from=builder ["/opt/env", "/opt/env"]
 ENV PATH="/opt/env/bin:$PATH" \
     CONDA_PREFIX="/opt/env" \
     OMP_NUM_THREADS="4" \
