@@ -114,7 +114,7 @@ def settle_rattler_at_exit() -> None:
     atexit.register(time.sleep, 0.02)
 
 
-# -- oras 0.2.43: one request, no retries; whether credentials were found ------------
+# -- oras 0.2.43: one request, no retries; whether credentials were found; no netrc ---
 def oras_request_once(client: Any, url: str, method: str, *, data: Any = None, headers: dict | None = None) -> Any:
     """`oras.provider.Registry.do_request` without its `@decorator.retry()`.
 
@@ -136,6 +136,23 @@ def oras_has_credentials(client: Any) -> bool:
     (the token backend only once one was set).
     """
     return bool(getattr(client.auth, "_basic_auth", None))
+
+
+def oras_without_netrc(client: Any) -> None:
+    """Stop requests from putting a netrc entry over the credentials oras sends.
+
+    oras sends its `Authorization` header itself; requests (2.x), whose session
+    oras keeps in `Registry.session` and shares with its auth backend, then
+    applies the request host's netrc entry when neither the request nor the
+    session has an `auth`, replacing that header: a `~/.netrc` entry for the
+    registry's host beat MLENV_REGISTRY_USERNAME/PASSWORD. A session `auth`
+    that adds nothing keeps the header oras chose.
+    """
+    client.session.auth = _headers_as_given
+
+
+def _headers_as_given(request: Any) -> Any:
+    return request
 
 
 # -- py-rattler 0.28: a detected microarchitecture's ancestors ------------------------

@@ -7,17 +7,29 @@ hash); hosts without one fall back to `~/.netrc` (`$NETRC`) (and, for conda
 channels, rattler's own authentication storage: `RATTLER_AUTH_FILE`, keyring).
 Everything we write (lockfile, registry, exports, SBOM, conda-meta, messages)
 sees the public URL: no user information, no token path.
+
+Nor does any library we hand a channel to: rattler persists the URLs it is
+given (its repodata cache's `.info.json` and shard caches, the `url` of a
+conda-meta record), so it only ever gets the public URL, and the
+credentials travel in memory, in the middleware of its HTTP client
+(`channel_client`).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hatch_mlenv.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rattler.networking import Client
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -85,26 +97,28 @@ def redact(text: str, urls: Iterable[str]) -> str:
 
 def authorization(url: str, known: Iterable[str] = ()) -> str | None:
     """A `Basic ...` header value for `url`: from a known URL of the same host, else netrc."""
-    import base64
-
     target = urlsplit(url)
     for candidate in known:
         parts = urlsplit(candidate)
         if parts.hostname == target.hostname and parts.port == target.port and parts.username is not None:
-            from urllib.parse import unquote
-
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             return "Basic " + base64.b64encode(pair.encode()).decode()
-    login = _netrc_login(target.hostname or "")
+    login = netrc_login(target.hostname or "")
     if login is not None:
         return "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
     return None
 
 
-def _netrc_login(host: str) -> tuple[str, str] | None:
+def netrc_file() -> str:
+    """The netrc file as a message names it: `$NETRC`, else `~/.netrc`."""
+    return os.environ.get("NETRC") or "~/.netrc"
+
+
+def netrc_login(host: str) -> tuple[str, str, str] | None:
+    """(login, password, the file as `netrc_file` names it) of `host`'s netrc entry, if any."""
     import netrc
 
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    path = os.path.expanduser(netrc_file())
     if not host or not os.path.isfile(path):
         return None
     try:
@@ -113,4 +127,74 @@ def _netrc_login(host: str) -> tuple[str, str] | None:
         return None
     if entry is None:
         return None
-    return entry[0] or "", entry[2] or ""
+    return entry[0] or "", entry[2] or "", netrc_file()
+
+
+@dataclass(frozen=True)
+class ChannelAccess:
+    """Channels as rattler may see them, and a client that carries their credentials."""
+
+    urls: list[str]  # public: no user information, no token path
+    client: Client
+
+
+def channel_client(fetch_urls: Sequence[str]) -> ChannelAccess:
+    """The public URLs of `fetch_urls` and a rattler client that authenticates them in memory.
+
+    The client is rattler's standard stack (retry, its authentication storage:
+    `RATTLER_AUTH_FILE`, keyring, netrc; OCI, GCS, S3) with two middlewares in
+    front: one adds the `Authorization` header of a channel's `user:password@`
+    to every request under the channel, which rattler's storage then leaves
+    alone (explicit credentials win); the other, a mirror of the channel on
+    itself, puts a conda token's `/t/TOKEN/` back into the request's path, as
+    rattler's own `CondaToken` authentication does. Neither changes the URL
+    rattler records: caches and conda-meta see the public one.
+
+    rattler gives the header middleware the request's host and path only, not
+    its port: credentials are matched by host and the longest channel path,
+    as rattler's own storage matches them by host.
+    """
+    from rattler.networking import (
+        AddHeadersMiddleware,
+        AuthenticationMiddleware,
+        Client,
+        GCSMiddleware,
+        MirrorMiddleware,
+        OciMiddleware,
+        RetryMiddleware,
+        S3Middleware,
+    )
+
+    urls: list[str] = []
+    headers: list[tuple[str, str, dict[str, str]]] = []  # (host, path prefix, headers), longest path first
+    mirrors: dict[str, list[str]] = {}
+    for fetch_url in fetch_urls:
+        public_url = public(fetch_url)
+        urls.append(public_url)
+        parts = urlsplit(fetch_url)
+        host = (parts.hostname or "").lower()
+        prefix = urlsplit(public_url).path.rstrip("/") + "/"
+        if parts.username is not None or parts.password is not None:
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            headers.append((host, prefix, {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}))
+        token = _TOKEN_PATH.match(strip(fetch_url))
+        if token is not None:
+            tokened = strip(fetch_url).rstrip("/") + "/"
+            mirrors[public_url.rstrip("/") + "/"] = [tokened]
+    headers.sort(key=lambda entry: len(entry[1]), reverse=True)
+
+    def authorization_for(request_host: str, path: str) -> dict[str, str] | None:
+        # Runs on rattler's threads while it solves: no imports, no I/O (see _compat.SOLVE_IMPORTS).
+        request_host = request_host.strip("[]").lower()
+        for host, prefix, header in headers:
+            if host == request_host and (path + "/").startswith(prefix):
+                return header
+        return None
+
+    middlewares: list[Any] = [RetryMiddleware(3)]
+    if headers:
+        middlewares.append(AddHeadersMiddleware(authorization_for))
+    if mirrors:
+        middlewares.append(MirrorMiddleware(mirrors))
+    middlewares += [AuthenticationMiddleware(), OciMiddleware(), GCSMiddleware(), S3Middleware()]
+    return ChannelAccess(urls=urls, client=Client(middlewares))

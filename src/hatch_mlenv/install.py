@@ -58,18 +58,20 @@ def install_conda(
     With `target_prefix`, files are written to `prefix` but prefix placeholders
     are rewritten for `target_prefix`, where the environment will live.
     `channels` are the spec's channel URLs with their credentials: the lock's
-    URLs have none, so a package under a channel is fetched with that channel's.
+    URLs have none, so a package under a channel is fetched with that channel's,
+    which rattler's client carries in memory: the package cache and conda-meta
+    record the lock's public URL.
     """
     import asyncio
 
     import rattler
 
-    from rattler.networking import Client
     from rattler.package_cache import PackageCacheLayer, ValidationMode
+
+    from hatch_mlenv.credentials import channel_client
 
     records = conda_records(lockfile, platform)
     verify_local_archives(records)
-    records, authenticated = _with_credentials(records, channels)
     packages = cache_dir() / "pkgs"
     packages.mkdir(parents=True, exist_ok=True)
     # Full validation: every cached file is checked against the package's
@@ -88,8 +90,9 @@ def install_conda(
                 installed_packages=installed,
                 show_progress=show_progress,
                 execute_link_scripts=False,
-                # the standard client reads rattler's authentication storage (RATTLER_AUTH_FILE, keyring, netrc)
-                client=Client.default_client(),
+                # rattler's standard stack (its authentication storage: RATTLER_AUTH_FILE, keyring,
+                # netrc) and the channels' own credentials, in memory
+                client=channel_client(channels).client,
             )
         )
     except Exception as exc:  # rattler's InstallerError, LinkError, fetch errors
@@ -97,46 +100,7 @@ def install_conda(
 
         message = f"cannot install the conda packages for {platform}: {_first_line(exc)}"
         raise InstallError(redact(message, channels)) from None
-    _scrub_records(prefix, authenticated)
     return len(records)
-
-
-def _with_credentials(records: list, channels: Sequence[str]) -> tuple[list, dict[str, str]]:
-    """The records, those under a credentialed channel pointed at its authenticated URL;
-    and {authenticated channel base: public base} for what rattler writes back."""
-    import rattler
-
-    from hatch_mlenv.credentials import public
-
-    bases = {public(c).rstrip("/") + "/": c.rstrip("/") + "/" for c in channels if public(c) != c}
-    if not bases:
-        return records, {}
-    result, used = [], {}
-    for record in records:
-        url = str(record.url)
-        base = next((b for b in bases if url.startswith(b)), None)
-        if base is None:
-            result.append(record)
-            continue
-        used[bases[base]] = base
-        result.append(rattler.RepoDataRecord(record, record.file_name, bases[base] + url[len(base):],
-                                             public(str(record.channel or ""))))
-    return result, used
-
-
-def _scrub_records(prefix: Path, authenticated: dict[str, str]) -> None:
-    """rattler records the URL it fetched from in conda-meta: put the public one back."""
-    if not authenticated:
-        return
-    for record in (prefix / "conda-meta").glob("*.json"):
-        text = record.read_text(encoding="utf-8")
-        scrubbed = text
-        for secret, public_base in authenticated.items():
-            scrubbed = scrubbed.replace(secret, public_base)
-        if scrubbed != text:
-            mode = record.stat().st_mode
-            record.write_text(scrubbed, encoding="utf-8")
-            record.chmod(mode)
 
 
 def check_lock_integrity(lock: Any, lockfile: Path) -> None:

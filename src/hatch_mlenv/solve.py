@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hatch_mlenv._compat import settle_rattler_at_exit
-from hatch_mlenv.credentials import public, redact
+from hatch_mlenv.credentials import channel_client, public, redact
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.hookspecs import SolveRequest, Solver, hookimpl  # the interface lives with the hooks
 from hatch_mlenv.lockfile import LockedPackage, split_dependency
@@ -41,12 +41,12 @@ class RattlerSolver:
 
         import rattler
 
-        from rattler.networking import Client
-
-        # The standard client carries rattler's authentication storage (RATTLER_AUTH_FILE,
-        # keyring, netrc); the gateway's own default client does not (py-rattler 0.28).
-        gateway = rattler.Gateway(client=Client.default_client())
-        channels = [rattler.Channel(url) for url in request.channels]
+        # rattler gets the public URLs (its repodata cache records them) and the credentials
+        # in its client's memory; the gateway's own default client would not even read
+        # rattler's authentication storage (py-rattler 0.28).
+        access = channel_client(request.channels)
+        gateway = rattler.Gateway(client=access.client)
+        channels = [rattler.Channel(url) for url in access.urls]
         specs = [rattler.MatchSpec(s, strict=False) for s in request.specs]
         results = await asyncio.gather(
             *(self._solve_one(gateway, channels, specs, plat, request) for plat in request.platforms)

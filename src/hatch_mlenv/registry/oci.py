@@ -22,8 +22,10 @@ version of an existing `digest-` tag (idempotent) or takes max(v<N>)+1, pushes
 and tags, then releases. A lease left by a killed writer expires after
 `MLENV_OCI_LEASE_SECONDS` (default 30).
 
-Credentials come from `MLENV_REGISTRY_USERNAME`/`MLENV_REGISTRY_PASSWORD` or the
-Docker config (`~/.docker/config.json`, `DOCKER_CONFIG`); they are never written.
+Credentials come from `MLENV_REGISTRY_USERNAME`/`MLENV_REGISTRY_PASSWORD`, else the
+Docker config (`~/.docker/config.json`, `DOCKER_CONFIG`), else the registry host's
+`~/.netrc` (`$NETRC`) entry: the first source that has some is the only one used,
+and a refusal names it. They are never written.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from hatch_mlenv._compat import oras_has_credentials, oras_request_once
+from hatch_mlenv._compat import oras_has_credentials, oras_request_once, oras_without_netrc
 from hatch_mlenv.errors import NotFoundError, RegistryError, UsageError
 from hatch_mlenv.hookspecs import hookimpl
 from hatch_mlenv.reference import LATEST, Reference, check_label
@@ -58,6 +60,15 @@ INDEX_TAG = "mlenv-index"
 LEASE_TAG = "mlenv-lock"
 _VERSION_TAG = re.compile(r"^v(\d+)$")
 _RESERVED = re.compile(r"^(v\d+|digest-.*|mlenv-.*)$")
+
+
+_HOW_TO_LOG_IN = ("set MLENV_REGISTRY_USERNAME and MLENV_REGISTRY_PASSWORD, log in with docker, "
+                  "or add the host to ~/.netrc")
+
+
+def _anonymous(request: Any) -> Any:
+    """A requests auth that adds nothing: no netrc entry either."""
+    return request
 
 
 def _settle_seconds() -> float:
@@ -84,11 +95,12 @@ class OciRegistry:
             raise UsageError(f"malformed registry URL {url!r}: use oci://HOST[:PORT]/NAMESPACE")
         self.url = url
         self.target = _Target(parsed.netloc, parsed.path.strip("/"))
-        host = parsed.hostname or ""
+        host = self.hostname = parsed.hostname or ""
         # Plain HTTP only on loopback, where test and local registries live.
         self.insecure = host in ("127.0.0.1", "localhost", "::1") or os.environ.get("MLENV_REGISTRY_INSECURE") == "1"
         self.scheme = "http" if self.insecure else "https"
         self._client: Any = None
+        self._credentials: str | None = None  # where the credentials in use came from
 
     # -- HTTP through the oras SDK's client and auth backends ------------------------------
     def _oras(self) -> Any:
@@ -96,8 +108,10 @@ class OciRegistry:
 
         The registry is asked once, anonymously, which challenge it sends:
         `Basic` (htpasswd, Artifactory) or `Bearer` (distribution's token auth,
-        Harbor, GHCR, ACR). Credentials: MLENV_REGISTRY_USERNAME/PASSWORD, else
-        the Docker config, loaded by oras.
+        Harbor, GHCR, ACR). Credentials: the first of MLENV_REGISTRY_USERNAME/
+        PASSWORD, the Docker config (loaded by oras) and the host's netrc entry.
+        requests' own netrc lookup is off: it would replace the credentials oras
+        sends with the netrc entry's, whatever their source.
         """
         if self._client is not None:
             return self._client
@@ -105,34 +119,53 @@ class OciRegistry:
         import requests
 
         try:
-            probe = requests.get(f"{self.scheme}://{self.target.host}/v2/", timeout=10)
+            probe = requests.get(f"{self.scheme}://{self.target.host}/v2/", timeout=10, auth=_anonymous)
         except requests.exceptions.RequestException:
             raise RegistryError(f"registry {self.url} is unreachable (connection refused or no route)") from None
         challenge = probe.headers.get("WWW-Authenticate", "").lower()
         backend = "basic" if challenge.startswith("basic") else "token"
         client = oras.provider.Registry(hostname=self.target.host, insecure=self.insecure, auth_backend=backend)
+        oras_without_netrc(client)
+        self._credentials = self._load_credentials(client)
+        if probe.status_code == 401 and self._credentials is None:
+            raise RegistryError(f"registry {self.url} requires credentials and none were given; {_HOW_TO_LOG_IN}")
+        self._client = client
+        return client
+
+    def _load_credentials(self, client: Any) -> str | None:
+        """Give `client` the credentials of the first source that has some; returns that source."""
         user, password = os.environ.get("MLENV_REGISTRY_USERNAME"), os.environ.get("MLENV_REGISTRY_PASSWORD")
         if user and password:
             client.auth.set_basic_auth(user, password)
-        else:
-            # oras reads ~/.docker/config.json; docker itself honours $DOCKER_CONFIG too.
-            configs = []
-            if os.environ.get("DOCKER_CONFIG"):
-                candidate = os.path.join(os.environ["DOCKER_CONFIG"], "config.json")
-                if os.path.isfile(candidate):
-                    configs.append(candidate)
-            try:
-                container = client.get_container(f"{self.target.host}/{self.target.namespace or 'x'}/x")
-                client.auth.load_configs(container, configs=configs or None)
-            except Exception:  # an unreadable Docker config: go on anonymously
-                pass
-        if probe.status_code == 401 and not oras_has_credentials(client):
-            raise RegistryError(
-                f"registry {self.url} requires credentials; set MLENV_REGISTRY_USERNAME and "
-                "MLENV_REGISTRY_PASSWORD or log in with docker"
+            return "MLENV_REGISTRY_USERNAME/PASSWORD"
+        # oras reads ~/.docker/config.json; docker itself honours $DOCKER_CONFIG too.
+        configs = []
+        if os.environ.get("DOCKER_CONFIG"):
+            candidate = os.path.join(os.environ["DOCKER_CONFIG"], "config.json")
+            if os.path.isfile(candidate):
+                configs.append(candidate)
+        try:
+            container = client.get_container(f"{self.target.host}/{self.target.namespace or 'x'}/x")
+            client.auth.load_configs(container, configs=configs or None)
+        except Exception:  # an unreadable Docker config: the next source
+            pass
+        if oras_has_credentials(client):
+            return "the Docker config (docker login)"
+        from hatch_mlenv.credentials import netrc_login
+
+        login = netrc_login(self.hostname)
+        if login is not None:
+            client.auth.set_basic_auth(login[0], login[1])
+            return login[2]
+        return None
+
+    def _refused(self, method: str, path: str, status: str) -> RegistryError:
+        if self._credentials is None:
+            return RegistryError(
+                f"registry {self.url} requires credentials for {method} {path} and none were given ({status}); "
+                f"{_HOW_TO_LOG_IN}"
             )
-        self._client = client
-        return client
+        return RegistryError(f"registry {self.url} refused the credentials from {self._credentials} ({status})")
 
     def _request(self, method: str, path: str, **kwargs: Any):  # -> requests.Response
         import requests
@@ -146,12 +179,9 @@ class OciRegistry:
         except requests.exceptions.RequestException as exc:
             raise RegistryError(f"registry {self.url}: {type(exc).__name__}: {exc}") from None
         except ValueError:  # oras: "Cannot respond to request for authentication."
-            raise RegistryError(f"registry {self.url} refused the credentials") from None
+            raise self._refused(method, path, "HTTP 401: no token issued") from None
         if response.status_code == 401:
-            raise RegistryError(
-                f"registry {self.url} refused the credentials (HTTP 401); check MLENV_REGISTRY_USERNAME and "
-                "MLENV_REGISTRY_PASSWORD or your docker login"
-            )
+            raise self._refused(method, path, "HTTP 401")
         if response.status_code == 403:
             raise RegistryError(f"registry {self.url} denied {method} {path} (HTTP 403)")
         return response
