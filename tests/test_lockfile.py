@@ -172,4 +172,5 @@ def test_a_parsed_lock_is_kept_as_json_and_a_broken_entry_is_parsed_again(
     kept.write_text(json.dumps({"version": 1})[:-3])  # truncated: not JSON
     lockfile._PARSED.clear()
     assert lockfile.parse_lock(text, source).digest() == first.digest()
-    assert json.loads(kept.read_text())["version"] == 1  # rewritten whole
+    sealed = json.loads(kept.read_text())  # rewritten whole, sealed for this text's key
+    assert sealed["key"] == key and sealed["body"]["version"] == 1

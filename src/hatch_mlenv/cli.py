@@ -332,10 +332,11 @@ def get(reference: str, output: Path | None, registry_url: str | None, as_json: 
 @click.argument("label")
 @registry_option
 def label(reference: str, label: str, registry_url: str | None) -> None:
-    """Point LABEL at NAME:VERSION (labels move; versions never change)."""
-    from hatch_mlenv.reference import parse_reference
+    """Point LABEL at NAME:VERSION (labels move; versions never change; `latest` moves only by registering)."""
+    from hatch_mlenv.reference import check_movable_label, parse_reference
 
     ref = parse_reference(reference, require_version=True)
+    check_movable_label(label)  # for every backend, before any registry is opened
     version = _registry(registry_url).label(ref.name, ref.version, label)
     click.echo(f"{ref.name}@{label} -> {version.ref}")
 

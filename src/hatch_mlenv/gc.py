@@ -147,9 +147,12 @@ def _archive_stem(url_or_name: str) -> str:
 def _stamp_lockfile(path: Path) -> str | None:
     import json
 
+    from hatch_mlenv.sealed import LOCK_STAMP, read_sealed
+
+    body = read_sealed(path, LOCK_STAMP, path.stem)  # an unsealed stamp is never believed: not worth keeping
     try:
-        return str(json.loads(path.read_text(encoding="utf-8")).get("lockfile"))
-    except (OSError, ValueError, AttributeError):
+        return str(json.loads(body).get("lockfile")) if body is not None else None
+    except (ValueError, AttributeError):
         return None
 
 

@@ -225,9 +225,15 @@ def stamped_digest(spec: Spec) -> str | None:
     identity = _file_identity(spec.lockfile)
     if identity is None:
         return None
+    from hatch_mlenv.sealed import LOCK_STAMP, read_sealed
+
+    path = _stamp_path(spec)
+    body = read_sealed(path, LOCK_STAMP, path.stem)  # a stamp is believed only under our seal
     try:
-        stamp = json.loads(_stamp_path(spec).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        stamp = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    if not isinstance(stamp, dict):
         return None
     if stamp.get("file") == identity and stamp.get("spec_hash") == spec.hash() and stamp.get("lockfile") == str(spec.lockfile):
         return stamp.get("digest")
@@ -240,11 +246,11 @@ def _write_stamp(spec: Spec, lock: Lock) -> None:
     identity = _file_identity(spec.lockfile)
     if identity is None or lock.spec_hash != spec.hash() or not spec.managed:
         return  # a user-managed environment's freshness is its interpreter's, never cached
+    from hatch_mlenv.sealed import LOCK_STAMP, write_sealed
+
     stamp = {"lockfile": str(spec.lockfile), "file": identity, "spec_hash": lock.spec_hash, "digest": lock.digest()}
-    try:
-        atomic_write(_stamp_path(spec), json.dumps(stamp))
-    except OSError:  # a cache: never worth failing a command for
-        pass
+    path = _stamp_path(spec)
+    write_sealed(path, LOCK_STAMP, path.stem, json.dumps(stamp).encode())  # a cache: never fails a command
 
 
 def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list[LockedPackage]:

@@ -230,7 +230,9 @@ def text_key(text: str) -> str:
 def _parse_lock(text: str, source: object, key: str) -> Lock:
     """The YAML is parsed once per text: its document is kept as JSON in the user cache, by the
     text's sha256, so that the commands that only read a lock (a no-op install, run, show)
-    neither import nor run a YAML parser. The document is validated on every read."""
+    neither import nor run a YAML parser. The document is validated on every read, and only
+    believed when its seal (see hatch_mlenv.sealed) binds it to this text's key: an edited,
+    swapped or foreign entry is a miss, and the YAML is parsed again."""
     document = _cached_document(key)
     if document is None:
         import yaml
@@ -248,33 +250,35 @@ def _parse_lock(text: str, source: object, key: str) -> Lock:
     return lock_from_document(document, source)
 
 
-LOCK_DOCUMENTS = "lock-documents"  # in the user cache: <sha256 of a lock's text>.json
+LOCK_DOCUMENTS = "lock-documents"  # in the user cache: <sha256 of a lock's text>.json, sealed
+
+
+def _document_path(key: str) -> Path:
+    from hatch_mlenv.paths import cache_dir
+
+    return cache_dir() / LOCK_DOCUMENTS / f"{key}.json"
 
 
 def _cached_document(key: str) -> Any:
-    from hatch_mlenv.paths import cache_dir
+    from hatch_mlenv.sealed import LOCK_DOCUMENT, read_sealed
 
+    body = read_sealed(_document_path(key), LOCK_DOCUMENT, key)
+    if body is None:
+        return None
     try:
-        return json.loads((cache_dir() / LOCK_DOCUMENTS / f"{key}.json").read_bytes())
-    except (OSError, ValueError):
+        return json.loads(body)
+    except ValueError:
         return None
 
 
 def _keep_document(key: str, document: Any) -> None:
-    from hatch_mlenv.paths import cache_dir
+    from hatch_mlenv.sealed import LOCK_DOCUMENT, write_sealed
 
     try:
-        text = json.dumps(document, separators=(",", ":"))
+        body = json.dumps(document, separators=(",", ":")).encode()
     except (TypeError, ValueError):  # a YAML type JSON lacks (a date): parse it each time instead
         return
-    directory = cache_dir() / LOCK_DOCUMENTS
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        partial = directory / f".{key}.{os.getpid()}.part"
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, directory / f"{key}.json")
-    except OSError:  # a cache: never worth failing a read for
-        pass
+    write_sealed(_document_path(key), LOCK_DOCUMENT, key, body)
 
 
 def lock_from_document(document: Any, path: object) -> Lock:

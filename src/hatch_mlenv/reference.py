@@ -13,9 +13,12 @@ from hatch_mlenv.errors import UsageError
 LATEST = "latest"
 MAX_VERSION = 2**31 - 1  # version numbers are SQLite integers and OCI tags: keep them in range
 
+# ASCII only, matched whole (re's `$` would let a trailing newline through; `\d` and
+# str.isdigit() take any script's digits): one reference, one spelling.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"  # at most 100 characters, as in [tool.mlenv] name
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
-_REF_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<version>[^@:]+)|@(?P<label>[^@:]+))?$")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+_VERSION_RE = re.compile(r"[0-9]+")
+_REF_RE = re.compile(rf"(?P<name>{_NAME})(?::(?P<version>[^@:]+)|@(?P<label>[^@:]+))?")
 
 
 @dataclass(frozen=True)
@@ -33,18 +36,22 @@ class Reference:
 
 
 def parse_reference(text: str, *, require_version: bool = False) -> Reference:
-    match = _REF_RE.match(text.strip())
+    shown = f"{text[:60]!r}..." if len(text) > 60 else repr(text)
+    if any(character.isspace() for character in text):
+        raise UsageError(f"malformed reference {shown}: a reference has no spaces "
+                         "(use NAME, NAME:VERSION or NAME@LABEL)")
+    match = _REF_RE.fullmatch(text)
     if not match:
-        shown = f"{text[:60]!r}..." if len(text) > 60 else repr(text)
         raise UsageError(f"malformed reference {shown}: use NAME, NAME:VERSION or NAME@LABEL "
                          "(a name has at most 100 characters)")
     version = match["version"]
     if version is not None:
-        if not version.isdigit() or not 1 <= int(version) <= MAX_VERSION:
-            raise UsageError(f"malformed reference {text[:120]!r}: the version must be an integer from 1 to {MAX_VERSION}")
+        if not _VERSION_RE.fullmatch(version) or not 1 <= int(version) <= MAX_VERSION:
+            raise UsageError(f"malformed reference {text[:120]!r}: the version must be an integer from 1 to "
+                             f"{MAX_VERSION}, in ASCII digits")
         return Reference(match["name"], int(version))
     if require_version:
-        raise UsageError(f"malformed reference {text!r}: use NAME:VERSION")
+        raise UsageError(f"malformed reference {shown}: use NAME:VERSION")
     label = match["label"]
     if label is not None:
         check_label(label)
@@ -60,16 +67,26 @@ def option_reference(option: str | None) -> Reference | None:
 
 
 def check_label(label: str) -> str:
-    if not _LABEL_RE.match(label):
-        raise UsageError(f"invalid label {label!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+    if not _LABEL_RE.fullmatch(label):
+        raise UsageError(f"invalid label {label!r}: use ASCII letters, digits, '.', '_' and '-' (at most 64)")
     return label
 
 
-_NAME_RE = re.compile(rf"^{_NAME}$")
+def check_movable_label(label: str) -> str:
+    """A label a user may point at a version: any valid one but `latest`, which registration
+    alone moves (it always names the newest version)."""
+    check_label(label)
+    if label == LATEST:
+        raise UsageError(f"label {LATEST!r} cannot be set by hand: it always points at the newest version "
+                         "and only `mlenv register` moves it")
+    return label
+
+
+_NAME_RE = re.compile(_NAME)
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise UsageError(f"invalid environment name {name!r}: use letters, digits, '.', '_' and '-'")
     return name
 

@@ -17,7 +17,15 @@ from typing import Any
 
 from hatch_mlenv.errors import UsageError
 from hatch_mlenv.provenance import git_state, provenance
-from hatch_mlenv.reference import LATEST, MAX_VERSION, Reference, check_label, check_name, parse_reference
+from hatch_mlenv.reference import (
+    LATEST,
+    MAX_VERSION,
+    Reference,
+    check_label,
+    check_movable_label,
+    check_name,
+    parse_reference,
+)
 from hatch_mlenv.registry.base import (
     Backend,
     EnvironmentSummary,
@@ -62,6 +70,8 @@ def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...
     from hatch_mlenv.errors import StaleLockError
     from hatch_mlenv.lock import stamped_digest, staleness
 
+    for label in labels:  # before anything is checked or written, whatever the backend
+        check_movable_label(label)
     spec = env.spec
     # A lock just written or checked (the build hook's, a fresh `mlenv lock`'s) has its stamp:
     # no second full check on the hot path.
@@ -113,6 +123,8 @@ def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tupl
     from hatch_mlenv.lockfile import read_lock
 
     check_name(name)
+    for label in labels:
+        check_movable_label(label)
     lock = read_lock(path)
     text = path.read_text(encoding="utf-8")
     manifest = lock_manifest(name, lock, image=image_reference_for(name, lock.digest()), lockfile=path.name)

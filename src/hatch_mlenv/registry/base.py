@@ -22,8 +22,8 @@ class Version:
     provenance: dict[str, Any] = field(hash=False)
     labels: tuple[str, ...] = ()
     archived: bool = False
-    # sha256 over name, number, lock text, manifest and provenance, stored with the entry
-    # (None where the backend stores content-addressed blobs, as OCI registries do).
+    # sha256 over name, number, lock text, manifest and provenance, stored with the entry by
+    # every backend; None only when the stored entry lacks it, which `check_entry` refuses.
     entry_hash: str | None = None
 
     @property
@@ -126,29 +126,36 @@ def entry_hash(name: str, number: int, lockfile: str, manifest: dict[str, Any], 
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def check_entry(version: Version) -> Version:
-    """Refuse a stored version whose lock, manifest, provenance, name or number is not what was stored."""
-    if version.entry_hash is not None and version.entry_hash != entry_hash(
+def check_entry(version: Version, where: object = None) -> Version:
+    """Refuse a stored version whose lock, manifest, provenance, name or number is not what was
+    stored, or that carries no entry hash (every backend stores one: a missing one is damage,
+    never a reason to skip the check). `where` (the registry's file) starts the message."""
+    prefix = f"{where}: " if where is not None else ""
+    if not version.entry_hash:
+        raise RegistryError(f"{prefix}registry entry {version.ref} is corrupted: it has no entry hash, "
+                            "so its content cannot be checked")
+    if version.entry_hash != entry_hash(
         version.name, version.version, version.lockfile, version.manifest, version.provenance
     ):
         raise RegistryError(
-            f"registry entry {version.ref} is corrupted: its lock, manifest, provenance or number "
+            f"{prefix}registry entry {version.ref} is corrupted: its lock, manifest, provenance or number "
             f"changed after it was registered"
         )
     return version
 
 
-def verify(version: Version) -> Version:
+def verify(version: Version, where: object = None) -> Version:
     """Refuse to serve a stored version whose content is not what was stored: the entry hash,
     then the lock's own digest."""
     from hatch_mlenv.lockfile import parse_lock
 
-    check_entry(version)
+    check_entry(version, where)
 
     try:
         actual = parse_lock(version.lockfile, f"registry entry {version.ref}").digest()
     except MlenvError:
         actual = None
     if actual != version.digest:
-        raise RegistryError(f"registry entry {version.ref} is corrupted: digest mismatch")
+        prefix = f"{where}: " if where is not None else ""
+        raise RegistryError(f"{prefix}registry entry {version.ref} is corrupted: digest mismatch")
     return version

@@ -9,14 +9,16 @@ version (row, `latest` label, environment row) or none of it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from hatch_mlenv.errors import NotFoundError, RegistryError
 from hatch_mlenv.hookspecs import hookimpl
-from hatch_mlenv.reference import LATEST, Reference, check_label
+from hatch_mlenv.reference import LATEST, Reference, check_movable_label
 from hatch_mlenv.registry.base import (
     EnvironmentSummary,
     Registration,
@@ -55,8 +57,30 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_by_version ON labels(name, version);
 CREATE INDEX IF NOT EXISTS versions_listing ON versions(name, archived, version);
 """
-# 2: versions.entry_hash (see registry.entry_hash); version-1 rows get theirs when first opened.
+# 2: versions.entry_hash (see registry.entry_hash); older rows get theirs when first opened,
+# so a NULL one is corruption. (0: databases written before the schema was numbered.)
 SCHEMA_VERSION = 2
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _empty_registry() -> sqlite3.Connection:
+    """What a registry file that does not exist reads as: no environments (nothing is created)."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    db.executescript(_SCHEMA)
+    return db
+
+
+def _has_registry_tables(db: sqlite3.Connection) -> bool:
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {"environments", "versions", "labels"} <= tables
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def default_path() -> Path:
@@ -67,39 +91,121 @@ def default_path() -> Path:
 
 
 class LocalRegistry:
+    """A registry file that exists is opened and checked, never initialised over: an empty,
+    truncated or foreign file is reported as damaged. A missing one reads as an empty
+    registry, and the first write creates it whole."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.url = f"sqlite://{path}"
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        self._missing = False
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(100)
+        except FileNotFoundError:
+            self._missing = True
+            return _empty_registry()
+        except OSError as exc:
+            raise RegistryError(f"{path}: cannot read the registry database: {exc.strerror or exc}") from None
+        if not header:
+            raise self._damaged("the file is empty")
+        if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+            raise self._damaged("not an SQLite database")
+        try:
+            # mode=rw: a file moved away meanwhile is an error, not a new empty database
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
+                                 timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(str(exc)) from None
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # before anything writes (even the journal mode): another program's database stays as it is
+            if db.execute("PRAGMA user_version").fetchone()[0] < 1 and not _has_registry_tables(db):
+                raise self._damaged("it holds no registry tables")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA foreign_keys = ON")
+            # Only an old registry takes the write lock, to migrate: readers of a current
+            # one never wait behind a writer here.
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._migrate(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise self._damaged(str(exc)) from None
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring a registry of an older schema to this one (0: before the schema was numbered;
+        1: before entry hashes). Every row gets its entry hash here, so none is ever NULL."""
+        schema = db.execute("PRAGMA user_version").fetchone()[0]
+        if schema >= SCHEMA_VERSION:
+            return  # another process migrated it while we waited for the lock
+        if not _has_registry_tables(db):
+            raise self._damaged("it holds no registry tables")
+        for statement in _SCHEMA.split(";"):  # not executescript: it would commit the transaction
+            if statement.strip():
+                db.execute(statement)
+        if "entry_hash" not in {row[1] for row in db.execute("PRAGMA table_info(versions)")}:
+            db.execute("ALTER TABLE versions ADD COLUMN entry_hash TEXT")
+        rows = db.execute("SELECT name, version, lockfile, manifest, provenance FROM versions "
+                          "WHERE entry_hash IS NULL").fetchall()
+        for name, number, lockfile, manifest, provenance in rows:
+            try:
+                digest = entry_hash(name, number, lockfile, json.loads(manifest), json.loads(provenance))
+            except (ValueError, TypeError):
+                continue  # left without a hash: reported as corrupted when read, never served
+            db.execute("UPDATE versions SET entry_hash = ? WHERE name = ? AND version = ?", (digest, name, number))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _damaged(self, detail: str) -> RegistryError:
+        return RegistryError(f"{self.path}: the registry database is empty or damaged ({detail}); "
+                             "restore it from a backup or move it away")
+
+    def _create(self) -> None:
+        """Create the database file whole: built under a temporary name, then linked into place
+        (which fails harmlessly when another process created it first), so that nobody ever
+        sees a registry file without its schema."""
+        from hatch_mlenv.lockfile import remove_dead_leftovers
+
+        path = self.path
+        partial = path.with_name(f".{path.name}.{os.getpid()}.new")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            # Only a new database takes the write lock to create the tables:
-            # readers of an existing one never wait behind a writer here.
-            if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                with self._transaction():
-                    schema = self._db.execute("PRAGMA user_version").fetchone()[0]
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self._db.execute(statement)
-                    if schema == 1:
-                        self._db.execute("ALTER TABLE versions ADD COLUMN entry_hash TEXT")
-                        self._hash_existing_rows()
-                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            remove_dead_leftovers(path.parent, f".{path.name}.")
+            _remove_database(partial)
+            db = sqlite3.connect(partial, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            finally:
+                db.close()  # the last connection: the WAL is checkpointed into the file
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                pass
+            except OSError:  # no hard links on this file system
+                if not os.path.lexists(path):
+                    os.replace(partial, path)
         except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"local registry {path} is damaged or not a registry: {exc}; "
-                                f"move it away to start a new one") from None
+            raise RegistryError(f"{path}: cannot create the registry database: {exc}") from None
         except OSError as exc:
-            raise RegistryError(f"local registry {path}: cannot create: {exc.strerror or exc}") from None
-
-    def _hash_existing_rows(self) -> None:
-        rows = self._db.execute("SELECT name, version, lockfile, manifest, provenance FROM versions").fetchall()
-        for name, number, lockfile, manifest, provenance in rows:
-            digest = entry_hash(name, number, lockfile, json.loads(manifest), json.loads(provenance))
-            self._db.execute("UPDATE versions SET entry_hash = ? WHERE name = ? AND version = ?", (digest, name, number))
+            raise RegistryError(f"{path}: cannot create the registry database: {exc.strerror or exc}") from None
+        finally:
+            _remove_database(partial)
 
     @contextmanager
     def _damage_reported(self) -> Iterator[None]:
@@ -107,10 +213,16 @@ class LocalRegistry:
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            raise RegistryError(f"local registry {self.path} is damaged: {exc}; move it away to start a new one") from None
+            raise self._damaged(str(exc)) from None
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; only `create` makes a missing registry's file (registration:
+        labelling or archiving in a registry that does not exist writes nothing)."""
+        if self._missing and create:  # the first registration in a registry that did not exist
+            self._create()
+            empty, self._db = self._db, self._open()
+            empty.close()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -135,8 +247,8 @@ class LocalRegistry:
         # Parsed once, before the transaction: the stored digest is always the lock's own.
         digest = parse_lock(lockfile, f"lockfile for {name}").digest()
         for label in labels:
-            check_label(label)
-        with self._transaction() as db:
+            check_movable_label(label)
+        with self._damage_reported(), self._transaction(create=True) as db:
             db.execute("INSERT OR IGNORE INTO environments(name) VALUES (?)", (name,))
             if description is not None:
                 db.execute("UPDATE environments SET description = ? WHERE name = ?", (description, name))
@@ -155,10 +267,13 @@ class LocalRegistry:
                 self._set_label(db, name, LATEST, number)
             else:
                 number = row[0]
+                # an existing entry is only answered (and labelled) when it is whole: a damaged
+                # one, or a digest column edited to claim this lock, refuses the registration
+                self._row(name, number, self._stored(name, number), [], verified=True)
             for label in labels:
                 self._set_label(db, name, label, number)
             # What is stored (for an existing digest, the first registration's text), read in the
-            # transaction; the digest was computed just above, so it is not re-checked here.
+            # transaction: a new entry is what was just written, an existing one was verified above.
             version = self._row(name, number, self._stored(name, number), self._labels(name, number))
         return Registration(version, created)
 
@@ -184,8 +299,8 @@ class LocalRegistry:
                 number = row[0]
                 if self._stored(ref.name, number) is None:
                     raise RegistryError(
-                        f"registry entry {ref.name}@{label} is damaged: the label points at version {number}, "
-                        f"which is not in {self.url}"
+                        f"{self.path}: registry entry {ref.name}@{label} is damaged: the label points at version "
+                        f"{number}, which is not in the registry"
                     )
             return self._version(ref.name, number)
 
@@ -200,7 +315,8 @@ class LocalRegistry:
     def _require_name(self, name: str) -> None:
         if self._db.execute("SELECT 1 FROM environments WHERE name = ?", (name,)).fetchone() is None:
             if self._db.execute("SELECT 1 FROM versions WHERE name = ? LIMIT 1", (name,)).fetchone() is not None:
-                raise RegistryError(f"local registry {self.path} is damaged: {name!r} has versions but no environment row")
+                raise RegistryError(f"{self.path}: the registry is damaged: {name!r} has versions "
+                                    "but no environment row")
             raise NotFoundError(f"no environment named {name!r} in {self.url}")
 
     def _stored(self, name: str, number: int) -> tuple[Any, ...] | None:
@@ -221,21 +337,32 @@ class LocalRegistry:
             if row is None:
                 self._require_name(name)
                 raise NotFoundError(f"{name} has no version {number}")
-            return verify(self._row(name, number, row, self._labels(name, number)))
+            return self._row(name, number, row, self._labels(name, number), verified=True)
 
-    @staticmethod
-    def _row(name: str, number: int, row: tuple[Any, ...], labels: list[str]) -> Version:
+    def _row(self, name: str, number: int, row: tuple[Any, ...], labels: list[str], *,
+             checked: bool = False, verified: bool = False) -> Version:
+        """A stored row as a Version; `checked`: its entry hash is checked (a NULL one is
+        corruption); `verified`: its lock's digest as well."""
         digest, lockfile, manifest, provenance, archived, stored_hash = row
         try:
             manifest_data, provenance_data = json.loads(manifest), json.loads(provenance)
         except (ValueError, TypeError):
-            raise RegistryError(f"registry entry {name}:{number} is corrupted: unreadable manifest") from None
-        return Version(name, number, digest, lockfile, manifest_data, provenance_data, tuple(labels), bool(archived),
-                       stored_hash)
+            raise RegistryError(f"{self.path}: registry entry {name}:{number} is corrupted: "
+                                "unreadable manifest") from None
+        version = Version(name, number, digest, lockfile, manifest_data, provenance_data, tuple(labels),
+                          bool(archived), stored_hash)
+        if verified:
+            return verify(version, self.path)
+        return check_entry(version, self.path) if checked else version
 
     def find_digest(self, name: str, digest: str) -> int | None:
-        row = self._db.execute("SELECT version FROM versions WHERE name = ? AND digest = ?", (name, digest)).fetchone()
-        return row[0] if row else None
+        """The version registered for `digest`; only a sound entry answers (a damaged one is an error)."""
+        with self._damage_reported():
+            row = self._db.execute("SELECT version FROM versions WHERE name = ? AND digest = ?",
+                                   (name, digest)).fetchone()
+            if row is None:
+                return None
+            return self._row(name, row[0], self._stored(name, row[0]), [], verified=True).version
 
     def history(self, name: str) -> list[Version]:
         with self._damage_reported():
@@ -252,7 +379,7 @@ class LocalRegistry:
             (name,),
         ).fetchall()
         # history checks each entry's hash, without parsing every lock (that is what `get` does too)
-        return [check_entry(self._row(name, r[0], r[1:], labels.get(r[0], []))) for r in rows]
+        return [self._row(name, r[0], r[1:], labels.get(r[0], []), checked=True) for r in rows]
 
     def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]:
         with self._damage_reported():
@@ -282,23 +409,19 @@ class LocalRegistry:
         return result
 
     def label(self, name: str, version: int, label: str) -> Version:
-        check_label(label)
-        with self._transaction() as db:
-            if db.execute("SELECT 1 FROM versions WHERE name = ? AND version = ?", (name, version)).fetchone() is None:
-                self._require_name(name)
-                raise NotFoundError(f"{name} has no version {version}")
+        """Point `label` at a sound version; `latest` is refused (registration alone moves it)."""
+        check_movable_label(label)
+        with self._damage_reported(), self._transaction() as db:
+            found = self._version(name, version)  # missing or damaged: refused before anything is written
             self._set_label(db, name, label, version)
-        return self._version(name, version)
+            return replace(found, labels=tuple(self._labels(name, version)))
 
     def set_archived(self, name: str, version: int, archived: bool) -> Version:
-        with self._transaction() as db:
-            changed = db.execute(
-                "UPDATE versions SET archived = ? WHERE name = ? AND version = ?", (int(archived), name, version)
-            ).rowcount
-            if not changed:
-                self._require_name(name)
-                raise NotFoundError(f"{name} has no version {version}")
-        return self._version(name, version)
+        with self._damage_reported(), self._transaction() as db:
+            found = self._version(name, version)  # missing or damaged: refused before anything is written
+            db.execute("UPDATE versions SET archived = ? WHERE name = ? AND version = ?",
+                       (int(archived), name, version))
+            return replace(found, archived=archived)
 
     def close(self) -> None:
         self._db.close()
