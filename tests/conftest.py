@@ -105,10 +105,16 @@ def pip_index(tmp_path_factory: pytest.TempPathFactory):  # -> Iterator[str]
 
 @pytest.fixture(autouse=True)
 def isolated_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own local registry (and so does every `mlenv` it runs)."""
+    """Every test gets its own local registry (and so does every `mlenv` it runs).
+
+    Progress is asked for (`MLENV_PROGRESS=1`, as `mlenv -v` does): steps are quiet when stderr is
+    not a terminal, and the tests assert which ones ran (`resolving ... with uv`, `building ...
+    from source`) in what `mlenv`, `hatch` and the build hook write to a pipe. tests/test_output.py
+    removes it to check the quiet default."""
     home = tmp_path_factory.mktemp("mlenv-home")
     monkeypatch.setenv("MLENV_HOME", str(home))
-    for name in ("MLENV_REGISTRY", "MLENV_REGISTRY_USERNAME", "MLENV_REGISTRY_PASSWORD"):
+    monkeypatch.setenv("MLENV_PROGRESS", "1")
+    for name in ("MLENV_REGISTRY", "MLENV_REGISTRY_USERNAME", "MLENV_REGISTRY_PASSWORD", "MLENV_QUIET"):
         monkeypatch.delenv(name, raising=False)
     return home
 

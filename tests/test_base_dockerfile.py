@@ -87,7 +87,7 @@ def test_the_base_is_built_first_and_its_content_is_in_the_tag(base_project: Pat
     # the image follows the lock: until it is locked again, the base cannot be built from the edited file
     docker_client.images.remove(tag, force=True)
     docker_client.images.remove(base_tag, force=True)
-    refused = mlenv("image", "build", "--project", str(base_project))
+    refused = mlenv("image", "build", "--frozen", "--project", str(base_project))
     assert_clean_error(refused, 1, str(dockerfile), "changed since conda-lock.yml was written", "mlenv lock")
     assert _gone(docker_client, tag)
 
@@ -163,7 +163,7 @@ def test_a_lock_from_before_the_key_is_refused(base_project: Path) -> None:
     assert read_lock(base_project / "conda-lock.yml").base_dockerfile is None
     pyproject.write_text(text)
     assert mlenv("lock", "--check", "--project", str(base_project)).returncode == 1
-    result = mlenv("image", "build", "--project", str(base_project))
+    result = mlenv("image", "build", "--frozen", "--project", str(base_project))
     assert_clean_error(result, 1, "conda-lock.yml: written before tool.mlenv.docker.base-dockerfile was set",
                        "mlenv lock")
 

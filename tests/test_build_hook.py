@@ -186,3 +186,31 @@ def test_hook_free_build_is_unchanged(tmp_path: Path, defaults_2018: Path, targe
     )
     assert result.returncode == 0, result.stderr
     assert not (project / "conda-lock.yml").exists()
+
+
+def test_the_lock_policy_in_tool_mlenv_and_in_the_environment(tmp_path: Path, defaults_2018: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23: the build hook follows the stale-lock policy of every command: `[tool.mlenv] lock`,
+    its own `lock` option (more specific), and MLENV_LOCKED / MLENV_FROZEN over both."""
+    project = make_project(tmp_path / "demo", defaults_2018)
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('platforms = ["linux-64"]',
+                                                       'platforms = ["linux-64"]\nlock = "locked"'))
+    before = tree_hashes(project)
+    refused = hatch("build", cwd=project)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert ('mlenv: error: conda-lock.yml is stale: conda-lock.yml does not exist (tool.mlenv.lock = "locked"); '
+            "run `mlenv lock`") in refused.stderr
+    assert tree_hashes(project) == before
+
+    pyproject.write_text(pyproject.read_text().replace("[tool.hatch.build.hooks.mlenv]\n",
+                                                       '[tool.hatch.build.hooks.mlenv]\nlock = "auto"\n'))
+    monkeypatch.setenv("MLENV_LOCKED", "1")
+    locked = hatch("build", "-t", "wheel", cwd=project)
+    assert locked.returncode == 1 and "does not exist (MLENV_LOCKED=1)" in locked.stderr
+    assert not (project / "conda-lock.yml").exists()
+    monkeypatch.delenv("MLENV_LOCKED")
+    built = hatch("build", "-t", "wheel", cwd=project)
+    assert built.returncode == 0, built.stderr
+    assert "mlenv: conda-lock.yml does not exist; locking demo" in built.stdout + built.stderr
+    assert (project / "conda-lock.yml").is_file()

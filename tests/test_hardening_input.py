@@ -252,3 +252,26 @@ def test_the_forms_people_write_are_still_accepted(tmp_path: Path) -> None:
                   '[tool.mlenv.docker]\nprefix = "/opt/env/"\nregistry = "127.0.0.1:5000/team"\nrepository = "fraud/train"\n')
     spec = load_spec(tmp_path)
     assert spec.docker.prefix == "/opt/env" and spec.lockfile == tmp_path.resolve() / "locks" / "env.yaml"
+
+
+def test_attack_run_findings_are_config_errors(tmp_path: Path) -> None:
+    """From the attack run after issue 22: script digits in versions were internal errors, and a
+    newline in a Spark repository added a spark-defaults line."""
+    cases = {
+        'python = "3.11"\n[tool.mlenv.virtual-packages.linux-64]\n__glibc = "١٢.17"\n':
+            "tool.mlenv.virtual-packages.linux-64.__glibc",
+        'python = "３.１１"\n': "tool.mlenv.python",
+        'python = "3.11"\n[tool.mlenv.spark]\nrepositories = ["https://repo.example.com/m2\\nspark.driver.extraJavaOptions -Xevil"]\n':
+            "tool.mlenv.spark.repositories[0]",
+    }
+    for index, (body, key) in enumerate(cases.items()):
+        proj = write_project(tmp_path / str(index), 'channels = ["conda-forge"]\nplatforms = ["linux-64"]\n' + body)
+        result = mlenv("lock", "--project", str(proj))
+        assert_clean_error(result, 2, key)
+        assert "internal error" not in result.stderr
+        assert not (proj / "conda-lock.yml").exists()
+
+
+def test_history_of_a_malformed_name_is_a_usage_error() -> None:
+    for name in ("clip:١", "", "a:b:c"):
+        assert_clean_error(mlenv("history", name), 2, "invalid environment name")

@@ -132,7 +132,7 @@ def test_3_a_forged_cache_cannot_make_a_stale_lock_fresh(project: Path, style: s
     assert check.returncode == 1 and "is stale" in check.stderr
     data = json.loads(mlenv("show", "--json", "--project", str(project), check=True).stdout)
     assert data["fresh"] is False and parse_lock(old_text, lockfile).digest() in data["digest"]
-    assert_clean_error(mlenv("register", "--project", str(project)), 1, "is stale")
+    assert_clean_error(mlenv("register", "--locked", "--project", str(project)), 1, "is stale")
     assert not registry_file().exists()
 
 
@@ -157,7 +157,7 @@ def test_3_a_forged_lock_stamp_cannot_make_a_stale_lock_fresh(project: Path, sty
     forge(stamp_file, stamp, style)
     check = mlenv("lock", "--check", "--project", str(project))
     assert check.returncode == 1 and "is stale" in check.stderr
-    assert_clean_error(mlenv("register", "--project", str(project)), 1, "is stale")
+    assert_clean_error(mlenv("register", "--locked", "--project", str(project)), 1, "is stale")
 
 
 def test_3_the_cache_secret_is_private_and_a_shared_one_is_not_used(project: Path) -> None:
@@ -383,3 +383,59 @@ def test_9_latest_is_moved_by_registration_alone(clip: Path) -> None:
         registry.register("clip", clip.read_text(), {}, {}, labels=("latest",))
     registry.close()
     assert latest_and_count() == (2, 2)
+
+
+def test_registries_held_open_in_one_process_lose_no_registration(tmp_path: Path, isolated_registry: Path) -> None:
+    """Two registries open in this process while `mlenv register` processes write: every version
+    stays (opening a registry must never close a descriptor of the file: on Linux that drops the
+    POSIX locks of this process's other SQLite connections, and another process then checkpoints
+    and deletes the WAL under them)."""
+    from hatch_mlenv.registry.local import LocalRegistry, default_path
+
+    def register(name: str) -> None:
+        path = tmp_path / name / "conda-lock.yml"
+        path.parent.mkdir()
+        path.write_text(small_lock(name))
+        mlenv("register", "--lockfile", str(path), "--name", name, check=True)
+
+    register("a")
+    first, second = LocalRegistry(default_path()), LocalRegistry(default_path())
+    try:
+        register("b")
+        first.register("c", small_lock("c"), {}, {})
+        register("d")
+        register("e")
+        third = LocalRegistry(default_path())  # was: "empty or damaged (disk I/O error)"
+        third.close()
+    finally:
+        first.close()
+        second.close()
+    listed = mlenv("list", "--json", check=True).stdout
+    assert sorted(e["name"] for e in json.loads(listed)) == ["a", "b", "c", "d", "e"]
+
+
+def test_a_locked_url_cannot_choose_where_its_download_is_written(tmp_path: Path) -> None:
+    """A lock edited to name `..%2F..%2Fvictim` as its wheel's file: refused before anything is written."""
+    from hatch_mlenv.distributions import fetch
+    from hatch_mlenv.errors import InstallError
+
+    victim = tmp_path / "victim"
+    url = "http://127.0.0.1:9/simple/" + "..%2F" * 12 + str(victim).lstrip("/").replace("/", "%2F")
+    with pytest.raises(InstallError, match="names no plain file"):
+        fetch(url, "0" * 64, "evil 1.0")
+    assert not victim.exists()
+
+
+def test_writes_never_replace_a_device_nor_delete_a_users_dotfiles(tmp_path: Path, clip: Path) -> None:
+    """`-o` at something that is not a regular file is refused; a user's `.out.txt.20240101/` beside
+    the output is not a leftover of ours."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = mlenv("export", "clip:1", "--format", "explicit", "-o", str(fifo))
+    assert_clean_error(result, 2, str(fifo), "not a regular file")
+    assert fifo.is_fifo()
+    keep = tmp_path / ".out.txt.20240101"
+    keep.mkdir()
+    (keep / "important").write_text("keep")
+    mlenv("export", "clip:1", "--format", "explicit", "-o", str(tmp_path / "out.txt"), check=True)
+    assert (keep / "important").read_text() == "keep"

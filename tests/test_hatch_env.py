@@ -189,7 +189,8 @@ def test_hatch_refuses_a_host_without_the_declared_cuda_driver(
     assert ok(accepted).strip() == "ran" and "warning: ignoring" not in accepted.stderr
 
 
-def test_a_relock_resyncs_the_prefix_and_a_stale_lock_is_refused(tmp_path: Path, host_channel: Path) -> None:
+def test_a_relock_resyncs_the_prefix_and_a_stale_lock_is_refused(tmp_path: Path, host_channel: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(tmp_path / "demo", host_channel)
     mlenv("lock", "--project", str(project), check=True)
     prefix = project / ".mlenv" / "envs" / "demo"
@@ -200,13 +201,19 @@ def test_a_relock_resyncs_the_prefix_and_a_stale_lock_is_refused(tmp_path: Path,
 
     pyproject = project / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("mlenv-greeting ==1.0", "mlenv-greeting ==2.0"))
+    locked = (project / "conda-lock.yml").read_bytes()
+    monkeypatch.setenv("MLENV_LOCKED", "1")  # CI: a stale lock is refused, nothing touched
     stale = hatch("run", "train:python", "-c", SHOW, cwd=project)
-    clean_error(stale, 1, "the lock is stale", "pyproject.toml changed", "run `mlenv lock`")
+    clean_error(stale, 1, "conda-lock.yml is stale", "pyproject.toml changed", "(MLENV_LOCKED=1)", "run `mlenv lock`")
     assert (site_packages(prefix) / "mlenv_greeting-1.0.dist-info").is_dir()  # untouched
+    assert (project / "conda-lock.yml").read_bytes() == locked
+    monkeypatch.delenv("MLENV_LOCKED")
 
-    mlenv("lock", "--project", str(project), check=True)
+    # by default the stale lock is locked again, said in one line, and the prefix follows it
     synced = hatch("run", "train:python", "-c", SHOW, cwd=project)
     assert ok(synced).split() == [str(prefix), str(project / "src" / "demo" / "__init__.py"), "1", "2.0"]
+    assert "mlenv: conda-lock.yml is stale ([tool.mlenv] in pyproject.toml changed" in synced.stderr
+    assert "); relocking" in synced.stderr
     assert "mlenv: updated demo sha256:" in synced.stderr and "(1 packages changed)" in synced.stderr
     state = json.loads((prefix / ".mlenv-state.json").read_text())
     assert state["digest"] == read_lock(project / "conda-lock.yml").digest()
@@ -216,7 +223,8 @@ def test_a_relock_resyncs_the_prefix_and_a_stale_lock_is_refused(tmp_path: Path,
     assert ok(unchanged).strip() == "ok" and "mlenv: updated" not in unchanged.stderr
 
 
-def test_option_env_picks_a_named_environment_and_its_lock(tmp_path: Path, host_channel: Path) -> None:
+def test_option_env_picks_a_named_environment_and_its_lock(tmp_path: Path, host_channel: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     project = make_project(
         tmp_path / "demo",
         host_channel,
@@ -244,9 +252,11 @@ def test_option_env_picks_a_named_environment_and_its_lock(tmp_path: Path, host_
     state = json.loads((prefix / ".mlenv-state.json").read_text())
     assert state["digest"] == read_lock(project / "conda-lock.gpu.yml").digest()
 
-    # the top-level environment has no lock yet: said plainly, nothing created
-    clean_error(hatch("run", "train:python", "-V", cwd=project), 1, "conda-lock.yml: does not exist", "mlenv lock")
-    assert not (project / ".mlenv" / "envs" / "demo").exists()
+    # the top-level environment has no lock yet: under MLENV_LOCKED=1 said plainly, nothing created
+    monkeypatch.setenv("MLENV_LOCKED", "1")
+    clean_error(hatch("run", "train:python", "-V", cwd=project), 1, "conda-lock.yml does not exist", "mlenv lock")
+    assert not (project / ".mlenv" / "envs" / "demo").exists() and not (project / "conda-lock.yml").exists()
+    monkeypatch.delenv("MLENV_LOCKED")
     clean_error(hatch("run", "typo:python", "-V", cwd=project), 2, "tool.mlenv.envs.gpux", "unknown environment",
                 "Did you mean gpu?")
 

@@ -264,9 +264,11 @@ def test_push_to_unreachable_registry(image_project: Path) -> None:
     assert_clean_error(result, 1, "127.0.0.1:9")
 
 
-def test_lock_without_linux(tmp_path: Path, channel: Path) -> None:
+def test_lock_without_linux(tmp_path: Path, channel: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project = write_project(tmp_path, f'channels = ["{channel}"]\nplatforms = ["osx-arm64"]\nconda = ["mlenv-hello"]\n')
     mlenv("lock", "--project", str(project), check=True)
+    # the lock is checked before any engine is asked: no engine needed to be told
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
     for command in (["image", "build"], ["image", "context", "-o", str(tmp_path / "ctx")]):
         assert_clean_error(mlenv(*command, "--project", str(project)), 1, "no linux-64 packages")
     assert not (tmp_path / "ctx").exists()

@@ -247,6 +247,9 @@ def test_base_from_a_registry_push_with_referrers_and_pull(oci_project: Path, tm
     lines = pushed.stdout.splitlines()
     assert lines[0].startswith(f"{reference} built (sha256:")
     assert lines[1].startswith(f"{reference} pushed: ") and "bytes sent (100.00%)" not in lines[1]  # the base was there
+    host = oci_registry.host
+    assert re.search(rf"^mlenv: pushing sha256:[0-9a-f]{{12}} \([\d.]+ MiB\) to {re.escape(host)}/", pushed.stderr,
+                     re.MULTILINE), pushed.stderr  # each blob it sends, as a step (MLENV_PROGRESS=1: see conftest)
     layout = Layout(tmp_path / "img")
     base_digest = json.loads(registry.fetch_manifest("bases/busybox", "1", ("application/vnd.oci.image.manifest.v1+json",))[0])
     assert layout.manifest["layers"][0] == base_digest["layers"][0]  # the base's layer, by digest

@@ -169,8 +169,8 @@ def test_the_spark_pack_carries_the_built_sources(locked: Path, tmp_path: Path) 
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="tar")
     assert_built_package(target)
-    unpack = subprocess.run([str(target / "bin" / "conda-unpack")], capture_output=True, text=True, timeout=120)
+    unpack = subprocess.run([str(target / "bin" / "conda-unpack")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert unpack.returncode == 0, unpack.stderr
-    ran = subprocess.run([str(target / "bin" / "python"), "-c", IMPORT], capture_output=True, text=True, timeout=60)
+    ran = subprocess.run([str(target / "bin" / "python"), "-c", IMPORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == ["True", str(site_packages(target) / "promise" / "__init__.py")]

@@ -220,7 +220,7 @@ def test_doctor_json(cuda_lock: Path, tmp_path: Path, gpu_channel: Path, monkeyp
 
 def test_doctor_bad_input(tmp_path: Path, cuda_lock: Path, gpu_channel: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     unlocked = project(tmp_path / "unlocked", gpu_channel, 'conda = ["mlenv-torch"]\n')
-    assert_clean_error(mlenv("doctor", "--project", str(unlocked)), 2, "conda-lock.yml", "run `mlenv lock`")
+    assert_clean_error(mlenv("doctor", "--project", str(unlocked)), 1, "conda-lock.yml", "run `mlenv lock`")  # not there
     assert_clean_error(mlenv("doctor", "--project", str(tmp_path / "nowhere")), 2, "pyproject.toml")
     assert_clean_error(mlenv("doctor", "--project", str(cuda_lock), "--env", "nope"), 2, "tool.mlenv.envs.nope")
     monkeypatch.setenv("CONDA_OVERRIDE_ARCHSPEC", "bogus")

@@ -97,7 +97,7 @@ def test_verify_sees_what_hides_between_packages(installed: Path, tampering: str
 
 def test_verify_bad_prefix(installed: Path, tmp_path: Path) -> None:
     result = mlenv("verify", "--prefix", str(tmp_path), "--project", str(installed))
-    assert_clean_error(result, 2, "not a conda prefix")
+    assert_clean_error(result, 1, "not a conda prefix", "not installed there")  # not there: 1, as for `pack`
 
 
 PLUGIN_PROJECT_TEST = "def test_runs():\n    assert True\n"

@@ -85,6 +85,7 @@ def preload_conda_lock_models() -> threading.Thread:
 
     for name in SOLVE_IMPORTS:
         importlib.import_module(name)
+    importlib.import_module("hatch_mlenv.progress").prepare()  # the solve's spinner, on a terminal
 
     def load() -> None:
         try:

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from hatch_mlenv import __version__
+from hatch_mlenv import __version__, progress
 from hatch_mlenv.errors import EXIT_FAILURE, EXIT_USAGE, MlenvError, UsageError
 from hatch_mlenv.export import FORMATS as EXPORT_FORMATS
 
@@ -46,23 +46,50 @@ REFERENCE_HELP = ("REF is a project directory (default: --project, else .), a co
                   "the project's `registry`, else local).")
 
 
+def _lock_policy_flag(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    asked = ctx.meta.get("mlenv.lock_policy")
+    if asked is not None and asked != param.name:
+        raise click.UsageError("--locked and --frozen exclude each other; give one")
+    ctx.meta["mlenv.lock_policy"] = param.name
+
+
+def lock_options(command: F) -> F:
+    """`--locked` / `--frozen`: the stale-lock policy of a command that uses a project's lock
+    (`hatch_mlenv.lock.lock_policy`); read by `_load`, so no command handles them itself."""
+    command = click.option("--frozen", is_flag=True, expose_value=False, callback=_lock_policy_flag,
+                           help="Use the project's lock as it is, without checking it against the spec "
+                                "(also MLENV_FROZEN=1).")(command)
+    return click.option("--locked", is_flag=True, expose_value=False, callback=_lock_policy_flag,
+                        help="Fail when the project's lock is stale or missing instead of relocking it, "
+                             "for CI (also MLENV_LOCKED=1).")(command)
+
+
 def environment_arguments(command: F) -> F:
-    """`[REF] [--project DIR] [--env NAME] [--registry URL]`: every command that reads an environment."""
+    """`[REF] [--project DIR] [--env NAME] [--registry URL] [--locked|--frozen]`: every command that
+    reads an environment."""
     command.__doc__ = f"{(command.__doc__ or '').rstrip()}\n\n{REFERENCE_HELP}"
     command = click.argument("reference", required=False, metavar="[REF]")(command)
     command = click.option("--project", "project", type=click.Path(file_okay=False, path_type=Path), default=None,
                            help="Project directory holding pyproject.toml (same as REF; default .).")(command)
     command = env_option(command)
+    command = lock_options(command)
     return registry_option(command)
 
 
-def _load(reference: str | None, project: Path | None, env: str | None, registry_url: str | None):  # -> Environment
-    """The one way a command gets its environment (see `Environment.load`)."""
+def _load(reference: str | None, project: Path | None, env: str | None, registry_url: str | None,
+          policy: str | None = None, default_policy: str = "relock"):  # -> Environment
+    """The one way a command gets its environment (see `Environment.load`), with the stale-lock
+    policy its `--locked`/`--frozen` asked for, else `policy`, else the configured one, else
+    `default_policy` (`report` for the commands that only describe a lock)."""
     from hatch_mlenv.environment import Environment
 
     if reference is not None and project is not None:
         raise click.UsageError(f"give REF ({reference}) or --project ({project}), not both")
-    return Environment.load(reference if reference is not None else (project or Path(".")), env, registry=registry_url)
+    asked = click.get_current_context().meta.get("mlenv.lock_policy") or policy
+    return Environment.load(reference if reference is not None else (project or Path(".")), env, registry=registry_url,
+                            policy=asked, default_policy=default_policy)
 
 
 ignore_system_option = click.option(
@@ -81,6 +108,12 @@ def _check_host(environment, ignore: bool, platform: str | None = None) -> None:
 
 class _Group(click.Group):
     """Turn every MlenvError into one clear line on stderr and its exit code."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        if parent is None:  # each invocation starts from the variables (MLENV_QUIET, MLENV_PROGRESS)
+            progress.configure(None)
+        return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -126,6 +159,78 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class _Printer:
+    """What a command prints as text. Names, paths, specs and reasons come from users and locks,
+    so nothing is ever read as rich markup (`[tool.mlenv]`, `tqdm[telegram]` print as they are).
+    On a terminal: rich, styled (NO_COLOR honoured), lines left to the terminal to wrap, table
+    cells folded, never cut. Elsewhere (a pipe, a file): plain lines, and tables as tab-separated
+    rows under a header row, whole, whatever their width."""
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self.stderr = stderr
+        self.console = None
+        if (sys.stderr if stderr else sys.stdout).isatty():
+            from rich.console import Console
+
+            self.console = Console(stderr=stderr, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+    def line(self, *parts: str | tuple[str, str]) -> None:
+        if self.console is None:
+            click.echo("".join(p if isinstance(p, str) else p[0] for p in parts), err=self.stderr)
+            return
+        from rich.text import Text
+
+        self.console.print(Text.assemble(*parts))
+
+    def table(self, headers: tuple[str, ...], rows: list[tuple[str | tuple[str, str], ...]]) -> None:
+        if self.console is None:
+            for row in (headers, *rows):
+                click.echo("\t".join(_tsv(p if isinstance(p, str) else p[0]) for p in row), err=self.stderr)
+            return
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(*headers)
+        for column in table.columns:
+            column.overflow = "fold"
+        for row in rows:
+            table.add_row(*(Text(p) if isinstance(p, str) else Text(p[0], style=p[1]) for p in row))
+        self.console.print(table)
+
+
+def _tsv(cell: str) -> str:
+    """One field of a tab-separated row: its tabs and line breaks written as \\t and \\n."""
+    return cell.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _info(message: str) -> None:
+    """A line on stderr about what a command did besides its result (`wrote FILE`); not with -q."""
+    if progress.level() > progress.QUIET:
+        click.echo(message, err=True)
+
+
+def _output_level(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    asked = ctx.meta.get("mlenv.output")
+    if asked is not None and asked != param.name:
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other; give one")
+    ctx.meta["mlenv.output"] = param.name
+    progress.configure(progress.QUIET if param.name == "quiet" else progress.VERBOSE)
+
+
+def _with_output_options(command: click.Command) -> None:
+    """`-q/--quiet` and `-v/--verbose` on every command and group, before or after its name."""
+    command.params.append(click.Option(
+        ["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True, callback=_output_level,
+        help="No progress and no notes on stderr (also MLENV_QUIET=1); results, warnings and errors stay."))
+    command.params.append(click.Option(
+        ["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=_output_level,
+        help="Progress on stderr even when it is not a terminal (also MLENV_PROGRESS=1)."))
+    for sub in getattr(command, "commands", {}).values():
+        _with_output_options(sub)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mlenv", message="%(prog)s %(version)s")
 def main() -> None:
@@ -136,26 +241,42 @@ def main() -> None:
 @project_option
 @env_option
 @click.option("--check", is_flag=True, help="Do not solve: exit 1 with the reason if the lock is stale or missing.")
-@click.option("--update", "update", multiple=True, metavar="NAME", help="Re-solve NAME, keeping other packages locked.")
+@click.option("--update", "update", multiple=True, metavar="NAME[,NAME...]",
+              help="Re-solve NAME, keeping other packages locked (repeatable: --update a --update b, or --update a,b).")
 @click.option("--force", is_flag=True, help="Solve even when the lock is fresh.")
-def lock(project: Path, env: str | None, check: bool, update: tuple[str, ...], force: bool) -> None:
+@json_option
+def lock(project: Path, env: str | None, check: bool, update: tuple[str, ...], force: bool, as_json: bool) -> None:
     """Lock the environment for every platform into conda-lock.yml."""
     from hatch_mlenv import lock as locking
     from hatch_mlenv.spec import load_spec
 
+    update = tuple(n.strip() for item in update for n in item.split(",") if n.strip())
     spec = load_spec(project, env)
     name = _display(spec.lockfile)
+
+    def report(status: str, digest: str | None, reason: str | None = None) -> None:
+        _print_json({"name": spec.name, "lockfile": str(spec.lockfile), "status": status,
+                     "digest": f"sha256:{digest}" if digest else None, "platforms": sorted(spec.platforms),
+                     "reason": reason})
+
     if check:
         if update or force:
             raise click.UsageError("--check cannot be combined with --update or --force")
         reason = locking.staleness(spec)
-        if reason is not None:
+        if as_json:
+            report("fresh" if reason is None else "stale", None, reason)
+        elif reason is not None:
             click.echo(f"{name} is stale: {reason}", err=True)
+        else:
+            click.echo(f"{name} is fresh")
+        if reason is not None:
             sys.exit(EXIT_FAILURE)
-        click.echo(f"{name} is fresh")
         return
     outcome = locking.lock(spec, update=update, force=force)
     digest = outcome.digest
+    if as_json:
+        report(outcome.status, digest)
+        return
     if outcome.status == "fresh":
         click.echo(f"{name} is fresh (spec unchanged); not solving. digest sha256:{digest[:12]}")
         return
@@ -175,8 +296,8 @@ def show(reference: str | None, project: Path | None, env: str | None, as_json: 
     from hatch_mlenv.errors import MissingLockError
     from hatch_mlenv.registry import describe
 
-    try:
-        environment = _load(reference, project, env, registry_url)
+    try:  # show says whether the lock is stale rather than relocking (`--locked` refuses a stale one)
+        environment = _load(reference, project, env, registry_url, policy="frozen")
     except MissingLockError as exc:  # nothing to show yet: a failure (1), not a broken file (2)
         raise MlenvError(f"{exc.path}: lockfile not found; run `mlenv lock` first") from None
     data = describe(environment)
@@ -184,32 +305,27 @@ def show(reference: str | None, project: Path | None, env: str | None, as_json: 
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    console.print(f"[bold]{data['name']}[/bold]  {data['digest']}")
-    console.print(f"image     {data['image']}")
+    out = _Printer()
+    out.line((data["name"], "bold"), f"  {data['digest']}")
+    out.line(f"image     {data['image']}")
     if data["fresh"] is None:
-        console.print(f"lockfile  stored with {data['reference']}")
+        out.line(f"lockfile  stored with {data['reference']}")
     else:
-        console.print(f"lockfile  {data['lockfile']} ({'fresh' if reason is None else 'stale: ' + reason})")
+        out.line(f"lockfile  {data['lockfile']} ({'fresh' if reason is None else 'stale: ' + reason})")
     if data.get("version"):
-        console.print(f"version   {data['name']}:{data['version']} in {data['registry']}")
+        out.line(f"version   {data['name']}:{data['version']} in {data['registry']}")
     commit = data.get("provenance", {}).get("git_commit")
     if commit:
-        console.print(f"commit    {commit[:12]}{' (dirty)' if data['provenance']['git_dirty'] else ''}")
-    table = Table("platform", "conda", "pip")
-    for platform, counts in data["packages"].items():
-        table.add_row(platform, str(counts["conda"]), str(counts["pip"]))
-    console.print(table)
+        out.line(f"commit    {commit[:12]}{' (dirty)' if data['provenance']['git_dirty'] else ''}")
+    out.table(("platform", "conda", "pip"),
+              [(platform, str(counts["conda"]), str(counts["pip"])) for platform, counts in data["packages"].items()])
     if data["variables"] or data["secret_variables"]:
         names = sorted(data["variables"]) + [f"{n} (secret)" for n in data["secret_variables"]]
-        console.print("variables " + ", ".join(names))
+        out.line("variables " + ", ".join(names))
     if data["system_requirements"]:
-        console.print("requires  " + ", ".join(f"{k} {v}" for k, v in data["system_requirements"].items()))
+        out.line("requires  " + ", ".join(f"{k} {v}" for k, v in data["system_requirements"].items()))
     for platform, needs in data["needs"].items():
-        console.print(f"needs     {platform}: " + ", ".join(f"{n} {need['constraint']}" for n, need in needs.items()))
+        out.line(f"needs     {platform}: " + ", ".join(f"{n} {need['constraint']}" for n, need in needs.items()))
 
 
 
@@ -228,9 +344,10 @@ def _print_json(data: Any) -> None:
 @main.command()
 @project_option
 @env_option
-@click.option("--lockfile", type=click.Path(dir_okay=False, path_type=Path), help="Register this conda-lock.yml instead of the project's.")
+@click.option("--lockfile", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Register this conda-lock.yml instead of the project's.")
 @click.option("--name", help="Environment name (required with --lockfile).")
 @click.option("--label", "labels", multiple=True, metavar="LABEL", help="Also point LABEL at the version (repeatable).")
+@lock_options
 @registry_option
 @json_option
 def register(project: Path, env: str | None, lockfile: Path | None, name: str | None, labels: tuple[str, ...], registry_url: str | None, as_json: bool) -> None:
@@ -267,14 +384,9 @@ def list_(include_archived: bool, registry_url: str | None, as_json: bool) -> No
     if as_json:
         _print_json([s.as_dict() for s in summaries])
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("name", "latest", "versions", "labels")
-    for s in summaries:
-        labels = ", ".join(f"{k}→{v}" for k, v in sorted(s.labels.items()))
-        table.add_row(s.name, str(s.latest or "-"), str(s.versions), labels)
-    Console(highlight=False).print(table)
+    rows = [(s.name, str(s.latest or "-"), str(s.versions), ", ".join(f"{k}→{v}" for k, v in sorted(s.labels.items())))
+            for s in summaries]
+    _Printer().table(("name", "latest", "versions", "labels"), rows)
 
 
 def _warn_dangling(name: str, dangling: dict[str, int]) -> None:
@@ -289,21 +401,21 @@ def _warn_dangling(name: str, dangling: dict[str, int]) -> None:
 @json_option
 def history(name: str, registry_url: str | None, as_json: bool) -> None:
     """Versions of NAME with time, git commit, digest and labels."""
+    from hatch_mlenv.reference import check_name
+
+    check_name(name)  # malformed is a usage error (2), as for every other command, not "no such environment"
     registry = _registry(registry_url)
     versions = registry.history(name)
     _warn_dangling(name, registry.dangling_labels(name))
     if as_json:
         _print_json([v.summary() for v in versions])
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("version", "created (UTC)", "commit", "digest", "labels")
+    rows = []
     for v in versions:
         commit = (v.provenance.get("git_commit") or "-")[:10] + ("+dirty" if v.provenance.get("git_dirty") else "")
         label = ", ".join(v.labels) + (" (archived)" if v.archived else "")
-        table.add_row(str(v.version), str(v.provenance.get("time") or "-"), commit, v.digest[:12], label)
-    Console(highlight=False).print(table)
+        rows.append((str(v.version), str(v.provenance.get("time") or "-"), commit, v.digest[:12], label))
+    _Printer().table(("version", "created (UTC)", "commit", "digest", "labels"), rows)
 
 
 @main.command()
@@ -331,43 +443,53 @@ def get(reference: str, output: Path | None, registry_url: str | None, as_json: 
 @click.argument("reference")
 @click.argument("label")
 @registry_option
-def label(reference: str, label: str, registry_url: str | None) -> None:
+@json_option
+def label(reference: str, label: str, registry_url: str | None, as_json: bool) -> None:
     """Point LABEL at NAME:VERSION (labels move; versions never change; `latest` moves only by registering)."""
     from hatch_mlenv.reference import check_movable_label, parse_reference
 
     ref = parse_reference(reference, require_version=True)
     check_movable_label(label)  # for every backend, before any registry is opened
     version = _registry(registry_url).label(ref.name, ref.version, label)
+    if as_json:
+        _print_json(version.summary() | {"label": label})
+        return
     click.echo(f"{ref.name}@{label} -> {version.ref}")
 
 
 @main.command()
 @click.argument("reference")
 @registry_option
-def archive(reference: str, registry_url: str | None) -> None:
+@json_option
+def archive(reference: str, registry_url: str | None, as_json: bool) -> None:
     """Hide NAME:VERSION from `list` (still retrievable by number)."""
-    _set_archived(reference, registry_url, True)
+    _set_archived(reference, registry_url, True, as_json)
 
 
 @main.command()
 @click.argument("reference")
 @registry_option
-def restore(reference: str, registry_url: str | None) -> None:
+@json_option
+def restore(reference: str, registry_url: str | None, as_json: bool) -> None:
     """Undo `archive` for NAME:VERSION."""
-    _set_archived(reference, registry_url, False)
+    _set_archived(reference, registry_url, False, as_json)
 
 
-def _set_archived(reference: str, registry_url: str | None, archived: bool) -> None:
+def _set_archived(reference: str, registry_url: str | None, archived: bool, as_json: bool) -> None:
     from hatch_mlenv.reference import parse_reference
 
     ref = parse_reference(reference, require_version=True)
     version = _registry(registry_url).set_archived(ref.name, ref.version, archived)
+    if as_json:
+        _print_json(version.summary())
+        return
     click.echo(f"{version.ref} {'archived' if archived else 'restored'}")
 
 
 @main.command()
 @click.argument("old")
 @click.argument("new")
+@lock_options
 @registry_option
 @json_option
 def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
@@ -375,7 +497,8 @@ def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
     packages, variables, base image and the [tool.mlenv] definition."""
     from hatch_mlenv.diff import diff_environments
 
-    result = diff_environments(_load(old, None, None, registry_url), _load(new, None, None, registry_url))
+    result = diff_environments(_load(old, None, None, registry_url, default_policy="report"),
+                               _load(new, None, None, registry_url, default_policy="report"))
     result = {"old": old, "new": new} | result
     if as_json:
         _print_json(result)
@@ -384,40 +507,37 @@ def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
 
 
 def _print_diff(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(highlight=False)
+    out = _Printer()
     if result["identical"] and not any((result["definition"] or {}).values()):
-        console.print(f"{result['old']} and {result['new']} are the same environment")
+        out.line(f"{result['old']} and {result['new']} are the same environment")
         return
-    table = Table("platform", "manager", "package", "change")
+    rows = []
     for platform, managers in result["packages"].items():
         for manager, section in managers.items():
             for p in section["added"]:
-                table.add_row(platform, manager, p["name"], f"+ {p['version']} {p['build'] or ''}".rstrip())
+                rows.append((platform, manager, p["name"], f"+ {p['version']} {p['build'] or ''}".rstrip()))
             for p in section["removed"]:
-                table.add_row(platform, manager, p["name"], f"- {p['version']} {p['build'] or ''}".rstrip())
+                rows.append((platform, manager, p["name"], f"- {p['version']} {p['build'] or ''}".rstrip()))
             for p in section["changed"]:
                 old = f"{p['old']['version']} {p['old']['build'] or ''}".rstrip()
                 new = f"{p['new']['version']} {p['new']['build'] or ''}".rstrip()
-                table.add_row(platform, manager, p["name"], f"{old} → {new}")
-    if table.row_count:
-        console.print(table)
+                rows.append((platform, manager, p["name"], f"{old} → {new}"))
+    if rows:
+        out.table(("platform", "manager", "package", "change"), rows)
     for kind, items in result["variables"].items():
         for key, value in items.items():
-            console.print(f"variable {kind}: {key} {value}")
+            out.line(f"variable {kind}: {key} {value}")
     for kind in ("added", "removed"):
         for platform in result["platforms"][kind]:
-            console.print(f"platform {kind}: {platform}")
+            out.line(f"platform {kind}: {platform}")
     if result["base_image"]:
-        console.print(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
+        out.line(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
     if result["base_dockerfile"]:
-        console.print("base Dockerfile: sha256 {} → {}".format(*(d[:12] if d else "none" for d in result["base_dockerfile"])))
+        out.line("base Dockerfile: sha256 {} → {}".format(*(d[:12] if d else "none" for d in result["base_dockerfile"])))
     for kind, items in (result["definition"] or {}).items():
         for key, value in items.items():
             shown = f"{json.dumps(value[0])} → {json.dumps(value[1])}" if kind == "changed" else json.dumps(value)
-            console.print(f"definition {kind}: {key} {shown}")
+            out.line(f"definition {kind}: {key} {shown}")
 
 
 @main.command()
@@ -426,15 +546,19 @@ def _print_diff(result: dict[str, Any]) -> None:
 @click.option("--force", is_flag=True, help="Reinstall every package, even into an intact prefix.")
 @click.option("--verify", is_flag=True, help="Check every file's hash (not only sizes and times) before saying up to date.")
 @ignore_system_option
-def install(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, force: bool, verify: bool, ignore_system: bool, registry_url: str | None) -> None:
+@json_option
+def install(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, force: bool, verify: bool, ignore_system: bool, as_json: bool, registry_url: str | None) -> None:
     """Install the lock for this platform into a prefix (rattler + installer); never solves."""
     from hatch_mlenv.install import install_environment
 
     env = _load(reference, project, env, registry_url)
     _check_host(env, ignore_system)
-    result = install_environment(env, prefix, show_progress=sys.stderr.isatty(), force=force, verify=verify)
+    result = install_environment(env, prefix, show_progress=progress.interactive(), force=force, verify=verify)
     where = _display(result.prefix)
-    if result.status == "user-managed":
+    if as_json:
+        _print_json({"name": env.name, "digest": f"sha256:{env.digest}", "prefix": str(result.prefix),
+                     "status": result.status, "changed": list(result.changed)})
+    elif result.status == "user-managed":
         click.echo(f"{env.name} is user-managed (managed = false): nothing to install; it uses {env.spec.interpreter}")
     elif result.status == "unchanged":
         click.echo(f"{where} is up to date with sha256:{env.digest[:12]}; nothing to do")
@@ -515,31 +639,28 @@ def doctor(reference: str | None, project: Path | None, env: str | None, as_json
     """Can this machine run the lock? Its CUDA driver, glibc, macOS and CPU level against the lock's needs."""
     from hatch_mlenv.system import doctor as examine
 
-    report = examine(_load(reference, project, env, registry_url))
+    report = examine(_load(reference, project, env, registry_url, default_policy="report"))
     if as_json:
         _print_json(report)
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        console = Console(highlight=False)
-        console.print(f"[bold]{report['name']}[/bold]  {report['digest']}  on {report['platform']}")
+        out = _Printer()
+        out.line((report["name"], "bold"), f"  {report['digest']}  on {report['platform']}")
         host = ", ".join(f"{p['name']} {p['build'] if p['name'] == '__archspec' else p['version']}"
                          for p in report["host"])
-        console.print(f"this machine  {host}")
+        out.line(f"this machine  {host}")
         for variable, value in report["overrides"].items():
-            console.print(f"override      {variable}={value!r}")
+            out.line(f"override      {variable}={value!r}")
         if not report["platform_locked"]:
-            console.print(f"[red]the lock has no packages for {report['platform']}[/red]")
-        table = Table("needs", "imposed by", "this machine", "met")
+            out.line((f"the lock has no packages for {report['platform']}", "red"))
+        rows = []
         for need in report["needs"]:
             by = need["by"][0] + (f" (+{len(need['by']) - 1})" if len(need["by"]) > 1 else "")
-            table.add_row(f"{need['name']} {need['constraint']}", by, need["host"] or "none",
-                          "yes" if need["met"] else "[red]no[/red]")
-        if report["needs"]:
-            console.print(table)
+            rows.append((f"{need['name']} {need['constraint']}", by, need["host"] or "none",
+                         "yes" if need["met"] else ("no", "red")))
+        if rows:
+            out.table(("needs", "imposed by", "this machine", "met"), rows)
         else:
-            console.print("the lock needs nothing of this machine beyond its platform")
+            out.line("the lock needs nothing of this machine beyond its platform")
         for line in report["unmet"]:
             click.echo(f"error: {line}", err=True)
     if not report["ok"]:
@@ -563,7 +684,7 @@ def export_(reference: str | None, project: Path | None, env: str | None, fmt: s
         click.echo(text, nl=False)
     else:
         atomic_write(output, text)
-        click.echo(f"wrote {_display(output.resolve())}", err=True)
+        _info(f"wrote {_display(output.resolve())}")
 
 
 @main.command(name="import")
@@ -646,7 +767,7 @@ def sbom(reference: str | None, project: Path | None, env: str | None, fmt: str,
         click.echo(text, nl=False)
     else:
         atomic_write(output, text)
-        click.echo(f"wrote {_display(output.resolve())}", err=True)
+        _info(f"wrote {_display(output.resolve())}")
 
 
 @main.command()
@@ -778,9 +899,10 @@ def image_tag(reference: str | None, project: Path | None, env: str | None, as_j
 @click.option("--strategy", type=click.Choice(["host", "dockerfile"]), default="host", show_default=True)
 def image_context(reference: str | None, project: Path | None, env: str | None, output: Path, strategy: str, registry_url: str | None) -> None:
     """Write a Docker build context: `host` (installed prefix + Dockerfile) or `dockerfile` (micromamba)."""
-    from hatch_mlenv.image import write_context
+    from hatch_mlenv.image import preflight, write_context
 
     env = _load(reference, project, env, registry_url)
+    preflight(env, strategy=strategy)  # before the registry is asked for the version
     plan = write_context(env, output, strategy=strategy, version=_registered_version(env, registry_url))
     click.echo(f"{_display(output.resolve())}: {strategy} context for {plan.reference}")
 
@@ -793,25 +915,37 @@ def image_context(reference: str | None, project: Path | None, env: str | None, 
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="oci builder: write an OCI image layout directory (or a tar: PATH.tar).")
 @click.option("--load", is_flag=True, help="oci builder: load the image into the Docker engine.")
+@json_option
 def image_build(reference: str | None, project: Path | None, env: str | None, also_push: bool, builder: str,
-                output: Path | None, load: bool, registry_url: str | None) -> None:
+                output: Path | None, load: bool, as_json: bool, registry_url: str | None) -> None:
     """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
     from hatch_mlenv import image as images
 
     env = _load(reference, project, env, registry_url)
-    version = _registered_version(env, registry_url)
+    images.preflight(env, builder="oci" if builder == "oci" or output is not None or load else "docker")
+    version = _registered_version(env, registry_url)  # after the checks: the registry is the first contact
     echo = _step_echo()
     if builder == "oci" or output is not None or load:
         from hatch_mlenv.oci_image import build_oci
 
-        click.echo("\n".join(build_oci(env, builder=builder, output=output, push=also_push, load=load,
-                                        version=version, echo=echo).lines))
+        built = build_oci(env, builder=builder, output=output, push=also_push, load=load, version=version, echo=echo)
+        if as_json:
+            _print_json({"builder": "oci", "reference": built.reference, "status": built.status,
+                         "digest": built.digest, "lines": built.lines})
+            return
+        click.echo("\n".join(built.lines))
         return
+    if also_push:  # a missing registry setting is found before anything is built
+        images.require_registry(images.plan_for(env, version).repository)
     result = images.build(env, version=version, echo=echo)
-    click.echo(f"{result.reference} {result.status}")
-    if also_push:
-        reference, status = images.push(env, version=version, echo=echo)
-        click.echo(f"{reference} {status}")
+    if not as_json:
+        click.echo(f"{result.reference} {result.status}")
+    pushed = images.push(env, version=version, echo=echo)[1] if also_push else None
+    if as_json:
+        _print_json({"builder": "docker", "reference": result.reference, "status": result.status,
+                     "image_id": result.image_id, "tags": list(result.tags), "push": pushed})
+    elif pushed is not None:
+        click.echo(f"{result.reference} {pushed}")
 
 
 @image.command(name="push")
@@ -821,18 +955,20 @@ def image_push(reference: str | None, project: Path | None, env: str | None, reg
     from hatch_mlenv import image as images
 
     env = _load(reference, project, env, registry_url)
+    images.preflight(env)
     reference, status = images.push(env, version=_registered_version(env, registry_url), echo=_step_echo())
     click.echo(f"{reference} {status}")
 
 
 def _step_echo() -> Callable[[str], None]:
-    """Build output, streamed to stderr (stdout keeps the one-line result)."""
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    """Build output, streamed to stderr (stdout keeps the one-line result) where progress is shown
+    (a terminal, or -v); a failing build's error carries its step and output anyway."""
+    if not progress.interactive():
+        return progress.echo
+    out = _Printer(stderr=True)
 
     def echo(line: str) -> None:
-        console.print(line, style="bold" if line.startswith("Step ") else "dim", markup=False)
+        out.line((line, "bold" if line.startswith("Step ") else "dim"))
 
     return echo
 

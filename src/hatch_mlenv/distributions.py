@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,7 +68,14 @@ def is_sdist(url: str) -> bool:
 
 
 def filename(url: str) -> str:
-    return urllib.parse.unquote(Path(urllib.parse.urlsplit(url).path).name)
+    """The file name a locked URL ends in, decoded, and refused unless it is one plain name: a
+    registered lock is not trusted to choose where its download is written (`..%2F..%2Fx`)."""
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    if (not name or name in (".", "..") or any(c in name for c in "/\\\x00") or name.startswith(".")
+            or any(ord(c) < 32 for c in name) or len(name) > 255):
+        raise InstallError(f"{url}: the lock names no plain file to download ({name!r}); the lock was edited "
+                           "or written by a tool that cannot be trusted")
+    return name
 
 
 def fetch(url: str, sha256: str | None, what: str, indexes: Sequence[str] = ()) -> Path:
@@ -77,6 +85,10 @@ def fetch(url: str, sha256: str | None, what: str, indexes: Sequence[str] = ()) 
     index URLs, `${VAR}` expanded) for the same host, else from netrc."""
     if not sha256:
         raise InstallError(f"{what}: the lock has no sha256 for {url}")
+    import re
+
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise InstallError(f"{what}: the lock's sha256 for {url} is not 64 hexadecimal digits")
     name = filename(url)
     target = cache_dir() / "wheels" / sha256 / name
     if target.is_file() and file_sha256(target) == sha256:
@@ -90,7 +102,9 @@ def fetch(url: str, sha256: str | None, what: str, indexes: Sequence[str] = ()) 
     if header:
         request.add_header("Authorization", header)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.part")
+    # one partial file per process and thread: two installs in one process (Ray's agent installing two
+    # environments at once) may fetch the same wheel
+    partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
     try:
         with urlopen(request, timeout=60) as response, open(partial, "wb") as out:
             shutil.copyfileobj(response, out)
@@ -232,7 +246,10 @@ def build_wheel(
             "--cache-dir", uv_cache(), "--color", "never", "--no-progress", "--quiet", str(sdist),
         ]
         with step(f"building {sdist.name} from source for python {python_version}"):
-            result = subprocess.run(command, env=uv_environment(indexes), capture_output=True, text=True)
+            # not capture_output: conda-lock's vendored poetry, once imported in this process, replaces
+            # subprocess.run with a version that lacks it
+            result = subprocess.run(command, env=uv_environment(indexes), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
         wheels = sorted(out.glob("*.whl"))
         if result.returncode != 0 or not wheels:
             raise InstallError(_build_failure(sdist.name, result.stderr, indexes))

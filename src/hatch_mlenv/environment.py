@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hatch_mlenv.errors import ConfigError, RegistryError, UsageError
 from hatch_mlenv.hashes import TAG_LENGTH
@@ -33,11 +33,24 @@ class Environment:
     pending: tuple[str, dict[str, Any]] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def load(cls, reference: Path | str = ".", env: str | None = None, *, registry: str | None = None) -> Environment:
+    def load(cls, reference: Path | str = ".", env: str | None = None, *, registry: str | None = None,
+             policy: str | None = None, announce: Callable[[str], None] | None = None,
+             default_policy: str = "relock") -> Environment:
         """The one resolver of every command: `reference` is a project directory (`env`: one of its
         `[tool.mlenv.envs.NAME]`), a lockfile, or `NAME`, `NAME:VERSION`, `NAME@LABEL` in the registry
-        chosen by `registry`, then `$MLENV_REGISTRY`, then the current project's `registry`, then `local`."""
+        chosen by `registry`, then `$MLENV_REGISTRY`, then the current project's `registry`, then `local`.
+
+        A project's lock follows the stale-lock `policy` (`hatch_mlenv.lock.lock_policy`): `relock`
+        (default) locks a stale or missing lock again and says so through `announce`, `locked`
+        refuses it, `frozen` takes it as it is; with none asked or configured, `default_policy`
+        (`report` for what only describes a lock: say it is stale, use it as it is). A lockfile or a
+        registered version is what it is: nothing to be stale against, so the policy does not apply."""
+        from hatch_mlenv.lock import POLICIES, REPORT
         from hatch_mlenv.reference import Target, parse_target
+
+        for given in (policy, default_policy):
+            if given is not None and given not in (*POLICIES, REPORT):
+                raise UsageError(f"unknown lock policy {given!r}: use one of {', '.join(POLICIES)}")
 
         target = Target(str(reference), path=str(reference)) if isinstance(reference, Path) else parse_target(reference)
         if target.reference is None:
@@ -46,7 +59,7 @@ class Environment:
                 if not isinstance(reference, Path) and _bare_name(target.text) and not (path / "pyproject.toml").exists():
                     raise UsageError(f"{target.text}: a directory here without pyproject.toml (a path that exists "
                                      f"wins); for the registered version write {target.text}@latest")
-                return cls._from_project(path, env)
+                return cls._from_project(path, env, policy, announce, default_policy)
             if env is not None:
                 raise UsageError(f"--env names an environment of a project; {path} is a lockfile")
             return _from_lockfile(path)
@@ -55,12 +68,13 @@ class Environment:
         return _from_registry(target.text, target.reference, registry)
 
     @classmethod
-    def _from_project(cls, project: Path, env: str | None) -> Environment:
-        from hatch_mlenv.lockfile import read_lock
+    def _from_project(cls, project: Path, env: str | None, policy: str | None = None,
+                      announce: Callable[[str], None] | None = None, default_policy: str = "relock") -> Environment:
+        from hatch_mlenv.lock import current_lock, lock_policy
         from hatch_mlenv.spec import load_spec
 
         spec = load_spec(project, env)
-        return cls(spec, read_lock(spec.lockfile))
+        return cls(spec, current_lock(spec, lock_policy(policy, spec, default=default_policy), announce))
 
     @property
     def source(self) -> str:
@@ -167,8 +181,11 @@ class Environment:
         )
         manifest["definition"] = self.definition
         # Which lock, which commit: enough for a model artifact to name the environment it was made in.
+        # A lockfile loaded by reference: the text it was read from (its directory under `versions/`
+        # is written only when a stage needs it).
+        lock_bytes = self.pending[0].encode("utf-8") if self.pending is not None else spec.lockfile.read_bytes()
         manifest["provenance"] = {
-            "lockfile_sha256": hashlib.sha256(spec.lockfile.read_bytes()).hexdigest(),
+            "lockfile_sha256": hashlib.sha256(lock_bytes).hexdigest(),
             "git_commit": commit,
             "git_dirty": dirty,
         }
@@ -178,7 +195,6 @@ class Environment:
 def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
     """A registered version, checked against its digest, as a self-contained project in the user
     data directory (`versions/NAME-DIGEST12/`: its definition as pyproject.toml, its lock)."""
-    from hatch_mlenv.lockfile import parse_lock
     from hatch_mlenv.registry import open_registry, select_url
 
     url = select_url(url, configured_registry())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-# Exit codes, documented in the README: 0 ok, 1 failure, 2 usage or config error.
+# Exit codes, one table in the README: 0 done; 1 the thing failed, is not there or drifted;
+# 2 the request or the configuration is wrong (and nothing was touched).
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
@@ -37,7 +38,11 @@ class LockfileError(MlenvError):
 
 
 class MissingLockError(LockfileError):
-    """A project has no lockfile yet (`mlenv lock` writes it)."""
+    """A project has no lockfile yet (`mlenv lock` writes it): not there, like a stale lock under
+    `lock --check` (1), not a broken file (2). A path the user names that does not exist is a
+    usage error before it gets here."""
+
+    exit_code = EXIT_FAILURE
 
 
 class SolveError(MlenvError):
@@ -66,12 +71,24 @@ class InstallError(MlenvError):
     """A package could not be fetched, verified or linked."""
 
 
+class NotInstalledError(MlenvError):
+    """A command needs the environment installed in a prefix that does not hold it (`mlenv install`)."""
+
+
+class NotInLockError(MlenvError):
+    """A package a command names (`mlenv why PKG`, `tree --invert PKG`) is not in the lock."""
+
+
 class ImageError(MlenvError):
     """The image cannot be built or pushed; the message names the cause."""
 
 
 class PackError(MlenvError):
     """The environment cannot be packed."""
+
+
+class RuntimeEnvError(MlenvError):
+    """A Ray runtime_env's `mlenv` field names an environment that cannot run Ray work on this node."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -113,7 +113,7 @@ def collect(registry: Any, *, dry_run: bool = False, older_than_days: float | No
     for path in _entries(data / "versions"):
         consider(path, path.name in keys)
     for path in _entries(data / "packs"):
-        consider(path, path.name.removesuffix(".tar.gz") in keys)
+        consider(path, path.name.removesuffix(".sha256").removesuffix(".tar.gz") in keys)  # a pack, its sha256
     for path in _entries(cache / "pkgs"):
         if path.name == "cache.db" or path.name.endswith(".lock") and path.with_suffix("").exists():
             continue  # rattler's own bookkeeping; a package's lock file goes with the package

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hatch_mlenv import __version__
-from hatch_mlenv.errors import ConfigError, ImageError
+from hatch_mlenv import __version__, progress
+from hatch_mlenv.errors import ConfigError, ImageError, UsageError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.lockfile import Lock
@@ -178,12 +178,43 @@ def plan_for(env: Any, version: int | None = None, base_digest: str | None = Non
     )
 
 
-def require_linux(lock: Lock, lockfile: Path) -> None:
+def require_linux(lock: Lock, lockfile: Path | str) -> None:
     if PLATFORM not in lock.platforms or not lock.for_platform(PLATFORM):
         raise ImageError(
             f"{lockfile}: the lock has no {PLATFORM} packages (platforms: {', '.join(lock.platforms) or 'none'}); "
             f"add \"{PLATFORM}\" to tool.mlenv.platforms and run `mlenv lock`"
         )
+
+
+BASE_IMAGE_KEY = "tool.mlenv.docker.base-image"
+
+
+def preflight(env: Any, *, builder: str = "docker", strategy: str = "host") -> ImagePlan:
+    """What an image context or build can know is wrong before it contacts anything (a Docker
+    engine, a registry): a lock without linux-64 packages, values a Dockerfile cannot take, and a
+    base the builder cannot start from. Every builder and the CLI call it first."""
+    if strategy not in STRATEGIES:
+        raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
+    require_linux(env.lock, env.reference if getattr(env, "is_registered", False) else env.spec.lockfile)
+    plan = plan_for(env)
+    if builder == "oci":
+        return plan  # any base: a registry's or an OCI layout's (`oci_image.build_oci` refuses a base Dockerfile)
+    if plan.base_image.startswith("oci:"):
+        raise ConfigError(getattr(env, "source", env.spec.pyproject), BASE_IMAGE_KEY,
+                          f"{plan.base_image!r} is an OCI image layout on this machine, which only the oci builder "
+                          "reads (`mlenv image build --builder oci`); a Dockerfile cannot start FROM it: name an "
+                          "image in a registry or in the Docker engine")
+    if strategy == "dockerfile" and not plan.managed:
+        raise ImageError("a user-managed environment (managed = false) uses its base image as it is: "
+                         "there is nothing for micromamba to install; use --strategy host")
+    if strategy == "dockerfile" and plan.base_dockerfile:
+        raise ConfigError(env.spec.pyproject, BASE_DOCKERFILE_KEY, "the dockerfile strategy is for remote "
+                          f"builders, which cannot see the base image built here ({plan.base_image}); push the "
+                          "base to a registry and set base-image in place of base-dockerfile, or use --strategy host")
+    if strategy == "host" and env.spec.docker.base_dockerfile is not None and not plan.base_dockerfile:
+        raise ImageError(f"{env.spec.lockfile}: written before {BASE_DOCKERFILE_KEY} was set, so it is not "
+                         "in the image's tag; run `mlenv lock`")
+    return plan
 
 
 # -- writing values into a Dockerfile ----------------------------------------------------------
@@ -340,18 +371,8 @@ def write_context(
     env: Any, out: Path, *, strategy: str = "host", version: int | None = None, base_digest: str | None = None
 ) -> ImagePlan:
     """Write a complete build context for `env` into `out` (which must not exist or be empty)."""
-    if strategy not in STRATEGIES:
-        raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
-    lock, lockfile = env.lock, env.spec.lockfile
-    require_linux(lock, lockfile)
+    preflight(env, strategy=strategy)
     plan = plan_for(env, version, base_digest)
-    if not plan.managed and strategy == "dockerfile":
-        raise ImageError("a user-managed environment (managed = false) uses its base image as it is: "
-                         "there is nothing for micromamba to install; use --strategy host")
-    if plan.base_dockerfile and strategy == "dockerfile":
-        raise ConfigError(env.spec.pyproject, BASE_DOCKERFILE_KEY, "the dockerfile strategy is for remote "
-                          f"builders, which cannot see the base image built here ({plan.base_image}); push the "
-                          "base to a registry and set base-image in place of base-dockerfile, or use --strategy host")
     if out.exists() and any(out.iterdir()):
         raise ImageError(f"{out}: the context directory is not empty")
     staging = Path(tempfile.mkdtemp(prefix=".mlenv-context-", dir=out.parent if out.parent.exists() else None))
@@ -379,7 +400,8 @@ def write_context(
 def stage_prefix(env: Any, staged: Path, plan: ImagePlan) -> bool:
     """Install the linux-64 lock at `staged` for the image's prefix, with the activation
     wrapper when the prefix needs one; returns whether it did (both builders use this)."""
-    _install_prefix(env, staged, plan.prefix)
+    with progress.step(f"installing the {PLATFORM} lock of {env.name} for the image's prefix {plan.prefix}"):
+        _install_prefix(env, staged, plan.prefix)
     wrapper = entrypoint_script(staged, plan)
     if wrapper is None:
         return False
@@ -453,21 +475,16 @@ class BuildResult:
     tags: tuple[str, ...]
 
 
-def build(env: Any, *, version: int | None = None, echo: Callable[[str], None] = print) -> BuildResult:
+def build(env: Any, *, version: int | None = None, echo: Callable[[str], None] = progress.echo) -> BuildResult:
     """Build (or reuse) the image of `env` with the host strategy."""
-    import docker
-
+    preflight(env)  # before the engine is asked anything
     client = docker_client()
-    require_linux(env.lock, env.spec.lockfile)
     plan = plan_for(env, version)
     reference = plan.reference
     if image_exists(client, reference):
         image = client.images.get(reference)
         _tag_all(image, plan)
         return BuildResult(reference, "reused", image.id, tuple(plan.tags))
-    if env.spec.docker.base_dockerfile is not None and not plan.base_dockerfile:
-        raise ImageError(f"{env.spec.lockfile}: written before {BASE_DOCKERFILE_KEY} was set, so it is not "
-                         "in the image's tag; run `mlenv lock`")
     if plan.base_dockerfile:
         build_base(client, env, plan, echo)
     base_digest = base_image_digest(client, plan.base_image)
@@ -486,7 +503,7 @@ def build(env: Any, *, version: int | None = None, echo: Callable[[str], None] =
     return BuildResult(reference, "built", image.id, tuple(plan.tags))
 
 
-def build_base(client: Any, env: Any, plan: ImagePlan, echo: Callable[[str], None] = print) -> None:
+def build_base(client: Any, env: Any, plan: ImagePlan, echo: Callable[[str], None] = progress.echo) -> None:
     """Build the base image from `[tool.mlenv.docker] base-dockerfile` as `plan.base_image`, unless
     the engine has it. The Dockerfile is built alone, without a context: its content (in the lock,
     in the tag) is all that goes in, apart from what its RUN steps fetch."""
@@ -554,11 +571,12 @@ def _stream_build(client: Any, context: Path | None, reference: str, echo: Calla
     return image_id
 
 
-def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = print) -> tuple[str, str]:
+def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = progress.echo) -> tuple[str, str]:
     """Push the image's tags to its registry; returns (reference, "pushed" | "reused")."""
-    client = docker_client()
+    preflight(env)
     plan = plan_for(env, version)
     require_registry(plan.repository)
+    client = docker_client()
     if _remote_has(client, plan.reference):
         return plan.reference, "reused"
     if not image_exists(client, plan.reference):
@@ -579,10 +597,11 @@ def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = 
 
 
 def require_registry(repository: str) -> None:
-    """Refuse a repository without a registry host: there is nowhere to push it."""
+    """Refuse a repository without a registry host: there is nowhere to push it (a setting is
+    missing: exit 2, before anything is built)."""
     first = repository.split("/")[0]
     if "/" not in repository or not ("." in first or ":" in first or first == "localhost"):
-        raise ImageError(
+        raise UsageError(
             f"{repository}: no registry to push to; set [tool.mlenv.docker] registry (e.g. \"127.0.0.1:5000\")"
         )
 

@@ -95,6 +95,10 @@ def from_environment_yml(path: Path) -> Imported:
         raise ConfigError(path, None, f"not a readable environment.yml: {str(exc).splitlines()[0]}") from None
     if not isinstance(document, dict):
         raise ConfigError(path, None, "not an environment.yml: expected a mapping with `dependencies`")
+    if {"version", "metadata", "package"} <= document.keys():  # a lock holds packages, not a definition
+        raise ConfigError(path, None, "a conda-lock.yml, not an environment.yml: a lock carries no definition to "
+                          "import; use it as a REF (`mlenv install PATH`, `mlenv show PATH`), or import the "
+                          "environment.yml it was locked from")
     for key in document:
         if key not in _ENV_YML_KEYS + _ENV_YML_IGNORED:
             from hatch_mlenv.errors import did_you_mean

@@ -24,6 +24,8 @@ from hatch_mlenv.hashes import file_hashes, file_sha256
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import LockedPackage
 from hatch_mlenv.paths import cache_dir
+from hatch_mlenv.progress import step
+from hatch_mlenv.verify import STATE_FILE  # the prefix's install record, which verify also reads
 
 
 def conda_records(lockfile: Path, platform: str) -> list:  # -> list[rattler.RepoDataRecord]
@@ -202,10 +204,6 @@ def wheel_indexes(spec: Any, lock: Any) -> list[str]:
     return index_urls(spec)
 
 
-# Outside conda-meta/: conda and rattler read every conda-meta/*.json as a package record.
-STATE_FILE = ".mlenv-state.json"
-
-
 @dataclass(frozen=True)
 class InstallResult:
     prefix: Path
@@ -278,19 +276,23 @@ def install_environment(
             staging.mkdir()
         installed = _prefix_records(staging)
         before = {r.name.normalized: (str(r.version), str(r.build)) for r in installed}
-        install_conda(env.spec.lockfile, platform, staging, target_prefix=str(prefix), installed=installed,
-                      show_progress=show_progress, channels=env.spec.channel_fetch_urls())
+        with step(f"installing the conda packages of {env.name} for {platform} into {prefix}", live=not show_progress):
+            install_conda(env.spec.lockfile, platform, staging, target_prefix=str(prefix), installed=installed,
+                          show_progress=show_progress, channels=env.spec.channel_fetch_urls())
         after = {r.name.normalized: (str(r.version), str(r.build)) for r in _prefix_records(staging)}
         changed = sorted(n for n in after.keys() | before.keys() if after.get(n) != before.get(n))
         old_pip = {} if fresh else old_state.get("pip", {})
         changed += _sync_wheels(lock, platform, staging, prefix, old_pip, wheel_indexes(env.spec, lock),
                                 env.spec.pip_find_links, env.spec.pip_build_constraints)
+        additions = _keep_additions(prefix, staging, fresh)
         (staging / "CACHEDIR.TAG").unlink(missing_ok=True)
         new_state = {
             "digest": env.digest,
             "pip": {p.name: p.sha256 for p in packages if p.manager == "pip"},
             "fingerprint": _fingerprint(staging),
         }
+        if additions:
+            new_state["additions"] = additions
         (staging / STATE_FILE).write_text(json_dumps(new_state))
         _swap(staging, prefix)
     except BaseException:
@@ -333,12 +335,9 @@ def _damage(lock: Any, prefix: Path, platform: str, state: dict[str, Any], *, fu
     an unrelated file added) only refreshes the fingerprint."""
     if not full and state.get("fingerprint") == _fingerprint(prefix):
         return ()
-    from hatch_mlenv.pypi_names import canonical
     from hatch_mlenv.verify import verify_prefix
 
-    drift = verify_prefix(lock, prefix, platform, check_files=True)
-    known = {f"pip {canonical(name)} " for name in state.get("additions", [])}
-    drift.extra = [e for e in drift.extra if not any(e.startswith(k) for k in known)]
+    drift = verify_prefix(lock, prefix, platform, check_files=True)  # recorded additions are not damage
     if drift.clean:
         try:
             (prefix / STATE_FILE).write_text(json_dumps({**state, "fingerprint": _fingerprint(prefix)}))
@@ -346,6 +345,56 @@ def _damage(lock: Any, prefix: Path, platform: str, state: dict[str, Any], *, fu
             pass
         return ()
     return tuple(f"{kind}: {what}" for kind, what in drift.rows())
+
+
+def _keep_additions(prefix: Path, staging: Path, fresh: bool) -> list[str]:
+    """The recorded additions (`record_addition`) the new prefix keeps: in an update they are
+    already in the staging copy; a prefix rebuilt from scratch (a repair, `--force`) gets each
+    intact one copied over from the old prefix. One that was modified, or whose python is gone,
+    is dropped with a note: the hatch environment installs it again on its next run."""
+    from hatch_mlenv.progress import note
+    from hatch_mlenv.verify import distribution_intact, pip_distributions, recorded_additions
+
+    names = recorded_additions(prefix)
+    if not names:
+        return []
+    old, new = pip_distributions(prefix), pip_distributions(staging)
+    kept = []
+    for name in sorted(names):
+        if name in new:
+            kept.append(name)
+        elif fresh and name in old:
+            dist_info = old[name][1]
+            if distribution_intact(dist_info) and _copy_distribution(dist_info, prefix, staging):
+                kept.append(name)
+            else:
+                note(f"{name} (installed by the hatch environment) was modified or no longer fits {prefix}; not "
+                     "kept: the next `hatch run` installs it again")
+    return kept
+
+
+def _copy_distribution(dist_info: Path, prefix: Path, staging: Path) -> bool:
+    """Copy an installed distribution's files (its RECORD) from `prefix` to the same places under
+    `staging`; False when one lies outside the prefix or the staging has no such site-packages."""
+    import csv
+
+    site = dist_info.parent
+    if not (staging / site.relative_to(prefix)).is_dir():  # another python: not this prefix's any more
+        return False
+    try:
+        rows = [row for row in csv.reader((dist_info / "RECORD").read_text().splitlines()) if row]
+        sources = [Path(os.path.normpath(site / row[0])) for row in rows]
+        if not all(source.is_relative_to(prefix) for source in sources):
+            return False
+        for source in sources:
+            target = staging / source.relative_to(prefix)
+            if target.exists() or not source.exists():  # a file the lock installed wins; no-hash rows may be gone
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def record_addition(prefix: Path, distribution: str) -> None:
@@ -400,8 +449,9 @@ def _sync_wheels(
         _uninstall_dist(staging, python.version, name)
     new = [p for p in wheels if old.get(p.name) != p.sha256]
     if new:
-        install_wheels(new, staging, python.version, target_prefix=str(prefix), indexes=indexes,
-                       find_links=find_links, build_constraints=build_constraints)
+        with step(f"installing {len(new)} pip package{'s' if len(new) != 1 else ''} into {prefix}"):
+            install_wheels(new, staging, python.version, target_prefix=str(prefix), indexes=indexes,
+                           find_links=find_links, build_constraints=build_constraints)
     return sorted(set(stale) | {p.name for p in new})
 
 

@@ -12,7 +12,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from hatch_mlenv import __version__
 from hatch_mlenv._compat import preload_conda_lock_models
@@ -37,7 +37,7 @@ from hatch_mlenv.lockfile import (
     read_lock,
     render_lockfile,
 )
-from hatch_mlenv.spec import Spec, public_variables
+from hatch_mlenv.spec import LOCK_POLICIES, Spec, public_variables
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,107 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
     written = parse_lock(text, spec.lockfile)
     _write_stamp(spec, written)
     return LockOutcome(status, written.digest(), written, reason)
+
+
+# -- the stale-lock policy of every command that uses a project's lock ------------------------
+# `relock` (default): a stale or missing lock is locked again, said in one stderr line, then used;
+# `locked`: a stale or missing lock is an error (CI); `frozen`: the lock is used as it is, unchecked.
+# `report`, the default of the commands that only describe a lock (doctor, verify, diff): a stale
+# lock is said in one line and used as it is; nothing is written.
+POLICIES = LOCK_POLICIES
+REPORT = "report"
+POLICY_KEY = "tool.mlenv.lock"
+ENV_LOCKED, ENV_FROZEN = "MLENV_LOCKED", "MLENV_FROZEN"
+
+
+@dataclass(frozen=True)
+class LockPolicy:
+    """What to do with a stale lock, and the setting that chose it (named in a refusal)."""
+
+    mode: str = "relock"
+    origin: str = "the default"
+
+
+def lock_policy(asked: str | None = None, spec: Spec | None = None, *,
+                configured: LockPolicy | None = None, default: str = "relock") -> LockPolicy:
+    """The policy in force: `asked` (a command's `--locked`/`--frozen`), then `$MLENV_LOCKED=1` /
+    `$MLENV_FROZEN=1`, then `configured` (the build hook's own `lock` option), then
+    `[tool.mlenv] lock`, then the command's `default` (`relock`, or `report`)."""
+    from hatch_mlenv.errors import UsageError
+
+    if asked is not None:
+        return LockPolicy(asked, f"--{asked}")
+    flags = [name for name in (ENV_LOCKED, ENV_FROZEN) if os.environ.get(name, "") not in ("", "0")]
+    if len(flags) == 2:
+        raise UsageError(f"{ENV_LOCKED} and {ENV_FROZEN} are both set; set at most one")
+    if flags:
+        return LockPolicy("locked" if flags[0] == ENV_LOCKED else "frozen", f"{flags[0]}={os.environ[flags[0]]}")
+    if configured is not None:
+        return configured
+    if spec is not None and spec.lock_policy is not None:
+        return LockPolicy(spec.lock_policy, f"{POLICY_KEY} = \"{spec.lock_policy}\"")
+    return LockPolicy(default)
+
+
+def current_lock(spec: Spec, policy: LockPolicy, announce: Callable[[str], None] | None = None) -> Lock:
+    """The lock of `spec` under `policy` (see POLICIES). A relock that fails raises the lock's own
+    error and leaves the previous file as it was; `announce` gets the one line saying it relocks
+    (default: a note on stderr)."""
+    from hatch_mlenv.errors import StaleLockError
+
+    if policy.mode == "frozen" or (policy.mode == REPORT and not spec.lockfile.exists()):
+        return read_lock(spec.lockfile)  # MissingLockError when there is none
+    current = _existing(spec)
+    if current is None:
+        reason = f"{_rel(spec, spec.lockfile)} does not exist"
+    else:  # a lock just written or checked has its stamp: no second full check on the hot path
+        reason = None if stamped_digest(spec) == current.digest() else staleness(spec, current)
+    if reason is None:
+        return current
+    if policy.mode == "locked":
+        raise StaleLockError(f"{_rel(spec, spec.lockfile)} is stale: {reason} ({policy.origin}); run "
+                             f"`mlenv lock{f' --env {spec.env}' if spec.env else ''}`")
+    if announce is None:
+        from hatch_mlenv.progress import note as announce
+    name = _rel(spec, spec.lockfile)
+    if policy.mode == REPORT:
+        announce(f"{name} is stale ({what_changed(spec, current) or reason}); using it as it is "
+                 "(`mlenv lock` locks it again)")
+        return current
+    if current is None:
+        announce(f"{reason}; locking {spec.name}")
+    elif current.spec_hash is None or (current.spec_hash == spec.hash() and spec.managed):
+        # The spec did not change: the lock was edited by hand, or another tool wrote it. Solving
+        # again would paper over that; the integrity checks of the stages that use it decide.
+        announce(f"{name} is stale ({reason}); not relocking a lock the spec did not change: using it as it is")
+        return current
+    else:
+        announce(f"{name} is stale ({what_changed(spec, current) or reason}); relocking")
+    return lock(spec).load(spec)
+
+
+def what_changed(spec: Spec, lock: Lock) -> str | None:
+    """The keys of `[tool.mlenv]` that a stale lock shows changed, from what the lock records
+    (`tool.mlenv.variables changed`); None when it cannot tell (conda and pip specs are not
+    recorded, only whether the lock satisfies them)."""
+    if lock.spec_hash is None or lock.spec_hash == spec.hash():
+        return None
+    try:
+        recorded = {
+            "name": (lock.name, spec.name),
+            "platforms": (sorted(lock.platforms), sorted(spec.platforms)),
+            "channels": (list(lock.channels), [c.public_url for c in spec.channels]),
+            "variables": (lock.variables, public_variables(spec.variables)),
+            "system-requirements": (lock.system_requirements, dict(spec.system_requirements)),
+            "docker.base-image": (lock.base_image, spec.docker.base_image or None),
+            "docker.base-dockerfile": (lock.base_dockerfile, spec.base_dockerfile_sha256()),
+        }
+    except ValueError:  # unreadable recorded values: the lock is stale anyway
+        return None
+    keys = [key for key, (old, new) in recorded.items() if old != new]
+    if not keys:
+        return None
+    return ", ".join(f"tool.mlenv.{key}" for key in keys) + " changed"
 
 
 # A stamp records, outside the project (in the user cache), that this exact

@@ -216,8 +216,9 @@ def parse_lock(text: str, source: object) -> Lock:
     parsed = _PARSED.get(key)
     if parsed is None:
         parsed = _parse_lock(text, source, key)
-        while len(_PARSED) >= _PARSED_KEEP:
-            _PARSED.pop(next(iter(_PARSED)), None)
+        # list(): one step, so that threads that parse at once (`mlenv serve`) never see it change
+        for stale in list(_PARSED)[:max(0, len(_PARSED) - _PARSED_KEEP + 1)]:
+            _PARSED.pop(stale, None)
         _PARSED[key] = parsed
     return parsed
 
@@ -459,6 +460,12 @@ def atomic_write(path: Path, text: str) -> None:
     the next write removes what a killed writer left behind."""
     import tempfile
 
+    if path.is_symlink():  # the file it points at is replaced, not the link
+        path = path.resolve()
+    if path.exists() and not path.is_file():  # a device, a FIFO, a directory: never replaced by a file
+        from hatch_mlenv.errors import UsageError
+
+        raise UsageError(f"{path}: not a regular file; give a file path to write")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_dead_leftovers(path.parent, f".{path.name}.")
@@ -496,14 +503,18 @@ def remove_dead_leftovers(directory: Path, prefix: str) -> list[Path]:
     import re
     import shutil
 
-    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)(?:\D|$)")
+    # Only names this module's writers make (`.NAME.PID.xxxx.tmp`, `.NAME.PID.new` and its
+    # journals; `.NAME.staging-PID` for a prefix ending in "-"): a user's `.out.txt.20240101/`
+    # is not ours to delete.
+    tail = "" if prefix.endswith("-") else r"(?:\.[A-Za-z0-9_]+)?\.(?:tmp|new)(?:-wal|-shm|-journal)?"
+    pattern = re.compile(rf"{re.escape(prefix)}([0-9]+){tail}")
     removed = []
     try:
         entries = list(directory.iterdir())
     except OSError:
         return removed
     for entry in entries:
-        match = pattern.match(entry.name)
+        match = pattern.fullmatch(entry.name)
         if match is None or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
             continue
         if entry.is_dir() and not entry.is_symlink():

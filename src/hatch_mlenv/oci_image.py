@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv import __version__
+from hatch_mlenv import __version__, progress
 from hatch_mlenv.errors import ConfigError, ImageError, MlenvError, UsageError
 from hatch_mlenv.errors import first_line as _first_line
 
@@ -535,7 +535,7 @@ def _config(base: Base, plan: Any, diff_ids: list[str], own: list[LayerPlan], en
     }
 
 
-def assemble(env: Any, layout: Path, *, version: int | None = None, echo: Callable[[str], None] = print) -> Image:
+def assemble(env: Any, layout: Path, *, version: int | None = None, echo: Callable[[str], None] = progress.echo) -> Image:
     """Build the image of `env` into the (new, empty) layout directory `layout`."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -558,7 +558,6 @@ def assemble(env: Any, layout: Path, *, version: int | None = None, echo: Callab
         with tempfile.TemporaryDirectory(prefix=".mlenv-oci-root-", dir=layout.parent) as scratch:
             root = Path(scratch)
             staged = root / plan.prefix.strip("/")
-            echo(f"mlenv: installing the linux-64 lock for {plan.prefix}")
             entrypoint = stage_prefix(env, staged, plan)
             _normalise_records(staged)
             own = plan_layers(staged, plan.prefix)
@@ -684,7 +683,7 @@ def build_oci(
     push: bool = False,
     load: bool = False,
     version: int | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = progress.echo,
 ) -> OciBuildResult:
     """Build (or reuse) the image of `env` without a daemon; write it to `output` (a layout
     directory, or a tar when the name ends in .tar), push it and/or load it into Docker."""
@@ -825,8 +824,8 @@ def push_image(registry: Any, image: Image, env: Any, echo: Callable[[str], None
                     source and descriptor.digest in base_digests and registry.mount_blob(repo, descriptor.digest, source[1])):
                 skipped += descriptor.size
                 continue
-            echo(f"mlenv: pushing {descriptor.digest[:19]} ({descriptor.size / 2**20:.1f} MiB)")
-            with open(blobs / descriptor.digest.split(":")[1], "rb") as handle:
+            with progress.step(f"pushing {descriptor.digest[:19]} ({descriptor.size / 2**20:.1f} MiB) to {host}/{repo}"), \
+                    open(blobs / descriptor.digest.split(":")[1], "rb") as handle:
                 if descriptor.size == 0:
                     registry.upload_blob(repo, descriptor.digest, b"")
                 else:

@@ -276,7 +276,8 @@ def _compile(
             "--cache-dir", uv_cache(),
             "--no-header", "--quiet", "--color", "never", "--no-progress",
         ]
-        result = subprocess.run(command, env={**uv_environment(indexes), **variables}, capture_output=True, text=True)
+        result = subprocess.run(command, env={**uv_environment(indexes), **variables}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # not capture_output: see distributions.build_wheel
         if result.returncode != 0:
             raise SolveError(_explain(result.stderr, spec, installed, with_extras, platform, python_version, indexes))
         document = tomllib.loads(output.read_text(encoding="utf-8"))
@@ -594,7 +595,9 @@ def _explain(
                         r"credentials \(([^)]*)\)", text)
     if refused:  # what looks like a missing package is a refused login
         cause = f"the index {refused.group(1)} refused the credentials ({refused.group(2)}); {cause}"
-    for name in re.findall(r"([A-Za-z0-9][A-Za-z0-9._-]*)(?:==\S+)? has no usable wheels", cause):
+    # the word before each " has no usable wheels" (split, not a regex: a 70,000-character
+    # requirement must not make this quadratic)
+    for name in [(part.rsplit(None, 1) or [""])[-1].split("==")[0] for part in cause.split(" has no usable wheels")[:-1]]:
         if ONLY_BINARY_ALL in only_binary or canonical(name) in only_binary:
             cause = cause.replace("has no usable wheels", f"has no wheel for {platform} (python {short}) and "
                                   "tool.mlenv.pip-only-binary forbids building it from source", 1)
@@ -613,6 +616,8 @@ def _explain(
                           if indexes else "is not on the index")
     if "the environment's python" in cause and "does not satisfy" in cause:
         hint = f"the python comes from the conda side: set tool.mlenv.python to a version the package supports"
+    if len(cause) > 600:  # the first line stays a line; the whole derivation follows below
+        cause = cause[:600] + " …"
     head = f"cannot resolve the pip requirements for {platform} (python {python_version}): {cause}"
     if built:  # a build's traceback is the package's, not ours: its last word is on the first line
         lines = _without_build_output(lines)

@@ -47,7 +47,7 @@ def pytest_sessionstart(session: Any) -> None:
     root = Path(session.config.rootpath)
     ignore = session.config.getoption("--mlenv-ignore-system-requirements") or ignored_by_environment()
     try:
-        env = registered_option(option, root) or Environment.load(root, option or None)
+        env = registered_option(option, root) or Environment.load(root, option or None, default_policy="report")
         for line in require_host(env, ignore=ignore, bypass="--mlenv-ignore-system-requirements"):
             session.config.issue_config_time_warning(
                 pytest.PytestWarning(f"mlenv: ignoring system requirements: {line}"), stacklevel=2

@@ -20,6 +20,7 @@ from hatch_mlenv.credentials import channel_client, public, redact
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.hookspecs import SolveRequest, Solver, hookimpl  # the interface lives with the hooks
 from hatch_mlenv.lockfile import LockedPackage, split_dependency
+from hatch_mlenv.progress import step
 
 if TYPE_CHECKING:
     import rattler
@@ -34,7 +35,8 @@ class RattlerSolver:
         import asyncio
 
         settle_rattler_at_exit()
-        return asyncio.run(self._solve_all(request))
+        with step(f"fetching channel metadata and solving the conda packages for {', '.join(request.platforms)}"):
+            return asyncio.run(self._solve_all(request))
 
     async def _solve_all(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
         import asyncio

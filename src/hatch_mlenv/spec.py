@@ -87,7 +87,7 @@ SYSTEM_REQUIREMENTS: dict[str, tuple[str, tuple[str, ...]]] = {
 # The way back: `__cuda` -> `cuda` (the word of image labels and of the needs' `by`).
 REQUIREMENT_KEYS = {name: key for key, (name, _) in SYSTEM_REQUIREMENTS.items()}
 # Every pattern ends in \Z, not $: `$` also matches before a final newline ("demo\n").
-_REQUIREMENT_VERSION_RE = re.compile(r"^\d+(\.\d+){0,3}\Z")
+_REQUIREMENT_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,3}\Z")  # ASCII: \d takes any script's digits
 _ARCHSPEC_RE = re.compile(r"^[A-Za-z0-9_]+\Z")
 
 # Names (environments, channels, conda packages) and variable values have bounds, documented in the README.
@@ -97,11 +97,11 @@ _NAME_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}\Z
 _VARIABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # PEP 508 distribution names.
 _PYPI_NAME_RE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])\Z")
-_PYTHON_RE = re.compile(r"^\d+(\.\d+){0,2}\Z")
+_PYTHON_RE = re.compile(r"^[0-9]+(\.[0-9]+){0,2}\Z")
 # One term of a `python` constraint (`>=3.10`, `3.11.*`, `=3.11`, `3.13.0rc1`); terms are joined by `,` and `|`.
-_PYTHON_TERM_RE = re.compile(r"^(?:==|!=|>=|<=|~=|>|<|=)?\s*\d+(?:\.\d+)*(?:(?:a|b|rc|dev|post)\d*)?(?:\.\*)?\Z")
+_PYTHON_TERM_RE = re.compile(r"^(?:==|!=|>=|<=|~=|>|<|=)?[ ]*[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc|dev|post)[0-9]*)?(?:\.\*)?\Z")
 # A virtual package's "VERSION" or "VERSION=BUILD".
-_VIRTUAL_VERSION_RE = re.compile(r"^\d+(?:\.\d+)*\Z")
+_VIRTUAL_VERSION_RE = re.compile(r"^[0-9]{1,9}(?:\.[0-9]{1,9})*\Z")
 _VIRTUAL_BUILD_RE = re.compile(r"^[A-Za-z0-9_.]+\Z")
 
 _TOP_KEYS = (
@@ -119,6 +119,7 @@ _TOP_KEYS = (
     "pip-build-constraints",
     "pypi-names",
     "lockfile",
+    "lock",
     "variables",
     "virtual-packages",
     "docker",
@@ -142,6 +143,8 @@ _SPARK_KEYS = ("packages", "repositories", "conf")
 # groupId:artifactId:version, the form spark.jars.packages takes.
 _MAVEN_RE = re.compile(r"^[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-]+:[A-Za-z0-9_.\-+]+\Z")
 _VARIABLE_KEYS = ("value", "secret")
+# `lock`: what commands do with a stale lock (see `hatch_mlenv.lock.POLICIES`).
+LOCK_POLICIES = ("relock", "locked", "frozen")
 
 # -- values that become Dockerfile words, shell words, paths and URLs --------------------------
 # Each check takes a value as the spec (or a registered lock) gives it and returns what is wrong
@@ -453,6 +456,9 @@ class Spec:
     # PEP 508 constraints on what isolated builds of source releases install (pyspark 2.x's
     # setup.py needs `pypandoc<1.8`), at lock time (metadata) and at install time (the wheel).
     pip_build_constraints: tuple[str, ...] = ()
+    # `lock = "relock" | "locked" | "frozen"`: what commands do with a stale lock (`lock.lock_policy`);
+    # None when not set. Not part of the environment: neither in the spec hash nor in the definition.
+    lock_policy: str | None = None
 
     @property
     def project_dir(self) -> Path:
@@ -921,6 +927,10 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
             raise ConfigError(pyproject, key, f"invalid PyPI distribution name {pypi_name!r}")
 
     lockfile = _parse_lockfile(pyproject, reader.string(table, "lockfile", DEFAULT_LOCKFILE))
+    lock_policy = reader.string(table, "lock", None)
+    if lock_policy is not None and lock_policy not in LOCK_POLICIES:
+        raise ConfigError(pyproject, "tool.mlenv.lock", f"must be one of {', '.join(map(repr, LOCK_POLICIES))}, "
+                          f"not {lock_policy[:40]!r}")
 
     managed = reader.boolean(table, "managed", True)
     interpreter = reader.string(table, "interpreter", None)
@@ -967,6 +977,7 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         system_requirements=system_requirements,
         pip_only_binary=_parse_only_binary(pyproject, table.get("pip-only-binary")),
         pip_build_constraints=tuple(build_constraints),
+        lock_policy=lock_policy,
     )
 
 
@@ -1205,6 +1216,10 @@ def _parse_spark(reader: _Reader, table: dict[str, Any]) -> SparkSpec:
                               f"malformed Maven coordinate {coordinate!r}: use groupId:artifactId:version")
     repositories = reader.string_list(spark, "repositories", [], key)
     for index, url in enumerate(repositories):
+        # one line of spark-defaults each: no whitespace or control character may start another
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+            raise ConfigError(reader.path, f"{key}.repositories[{index}]",
+                              f"a repository URL has no whitespace or control characters: {url!r}")
         if urlparse(url).scheme not in ("http", "https", "file"):
             raise ConfigError(reader.path, f"{key}.repositories[{index}]", f"not an http(s) or file URL: {url!r}")
     conf = reader.table(spark, "conf", key)

@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv.errors import UsageError
+from hatch_mlenv.errors import NotInstalledError
 from hatch_mlenv.hashes import file_sha256
 from hatch_mlenv.pypi_names import canonical
+
+# A prefix's install record, written by `hatch_mlenv.install`; outside conda-meta/, where conda and
+# rattler read every *.json as a package record. Verify reads what it says was added on purpose.
+STATE_FILE = ".mlenv-state.json"
+ADDED_BY = "added by the hatch environment"
 
 
 @dataclass
@@ -28,6 +33,9 @@ class Drift:
     changed: list[str] = field(default_factory=list)
     modified_files: list[str] = field(default_factory=list)
     unowned_files: list[str] = field(default_factory=list)
+    # Distributions installed after the lock on purpose (the hatch environment's project, recorded in
+    # the install state): known, so not drift; their files are still checked.
+    added: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -52,6 +60,7 @@ class Drift:
             "changed": self.changed,
             "modified_files": self.modified_files,
             "unowned_files": self.unowned_files,
+            "added": self.added,
         }
 
 
@@ -67,11 +76,13 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
     """Compare the conda-meta records and Python dist-info of `prefix` with the lock's `platform`."""
     meta = prefix / "conda-meta"
     if not meta.is_dir():
-        raise UsageError(f"{prefix}: not a conda prefix (no conda-meta directory)")
+        raise NotInstalledError(f"{prefix}: not a conda prefix (no conda-meta directory): the environment is not "
+                                "installed there; run `mlenv install`")
     drift = Drift(prefix, platform)
     locked = lock.for_platform(platform)
     if not locked:
-        raise UsageError(f"the lock has no packages for {platform} (locked: {', '.join(lock.platforms) or 'none'})")
+        raise NotInstalledError(f"the lock has no packages for {platform}, so nothing is installed for it "
+                                f"(locked: {', '.join(lock.platforms) or 'none'})")
 
     records = {}
     for path in sorted(meta.glob("*.json")):
@@ -107,10 +118,43 @@ def verify_prefix(lock: Any, prefix: Path, platform: str, *, check_files: bool =
         elif check_files:
             drift.modified_files += _modified_wheel_files(found[1])
     conda_names = {canonical(n) for n in records}
+    added = recorded_additions(prefix)
     for name in sorted(installed.keys() - pip.keys() - conda_names):
-        drift.extra.append(f"pip {name} {installed[name][0]}")
+        version, dist_info = installed[name]
+        if name in added and _installed_from_a_directory(dist_info):
+            drift.added.append(f"pip {name} {version} ({ADDED_BY})")
+            if check_files:
+                drift.modified_files += _modified_wheel_files(dist_info)
+        else:
+            drift.extra.append(f"pip {name} {version}")
     drift.unowned_files = _unowned_files(prefix, records.values(), [d for _, d in installed.values()])
     return drift
+
+
+def recorded_additions(prefix: Path) -> set[str]:
+    """The distributions the prefix's install record says were added after the lock on purpose
+    (`install.record_addition`: the hatch environment's project), by canonical name."""
+    try:
+        names = json.loads((prefix / STATE_FILE).read_text()).get("additions") or []
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {canonical(name) for name in names if isinstance(name, str)} if isinstance(names, list) else set()
+
+
+def distribution_intact(dist_info: Path) -> bool:
+    """Every file an installed distribution's RECORD hashes is there and has that hash."""
+    return not _modified_wheel_files(dist_info)
+
+
+def _installed_from_a_directory(dist_info: Path) -> bool:
+    """What the hatch environment installs: a project from its directory (PEP 610 `dir_info`), by
+    hatch-mlenv. A recorded name alone does not make a package from an index known."""
+    try:
+        installer = (dist_info / "INSTALLER").read_text().strip()
+        direct_url = json.loads((dist_info / "direct_url.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return installer == "hatch-mlenv" and isinstance(direct_url, dict) and "dir_info" in direct_url
 
 
 def _record_differences(record: dict[str, Any], package: Any) -> list[str]:

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 # hatch imports this module in a process of its own just to find the hook
 # class: everything else is imported when the hook runs.
 
-LOCK_MODES = ("auto", "check")
+# `auto` and `check`, the hook's first words, are `relock` and `locked` (see `hatch_mlenv.lock`).
+LOCK_MODES = ("auto", "check", "relock", "locked", "frozen")
+_LOCK_ALIASES = {"auto": "relock", "check": "locked"}
 IMAGE_MODES = ("none", "build", "push")
 IMAGE_BUILDERS = ("docker", "oci")
 OCI_OUTPUT = "build/mlenv-image.oci"  # under the project
@@ -31,8 +33,11 @@ class MlenvBuildHook(BuildHookInterface):
     """`[tool.hatch.build.hooks.mlenv]`.
 
     Options:
-    - `lock`: `"auto"` (default) locks when the lock is missing or stale;
-      `"check"` fails the build instead, for CI.
+    - `lock`: the stale-lock policy of every command: `"relock"` (or `"auto"`)
+      locks when the lock is missing or stale; `"locked"` (or `"check"`) fails
+      the build instead, for CI; `"frozen"` uses the lock as it is. Default:
+      `$MLENV_LOCKED` / `$MLENV_FROZEN`, then `[tool.mlenv] lock`, then relock;
+      those variables also win over this option.
     - `register`: `true` (default) registers the locked environment in the
       registry ([tool.mlenv] `registry`, `$MLENV_REGISTRY`, else the local
       one); registering an existing digest creates nothing. The manifest
@@ -57,7 +62,7 @@ class MlenvBuildHook(BuildHookInterface):
         if self.target_name not in ("wheel", "sdist") or version == "editable":
             return
         try:
-            spec, outcome = self._lock()
+            spec, lock = self._lock()
             if self.target_name == "sdist":
                 # The sdist ships the spec and the lock; the wheel carries the manifest.
                 lock_relpath = os.path.relpath(spec.lockfile, self.root).replace(os.sep, "/")
@@ -66,7 +71,7 @@ class MlenvBuildHook(BuildHookInterface):
             from hatch_mlenv.environment import Environment
             from hatch_mlenv.manifest import MANIFEST_NAME
 
-            self._environment = Environment(spec, outcome.load(spec))
+            self._environment = Environment(spec, lock)
             self._registration = self._register(self._environment)
             self._image()
         except MlenvError as exc:
@@ -95,21 +100,18 @@ class MlenvBuildHook(BuildHookInterface):
 
             atomic_write(Path(self.directory) / name, self._manifest_text())
 
-    def _lock(self):  # -> tuple[Spec, LockOutcome]
+    def _lock(self):  # -> tuple[Spec, Lock]
         from hatch_mlenv import lock as locking
         from hatch_mlenv.spec import load_spec
 
-        mode = self._option("lock", LOCK_MODES)
+        configured = None
+        if "lock" in self.config:
+            mode = self._option("lock", LOCK_MODES)
+            configured = locking.LockPolicy(_LOCK_ALIASES.get(mode, mode),
+                                            f"tool.hatch.build.hooks.mlenv.lock = \"{mode}\"")
         spec = load_spec(self.root)
-        if mode == "check":
-            reason = locking.staleness(spec)
-            if reason is not None:
-                raise MlenvError(f"{spec.lockfile.name} is stale: {reason} (lock = \"check\"; run `mlenv lock`)")
-            return spec, locking.LockOutcome("fresh", "")
-        outcome = locking.lock(spec)
-        if outcome.status != "fresh":
-            self.app.display_info(f"mlenv: locked {spec.name} -> {spec.lockfile.name}")
-        return spec, outcome
+        policy = locking.lock_policy(None, spec, configured=configured)
+        return spec, locking.current_lock(spec, policy, lambda line: self.app.display_info(f"mlenv: {line}"))
 
     def _option(self, key: str, choices: tuple[Any, ...]) -> Any:
         """A hook option, one of `choices` (the first is the default); errors name the key."""

@@ -10,9 +10,11 @@ path = ".envs/train"   # optional: the prefix; default .mlenv/envs/<name>, the o
 
 Hatch drives the life cycle; each step maps onto a stage that already exists:
 
-- `create` installs the existing lock into the prefix (`install_environment`).
-  It never solves: a missing or stale lock is an error that says to run
-  `mlenv lock`, so the environment is always exactly a lock.
+- `create` installs the lock into the prefix (`install_environment`), after the
+  stale-lock policy of every command (`hatch_mlenv.lock.current_lock`): a stale
+  or missing lock is locked again and said in one line (default), refused with
+  `[tool.mlenv] lock = "locked"` or `MLENV_LOCKED=1`, used as it is with
+  `"frozen"` or `MLENV_FROZEN=1`. The environment is always exactly a lock.
 - `install_project_dev_mode` / `install_project` build the project's
   (editable) wheel with its own build backend, in hatch's interpreter (which
   has the backend: hatch installs no build environment into a conda prefix),
@@ -145,27 +147,31 @@ class MlenvEnvironment(EnvironmentInterface):
             return self.registered
         spec = self.spec
         if not spec.lockfile.is_file():
-            raise StaleLockError(
-                f"{spec.lockfile}: does not exist; run `{self._lock_command()}` "
-                f"(hatch environment {self.name!r} installs the lock, it never solves)"
-            )
+            raise StaleLockError(f"{spec.lockfile}: does not exist; run `{self._lock_command()}` "
+                                 f"(hatch environment {self.name!r})")
         return Environment(spec, read_lock(spec.lockfile))
+
+    def _policy(self):  # -> LockPolicy
+        from hatch_mlenv.lock import lock_policy
+
+        return lock_policy(None, self.spec)  # MLENV_LOCKED / MLENV_FROZEN, then [tool.mlenv] lock
 
     def _staleness(self, env: Environment) -> str | None:
         from hatch_mlenv.lock import staleness
 
-        return None if env.is_registered else staleness(env.spec, env.lock)
+        if env.is_registered or self._policy().mode == "frozen":
+            return None
+        return staleness(env.spec, env.lock)
 
     def _fresh_environment(self) -> Environment:
-        """The lock, refusing a stale one: installing it would run code against a spec it does not match."""
-        env = self._environment()
-        reason = self._staleness(env)
-        if reason is not None:
-            raise StaleLockError(
-                f"the lock is stale: {reason}; run `{self._lock_command()}` "
-                f"(hatch environment {self.name!r} installs the lock, it never solves)"
-            )
-        return env
+        """The lock under the stale-lock policy: relocked (said in one line), refused or taken as it is."""
+        from hatch_mlenv.environment import Environment
+        from hatch_mlenv.lock import current_lock
+
+        if self.registered is not None:
+            return self.registered
+        lock = current_lock(self.spec, self._policy(), lambda line: self.app.display_info(f"mlenv: {line}"))
+        return Environment(self.spec, lock)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -103,7 +103,9 @@ def describe(env: Any) -> dict[str, Any]:
     from hatch_mlenv.errors import RegistryError
     from hatch_mlenv.lock import staleness
 
-    data = env.manifest() | {"lockfile": str(env.spec.lockfile), "reference": env.reference}
+    # a lockfile loaded by reference is named as given: its copy under `versions/` is written only to install it
+    lockfile = env.reference if env.is_registered and env.registry is None else str(env.spec.lockfile)
+    data = env.manifest() | {"lockfile": lockfile, "reference": env.reference}
     if env.is_registered:
         return data | {"fresh": None, "stale_reason": None, "registry": env.registry, "version": env.version}
     reason = staleness(env.spec, env.lock)

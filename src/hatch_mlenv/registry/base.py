@@ -43,6 +43,7 @@ class Version:
             "created": self.provenance.get("time"),
             "git_commit": self.provenance.get("git_commit"),
             "git_dirty": self.provenance.get("git_dirty"),
+            "image": self.manifest.get("image"),
         }
 
 
@@ -105,6 +106,20 @@ class Registry(Protocol):
 
     def dangling_labels(self, name: str) -> dict[str, int]:
         """Labels of `name` whose version is not in the registry (empty for a sound registry)."""
+
+    # Optional (see `history_page`): `history_page(name, offset, limit) -> (versions newest
+    # first, how many versions there are)`, reading only the versions of that page.
+
+
+def history_page(registry: Registry, name: str, offset: int, limit: int) -> tuple[list[Version], int]:
+    """`limit` versions of `name` from `offset`, newest first, and how many versions it has: for
+    pages over thousands of versions. A backend that has its own `history_page` reads only that
+    page; for any other, this is a slice of its `history`."""
+    own = getattr(registry, "history_page", None)
+    if own is not None:
+        return own(name, offset, limit)
+    versions = registry.history(name)
+    return versions[::-1][offset:offset + limit], len(versions)
 
 
 class Backend(Protocol):

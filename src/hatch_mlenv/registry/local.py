@@ -60,7 +60,6 @@ CREATE INDEX IF NOT EXISTS versions_listing ON versions(name, archived, version)
 # 2: versions.entry_hash (see registry.entry_hash); older rows get theirs when first opened,
 # so a NULL one is corruption. (0: databases written before the schema was numbered.)
 SCHEMA_VERSION = 2
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def _empty_registry() -> sqlite3.Connection:
@@ -381,6 +380,19 @@ class LocalRegistry:
         # history checks each entry's hash, without parsing every lock (that is what `get` does too)
         return [self._row(name, r[0], r[1:], labels.get(r[0], []), checked=True) for r in rows]
 
+    def history_page(self, name: str, offset: int, limit: int) -> tuple[list[Version], int]:
+        """`limit` versions from `offset`, newest first, and how many there are (see
+        `registry.base.history_page`): only that page's rows are read and checked."""
+        with self._damage_reported():
+            self._require_name(name)
+            total = self._db.execute("SELECT COUNT(*) FROM versions WHERE name = ?", (name,)).fetchone()[0]
+            rows = self._db.execute(
+                "SELECT version, digest, lockfile, manifest, provenance, archived, entry_hash FROM versions "
+                "WHERE name = ? ORDER BY version DESC LIMIT ? OFFSET ?",
+                (name, limit, offset),
+            ).fetchall()
+            return [self._row(name, r[0], r[1:], self._labels(name, r[0]), checked=True) for r in rows], total
+
     def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]:
         with self._damage_reported():
             return self._list(include_archived)
@@ -393,11 +405,14 @@ class LocalRegistry:
                 f"SELECT name, COUNT(*), MAX(version) FROM versions WHERE 1 {archived} GROUP BY name"
             )
         }
-        existing = set(self._db.execute("SELECT name, version FROM versions").fetchall())
         labels: dict[str, dict[str, int]] = {}
         dangling: dict[str, dict[str, int]] = {}
-        for name, label, version in self._db.execute("SELECT name, label, version FROM labels"):
-            (labels if (name, version) in existing else dangling).setdefault(name, {})[label] = version
+        # each label's version looked up by primary key: no pass over every version's row
+        for name, label, version, exists in self._db.execute(
+            "SELECT name, label, version, EXISTS (SELECT 1 FROM versions v WHERE v.name = labels.name "
+            "AND v.version = labels.version) FROM labels"
+        ):
+            (labels if exists else dangling).setdefault(name, {})[label] = version
         result = []
         for name, description in self._db.execute("SELECT name, description FROM environments ORDER BY name"):
             count, _ = counts.get(name, (0, None))

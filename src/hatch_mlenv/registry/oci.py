@@ -473,11 +473,21 @@ class OciRegistry:
         return int(found[1]["annotations"]["io.mlenv.version"]) if found else None
 
     def history(self, name: str) -> list[Version]:
+        versions, _ = self._history(name, None, None)
+        return versions[::-1]
+
+    def history_page(self, name: str, offset: int, limit: int) -> tuple[list[Version], int]:
+        """`limit` versions from `offset`, newest first, and how many there are: only that
+        page's artifacts are fetched (see `registry.base.history_page`)."""
+        return self._history(name, offset, limit)
+
+    def _history(self, name: str, offset: int | None, limit: int | None) -> tuple[list[Version], int]:
         repo = self.target.repository(name)
         tags = self._tags(repo)
-        numbers = sorted(int(m[1]) for t in tags if (m := _VERSION_TAG.match(t)))
-        if not numbers:
+        every = sorted((int(m[1]) for t in tags if (m := _VERSION_TAG.match(t))), reverse=True)
+        if not every:
             raise NotFoundError(f"no environment named {name!r} in {self.url}")
+        numbers = every if offset is None or limit is None else every[offset:offset + limit]
         archived = set(self._index(repo).get("archived", []))
         by_digest: dict[str, list[str]] = {}
         for tag in tags:
@@ -489,7 +499,7 @@ class OciRegistry:
             head = self._request("HEAD", f"{repo}/manifests/v{number}", headers={"Accept": OCI_MANIFEST})
             labels = tuple(sorted(by_digest.get(head.headers.get("Docker-Content-Digest", ""), [])))
             versions.append(self._version(name, number, labels=labels, archived=number in archived))
-        return versions
+        return versions, len(every)
 
     def list(self, *, include_archived: bool = False) -> list[EnvironmentSummary]:
         repositories = self._paged("_catalog", "repositories", "listing repositories")
