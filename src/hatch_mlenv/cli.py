@@ -726,28 +726,31 @@ def import_(project: Path, env: str | None, source: str | None, from_prefix: Pat
 @environment_arguments
 @click.option("--prefix", type=click.Path(file_okay=False, path_type=Path), help="The prefix to check (default .mlenv/envs/NAME).")
 @click.option("--no-files", is_flag=True, help="Compare packages only, not file contents.")
+@click.option("--pack", "pack_archive", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Check that this archive is the `mlenv pack` of the lock instead (packs it again and compares).")
 @json_option
-def verify(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, no_files: bool, as_json: bool, registry_url: str | None) -> None:
-    """Compare an installed prefix with the lock; exit 1 on drift with a table of differences."""
+def verify(reference: str | None, project: Path | None, env: str | None, prefix: Path | None, no_files: bool, pack_archive: Path | None, as_json: bool, registry_url: str | None) -> None:
+    """Compare an installed prefix with the lock; exit 1 on drift with a table of differences.
+    With --pack FILE: whether FILE is the pack of the lock, byte for byte."""
     from hatch_mlenv.verify import verify_environment
 
-    environment = _load(reference, project, env, registry_url)
-    drift = verify_environment(environment, prefix, check_files=not no_files)
+    environment = _load(reference, project, env, registry_url, default_policy="report")
+    if pack_archive is not None:
+        _verify_pack(environment, pack_archive, prefix, as_json)
+        return
+    with progress.step(f"verifying {environment.name} against its lock"):
+        drift = verify_environment(environment, prefix, check_files=not no_files)
     target = drift.prefix
     if as_json:
         _print_json(drift.as_dict() | {"digest": f"sha256:{environment.digest}"})
     elif drift.clean:
         click.echo(f"{_display(target)} matches {environment.spec.lockfile.name} (sha256:{environment.digest[:12]})")
+        for what in drift.added:  # known, not drift: the hatch environment's project
+            click.echo(f"  also {what}")
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table("difference", "what")
-        for kind, what in drift.rows():
-            table.add_row(kind, what)
-        console = Console(highlight=False, stderr=True)
-        console.print(f"{_display(target)} differs from {environment.spec.lockfile.name}:")
-        console.print(table)
+        out = _Printer(stderr=True)
+        out.line(f"{_display(target)} differs from {environment.spec.lockfile.name}:")
+        out.table(("difference", "what"), list(drift.rows()))
     if not drift.clean:
         sys.exit(EXIT_FAILURE)
 
@@ -783,8 +786,30 @@ def pack(reference: str | None, project: Path | None, env: str | None, output: P
 
     environment = _load(reference, project, env, registry_url)
     _check_host(environment, ignore_system, PLATFORM)
-    archive = pack_environment(environment, output, prefix)
-    click.echo(f"packed {environment.name} sha256:{environment.digest[:12]} -> {_display(archive)}")
+    with progress.step(f"packing {environment.name} with conda-pack"):
+        archive = pack_environment(environment, output, prefix)
+    sha256 = Path(f"{archive}.sha256").read_text().split()[0]
+    click.echo(f"packed {environment.name} sha256:{environment.digest[:12]} -> {_display(archive)} (archive sha256:{sha256})")
+
+
+def _verify_pack(environment, archive: Path, prefix: Path | None, as_json: bool) -> None:  # noqa: ANN001
+    from hatch_mlenv.spark import PLATFORM, verify_pack
+
+    _check_host(environment, False, PLATFORM)
+    with progress.step(f"packing {environment.name} again to compare"):
+        check = verify_pack(environment, archive, prefix)
+    if as_json:
+        _print_json(check.as_dict() | {"digest": f"sha256:{environment.digest}"})
+    elif check.ok:
+        how = " (the same tar, compressed by another zlib)" if check.same_content else ""
+        click.echo(f"{_display(archive)} is the pack of {environment.name} sha256:{environment.digest[:12]} "
+                   f"(archive sha256:{check.sha256}){how}")
+    else:
+        click.echo(f"error: {_display(archive)} is not the pack of {environment.name} "
+                   f"sha256:{environment.digest[:12]}: its sha256 is {check.sha256}, the lock packs to "
+                   f"{check.expected}", err=True)
+    if not check.ok:
+        sys.exit(EXIT_FAILURE)
 
 
 @main.command(name="spark-conf")
@@ -979,6 +1004,86 @@ def _display(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _lock_as_it_is(reference: str | None, project: Path | None, env: str | None, registry_url: str | None):  # noqa: ANN202
+    """The environment with its lock as it is, for commands that only read it (tree, why): a
+    project's stale lock is not relocked but named in a note (`--locked` refuses it)."""
+    environment = _load(reference, project, env, registry_url, policy="frozen")
+    if not environment.is_registered:
+        from hatch_mlenv.lock import staleness
+
+        reason = staleness(environment.spec, environment.lock)
+        if reason is not None:
+            progress.note(f"{environment.spec.lockfile.name} is stale ({reason}); showing it as it is")
+    return environment
+
+
+platform_option = click.option("--platform", metavar="PLATFORM", default=None,
+                               help="The lock's platform to read (default: this machine's, else the only one).")
+
+
+@main.command()
+@environment_arguments
+@platform_option
+@click.option("--depth", type=click.IntRange(min=0), default=None, metavar="N", help="Show N levels below the roots.")
+@click.option("--invert", metavar="PKG", default=None,
+              help="Show what depends on PKG (NAME, conda:NAME or pip:NAME), up to what the definition asked for.")
+@json_option
+def tree(reference: str | None, project: Path | None, env: str | None, platform: str | None, depth: int | None,
+         invert: str | None, as_json: bool, registry_url: str | None) -> None:
+    """The lock's dependency tree, conda and pip packages alike, from what the definition asked for
+    (without one: the packages nothing depends on) down to every package; `(*)`: expanded above.
+    Read from the lock alone: no solve, no network."""
+    from hatch_mlenv.graph import tree_lines, tree_report
+
+    report = tree_report(_lock_as_it_is(reference, project, env, registry_url), platform, depth=depth, invert=invert)
+    if as_json:
+        _print_json(report)
+        return
+    for line in tree_lines(report["roots"], "dependents" if invert else "dependencies"):
+        click.echo(line)
+    if report["unmatched"]:
+        progress.note(f"asked for but not locked for {report['platform']}: {', '.join(report['unmatched'])}")
+
+
+@main.command()
+@click.argument("package", metavar="PKG")
+@environment_arguments
+@platform_option
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="List at most N paths, the shortest found.")
+@json_option
+def why(package: str, reference: str | None, project: Path | None, env: str | None, platform: str | None,
+        limit: int, as_json: bool, registry_url: str | None) -> None:
+    """Why PKG (NAME, conda:NAME or pip:NAME) is in the lock: every path from what the definition
+    asked for down to it. Read from the lock alone: no solve, no network."""
+    from hatch_mlenv.graph import why_lines, why_report
+
+    report = why_report(_lock_as_it_is(reference, project, env, registry_url), package, platform, limit=limit)
+    if as_json:
+        _print_json(report)
+        return
+    for line in why_lines(report):
+        click.echo(line)
+
+
+@main.command()
+@registry_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; one that is not loopback is reachable from other machines (a warning says so).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8077, show_default=True, help="Port; 0 picks a free one.")
+def serve(registry_url: str | None, host: str, port: int) -> None:
+    """A read-only web page over the registry: environments, versions, definitions, packages,
+    dependency graphs, diffs and downloads, each with its JSON under /api/. Writes nothing."""
+    from hatch_mlenv.registry import select_url
+    from hatch_mlenv.web.app import serve as serve_registry
+
+    serve_registry(select_url(registry_url), host, port, say=click.echo,
+                   warn=lambda line: click.echo(f"mlenv: warning: {line}", err=True))
+
+
+_with_output_options(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

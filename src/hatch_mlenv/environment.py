@@ -218,11 +218,20 @@ def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
         from hatch_mlenv.progress import note
 
         note(f"{stored.ref} is archived in {registry.url}; using it as asked")
-    lock = parse_lock(stored.lockfile, f"{stored.ref} in {registry.url}")
+    return from_version(stored, registry.url, text)
+
+
+def from_version(stored: Any, registry: str, reference: str | None = None) -> Environment:
+    """A `registry.Version` already read (and verified) from `registry` as an Environment, written
+    nowhere until a stage needs its files: for a reader that keeps its registry open (`mlenv serve`)."""
+    from hatch_mlenv.lockfile import parse_lock
+
+    lock = parse_lock(stored.lockfile, f"{stored.ref} in {registry}")
     manifest = stored.manifest_with_version()
     definition = manifest.get("definition") or _definition_from_lock(stored.name, lock)
     return _registered(stored.name, stored.lockfile, lock, definition, manifest.get("project") or {},
-                       version=stored.version, registry=registry.url, reference=text, stored_manifest=manifest)
+                       version=stored.version, registry=registry, reference=reference or stored.ref,
+                       stored_manifest=manifest)
 
 
 def _from_lockfile(path: Path) -> Environment:

@@ -3,10 +3,8 @@ platform, with its package URL (purl), hashes, and the license where the channel
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 import uuid
-from pathlib import Path
 from typing import Any
 
 from hatch_mlenv import __version__
@@ -31,23 +29,9 @@ def _pypi_purl(package: LockedPackage) -> str:
 
 def _licenses(packages: list[LockedPackage]) -> dict[str, str]:
     """License by package URL, from the repodata of file:// channels (remote ones are not fetched)."""
-    found: dict[str, str] = {}
-    directories: dict[str, dict[str, Any]] = {}
-    for package in packages:
-        if package.manager != "conda" or not package.url.startswith("file://"):
-            continue
-        directory, _, filename = package.url.rpartition("/")
-        if directory not in directories:
-            path = Path(urllib.parse.urlparse(directory).path) / "repodata.json"
-            try:
-                repodata = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                repodata = {}
-            directories[directory] = {**repodata.get("packages", {}), **repodata.get("packages.conda", {})}
-        record = directories[directory].get(filename) or {}
-        if record.get("license"):
-            found[package.url] = record["license"]
-    return found
+    from hatch_mlenv.repodata import local_records
+
+    return {url: record["license"] for url, record in local_records(packages).items() if record.get("license")}
 
 
 def cyclonedx(env: Any) -> dict[str, Any]:

@@ -30,6 +30,14 @@ _SECRET_BYTES = 32
 
 # The secret of each data directory this process has used (tests change $MLENV_HOME).
 _SECRETS: dict[Path, bytes | None] = {}
+_WRITES = True
+
+
+def read_only() -> None:
+    """From now on this process reads caches and never writes one, nor the secret: for a
+    process that must write nothing (`mlenv serve`)."""
+    global _WRITES
+    _WRITES = False
 
 
 def seal(kind: str, key: str, body: bytes) -> bytes | None:
@@ -70,6 +78,8 @@ def read_sealed(path: Path, kind: str, key: str) -> bytes | None:
 
 def write_sealed(path: Path, kind: str, key: str, body: bytes) -> None:
     """Write a sealed cache file atomically; a cache, so any failure only means no entry."""
+    if not _WRITES:
+        return
     data = seal(kind, key, body)
     if data is None:
         return

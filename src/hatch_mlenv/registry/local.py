@@ -92,32 +92,41 @@ def default_path() -> Path:
 class LocalRegistry:
     """A registry file that exists is opened and checked, never initialised over: an empty,
     truncated or foreign file is reported as damaged. A missing one reads as an empty
-    registry, and the first write creates it whole."""
+    registry, and the first write creates it whole.
 
-    def __init__(self, path: Path) -> None:
+    `read_only` (`mlenv serve`): nothing is ever written, not even the journal mode or a
+    migration (a registry of an older schema is refused); the connection may be closed from
+    another thread than the one that used it."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         self.url = f"sqlite://{path}"
+        self.read_only = read_only
         self._db = self._open()
 
     def _open(self) -> sqlite3.Connection:
         path = self.path
         self._missing = False
+        # stat, never open(): closing any descriptor of the file drops every POSIX lock this
+        # process holds on it, its other SQLite connections' included, and another process then
+        # checkpoints and deletes the WAL under them (registrations lost). SQLite itself reports
+        # a file that is not a database, below.
         try:
-            with open(path, "rb") as handle:
-                header = handle.read(100)
+            size = path.stat().st_size
         except FileNotFoundError:
             self._missing = True
             return _empty_registry()
         except OSError as exc:
             raise RegistryError(f"{path}: cannot read the registry database: {exc.strerror or exc}") from None
-        if not header:
+        if size == 0:
             raise self._damaged("the file is empty")
-        if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-            raise self._damaged("not an SQLite database")
+        if not path.is_file():
+            raise self._damaged("not a regular file")
         try:
             # mode=rw: a file moved away meanwhile is an error, not a new empty database
             db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
-                                 timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                                 timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                 check_same_thread=not self.read_only)
         except sqlite3.DatabaseError as exc:
             raise self._damaged(str(exc)) from None
         try:
@@ -125,6 +134,14 @@ class LocalRegistry:
             # before anything writes (even the journal mode): another program's database stays as it is
             if db.execute("PRAGMA user_version").fetchone()[0] < 1 and not _has_registry_tables(db):
                 raise self._damaged("it holds no registry tables")
+            if self.read_only:
+                # mode=ro would leave -wal and -shm files behind (a reader cannot remove them);
+                # query_only refuses every change, and the last connection to close removes them.
+                db.execute("PRAGMA query_only = 1")
+                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    raise RegistryError(f"{path}: the registry has an older schema; run any mlenv command "
+                                        "that reads it (`mlenv list`) once to upgrade it, then serve it")
+                return db
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
@@ -218,6 +235,8 @@ class LocalRegistry:
     def _transaction(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction; only `create` makes a missing registry's file (registration:
         labelling or archiving in a registry that does not exist writes nothing)."""
+        if self.read_only:
+            raise RegistryError(f"{self.path}: opened read-only; nothing can be written")
         if self._missing and create:  # the first registration in a registry that did not exist
             self._create()
             empty, self._db = self._db, self._open()
@@ -448,8 +467,8 @@ class LocalBackend:
     def handles(self, url: str) -> bool:
         return url == "local" or url.startswith("sqlite://")
 
-    def open(self, url: str) -> LocalRegistry:
-        return LocalRegistry(database_path(url))
+    def open(self, url: str, *, read_only: bool = False) -> LocalRegistry:
+        return LocalRegistry(database_path(url), read_only=read_only)
 
 
 def database_path(url: str) -> Path:
