@@ -404,7 +404,7 @@ def test_show_and_manifest_carry_provenance(project: Path) -> None:
         (["get", "x:99999999999999999999999"], 2, "the version must be an integer from 1 to 2147483647"),
         (["get", "x:0"], 2, "the version must be an integer from 1"),
         (["get", "n" * 300], 2, "at most 100 characters"),
-        (["history", "n" * 300], 1, "no environment named"),
+        (["history", "n" * 300], 2, "invalid environment name"),
         (["label", "demo:1", "bad label!"], 2, "invalid label"),
         (["get", "demo:1", "-o", "/proc/mlenv-x"], 1, "/proc/mlenv-x"),
     ],
