@@ -68,6 +68,18 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *nee
     assert "Traceback" not in result.stderr + result.stdout
 
 
+# conda-lock's vendored poetry (imported by the tests that parse with conda-lock's
+# own CLI module) replaces subprocess.run with a Python 3.5 backport that knows no
+# capture_output; hatch-mlenv itself imports only conda-lock's models. Each test
+# starts with the standard library's functions, whatever ran before it.
+STDLIB_SUBPROCESS = (subprocess.run, subprocess.CalledProcessError)
+
+
+@pytest.fixture(autouse=True)
+def stdlib_subprocess() -> None:
+    subprocess.run, subprocess.CalledProcessError = STDLIB_SUBPROCESS
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared data directory; a test that needs it fails (never skips) without it."""
