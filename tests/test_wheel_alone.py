@@ -45,6 +45,13 @@ HOSTED_IMPORTS = {
     "pytest_plugin.py": {"pytest": "the pytest plugin, loaded by pytest through the `pytest11` entry point"},
 }
 
+# Imports of an optional extra's distribution, made only by what that extra enables (inside functions,
+# so the module still imports without it): {module file: {top-level import: the extra}}.
+EXTRA_IMPORTS = {
+    "ray.py": {"ray": "ray"},  # the Ray runtime_env plugin, loaded by Ray's own agent
+    "_compat.py": {"ray": "ray"},  # Ray's plugin base class, for ray.py
+}
+
 
 # -- what the source imports ------------------------------------------------------------------
 
@@ -59,14 +66,16 @@ def _imports(path: Path) -> set[str]:
     return found - set(sys.stdlib_module_names) - {"__future__", "hatch_mlenv"}
 
 
-def _declared() -> list[Requirement]:
+def _declared(extra: str | None = None) -> list[Requirement]:
+    """`[project] dependencies`, or with `extra` that optional dependency group."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [Requirement(text) for text in project["dependencies"]]
+    texts = project["dependencies"] if extra is None else project.get("optional-dependencies", {}).get(extra, [])
+    return [Requirement(text) for text in texts]
 
 
 def test_every_import_is_a_declared_dependency() -> None:
@@ -81,6 +90,12 @@ def test_every_import_is_a_declared_dependency() -> None:
             if module in HOSTED_IMPORTS.get(relative, {}):
                 continue
             distributions = {canonicalize_name(name) for name in providers.get(module, [])}
+            extra = EXTRA_IMPORTS.get(relative, {}).get(module)
+            if extra is not None:
+                in_extra = {canonicalize_name(requirement.name) for requirement in _declared(extra)}
+                if not distributions & in_extra:
+                    undeclared.append(f"{relative}: {module} (not in the [{extra}] extra)")
+                continue
             # a dependency declared for other Pythons only (tomli) is not installed here
             if not distributions & declared and canonicalize_name(module) not in declared:
                 undeclared.append(f"{relative}: {module} (from {', '.join(sorted(distributions)) or 'nothing installed'})")

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 # The versions each patch below was checked against.
-CHECKED = {"conda-lock": "2.5.8", "oras": "0.2.43", "py-rattler": "0.28.0"}
+CHECKED = {"conda-lock": "2.5.8", "oras": "0.2.43", "py-rattler": "0.28.0", "ray": "2.60.0"}
 
 
 # -- conda-lock 2.5.8: its lockfile models without its CLI ---------------------------
@@ -170,3 +170,27 @@ def archspec_lineage(virtual_package: Any) -> tuple[str, ...]:
     found = re.search(r"ancestors: \[([^\]]*)\]", str(virtual_package))
     ancestors = re.findall(r'"([^"]+)"', found.group(1)) if found else []
     return (name, *ancestors)
+
+
+# -- ray 2.60: the runtime-environment plugin base, a DeveloperAPI under ray._private -------
+# What hatch_mlenv.ray relies on: Ray's agent (ray._private.runtime_env.plugin) loads the classes
+# named in RAY_RUNTIME_ENV_PLUGINS, refuses one that does not subclass this base, and for a
+# runtime_env holding the plugin's `name` calls `validate(runtime_env)`, `get_uris(runtime_env)`,
+# `create(uri, runtime_env, context, logger)` (a coroutine, for a URI not in its cache) and
+# `modify_context(uris, runtime_env, context, logger)`; its URI cache calls `delete_uri(uri, logger)`.
+# The context's `py_executable`, `env_vars` and `command_prefix` start the worker.
+RAY_PLUGIN_METHODS = ("validate", "get_uris", "create", "modify_context", "delete_uri")
+RAY_CONTEXT_FIELDS = ("py_executable", "env_vars", "command_prefix")
+
+
+def ray_plugin_base() -> type:
+    """Ray's `RuntimeEnvPlugin`, or `object` where Ray is not installed (nothing can load the plugin
+    there; `mlenv ray-env` and the rest of hatch_mlenv.ray still work). Any other failure to import
+    it (Ray moved it) is raised: the plugin must not pretend to be one."""
+    try:
+        from ray._private.runtime_env.plugin import RuntimeEnvPlugin
+    except ModuleNotFoundError as exc:
+        if exc.name == "ray":
+            return object
+        raise
+    return RuntimeEnvPlugin

@@ -1006,6 +1006,17 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+@main.command(name="ray-env")
+@click.argument("reference", metavar="REF")
+@registry_option
+def ray_env(reference: str, registry_url: str | None) -> None:
+    """Print the Ray runtime_env JSON that runs work in a registered version (NAME, NAME:VERSION, NAME@LABEL),
+    pinned here to NAME:VERSION and its digest: ray job submit --runtime-env-json "$(mlenv ray-env REF)"."""
+    from hatch_mlenv.ray import field_json
+
+    click.echo(field_json(reference, registry_url))
+
+
 def _lock_as_it_is(reference: str | None, project: Path | None, env: str | None, registry_url: str | None):  # noqa: ANN202
     """The environment with its lock as it is, for commands that only read it (tree, why): a
     project's stale lock is not relocked but named in a note (`--locked` refuses it)."""
