@@ -1,0 +1,100 @@
+"""`mlenv image`: the locked environment as a Docker image (tag, context, build, push)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hatch_mlenv import image as images
+from hatch_mlenv.cli._common import (display, environment_arguments, json_option, load_environment, print_json,
+                                     selected_registry, step_echo)
+from hatch_mlenv.oci_image import build_oci
+
+
+@click.group()
+def image() -> None:
+    """Docker images of the locked environment: tag, context, build, push."""
+
+
+def _registered_version(env, registry_url: str | None) -> int | None:  # noqa: ANN001
+    """The registered version of this lock (for the `v<N>` tag): known for a version loaded by
+    reference, else looked up in the selected registry."""
+    if env.version is not None:
+        return env.version
+    return selected_registry(registry_url, env.spec.registry).find_digest(env.name, env.digest)
+
+
+@image.command(name="tag")
+@environment_arguments
+@json_option
+def image_tag(reference: str | None, project: Path | None, env: str | None, as_json: bool, registry_url: str | None) -> None:
+    """Print the image reference (and the v<N> tag of a registered version)."""
+    env = load_environment(reference, project, env, registry_url)
+    plan = images.plan_for(env, _registered_version(env, registry_url))
+    if as_json:
+        print_json({"reference": plan.reference, "repository": plan.repository, "tags": plan.tags})
+        return
+    for tag in plan.tags:
+        click.echo(f"{plan.repository}:{tag}")
+
+
+@image.command(name="context")
+@environment_arguments
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("mlenv-image"),
+              show_default=True, help="Directory for the build context (must not exist or be empty).")
+@click.option("--strategy", type=click.Choice(["host", "dockerfile"]), default="host", show_default=True)
+def image_context(reference: str | None, project: Path | None, env: str | None, output: Path, strategy: str, registry_url: str | None) -> None:
+    """Write a Docker build context: `host` (installed prefix + Dockerfile) or `dockerfile` (micromamba)."""
+    env = load_environment(reference, project, env, registry_url)
+    images.preflight(env, strategy=strategy)  # before the registry is asked for the version
+    plan = images.write_context(env, output, strategy=strategy, version=_registered_version(env, registry_url))
+    click.echo(f"{display(output.resolve())}: {strategy} context for {plan.reference}")
+
+
+@image.command(name="build")
+@environment_arguments
+@click.option("--push", "also_push", is_flag=True, help="Also push to [tool.mlenv.docker] registry.")
+@click.option("--builder", type=click.Choice(["docker", "oci"]), default="docker", show_default=True,
+              help="docker: the host strategy in a Docker engine; oci: assembled without a daemon, reproducible.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="oci builder: write an OCI image layout directory (or a tar: PATH.tar).")
+@click.option("--load", is_flag=True, help="oci builder: load the image into the Docker engine.")
+@json_option
+def image_build(reference: str | None, project: Path | None, env: str | None, also_push: bool, builder: str,
+                output: Path | None, load: bool, as_json: bool, registry_url: str | None) -> None:
+    """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
+    env = load_environment(reference, project, env, registry_url)
+    images.preflight(env, builder="oci" if builder == "oci" or output is not None or load else "docker")
+    version = _registered_version(env, registry_url)  # after the checks: the registry is the first contact
+    echo = step_echo()
+    if builder == "oci" or output is not None or load:
+
+        built = build_oci(env, builder=builder, output=output, push=also_push, load=load, version=version, echo=echo)
+        if as_json:
+            print_json({"builder": "oci", "reference": built.reference, "status": built.status,
+                         "digest": built.digest, "lines": built.lines})
+            return
+        click.echo("\n".join(built.lines))
+        return
+    if also_push:  # a missing registry setting is found before anything is built
+        images.require_registry(images.plan_for(env, version).repository)
+    result = images.build(env, version=version, echo=echo)
+    if not as_json:
+        click.echo(f"{result.reference} {result.status}")
+    pushed = images.push(env, version=version, echo=echo)[1] if also_push else None
+    if as_json:
+        print_json({"builder": "docker", "reference": result.reference, "status": result.status,
+                     "image_id": result.image_id, "tags": list(result.tags), "push": pushed})
+    elif pushed is not None:
+        click.echo(f"{result.reference} {pushed}")
+
+
+@image.command(name="push")
+@environment_arguments
+def image_push(reference: str | None, project: Path | None, env: str | None, registry_url: str | None) -> None:
+    """Push the image to its registry (building it first if needed); reused when the registry has it."""
+    env = load_environment(reference, project, env, registry_url)
+    images.preflight(env)
+    reference, status = images.push(env, version=_registered_version(env, registry_url), echo=step_echo())
+    click.echo(f"{reference} {status}")
