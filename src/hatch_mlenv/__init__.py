@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from hatch_mlenv._version import __version__
 
 # The public API, imported on first use: `import hatch_mlenv` (which every
 # command, the build hook and the pytest plugin do) must not load rattler,
@@ -63,12 +63,11 @@ if TYPE_CHECKING:
         StaleLockError,
         UsageError,
     )
-    from hatch_mlenv.hookspecs import hookimpl
+    from hatch_mlenv.hookspecs import Solver, SolveRequest, hookimpl
     from hatch_mlenv.install import InstallResult, install_environment
     from hatch_mlenv.lock import LockOutcome
     from hatch_mlenv.lockfile import Lock, LockedPackage, read_lock
     from hatch_mlenv.registry import Registry, Version, open_registry, register_environment
-    from hatch_mlenv.hookspecs import Solver, SolveRequest
     from hatch_mlenv.spec import Spec, load_spec
 
 

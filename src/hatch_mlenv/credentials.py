@@ -18,6 +18,7 @@ credentials travel in memory, in the middleware of its HTTP client
 from __future__ import annotations
 
 import base64
+import netrc
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -29,7 +30,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from hatch_mlenv.errors import ConfigError
 
 if TYPE_CHECKING:
-    from rattler.networking import Client
+    from rattler.networking import Client  # lazy: rattler takes ~0.12 s to import; only a download needs it
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -116,8 +117,6 @@ def netrc_file() -> str:
 
 def netrc_login(host: str) -> tuple[str, str, str] | None:
     """(login, password, the file as `netrc_file` names it) of `host`'s netrc entry, if any."""
-    import netrc
-
     path = os.path.expanduser(netrc_file())
     if not host or not os.path.isfile(path):
         return None
@@ -154,7 +153,7 @@ def channel_client(fetch_urls: Sequence[str]) -> ChannelAccess:
     its port: credentials are matched by host and the longest channel path,
     as rattler's own storage matches them by host.
     """
-    from rattler.networking import (
+    from rattler.networking import (  # lazy: as above
         AddHeadersMiddleware,
         AuthenticationMiddleware,
         Client,

@@ -9,6 +9,7 @@ calls it.
 
 from __future__ import annotations
 
+import email.parser
 import os
 import shutil
 import subprocess
@@ -18,9 +19,11 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
+from hatch_mlenv.credentials import redact
 from hatch_mlenv.errors import InstallError, missing_tool
 from hatch_mlenv.hashes import file_sha256
 from hatch_mlenv.paths import cache_dir
+from hatch_mlenv.progress import step
 
 SDIST_SUFFIXES = (".tar.gz", ".zip", ".tar.bz2", ".tgz", ".tar.xz", ".tar")
 
@@ -127,8 +130,6 @@ def sdist_metadata(path: Path) -> str | None:
     into `*.egg-info/requires.txt` beside it (the sdists of 2018 and before), turned into
     `Requires-Dist` lines with their markers and extras; None when neither says anything.
     The archive is read once, and no further than what it needs (pyspark's is 200 MB)."""
-    import email.parser
-
     found = _metadata_members(path)
     text = found.get("PKG-INFO")
     if text is None:
@@ -155,8 +156,6 @@ def _reliable(message) -> bool:  # noqa: ANN001 - an email.message.Message
 def _metadata_members(path: Path) -> dict[str, str]:
     """{"PKG-INFO": text, "requires.txt": text, "egg-info": ""} as far as the archive has them,
     read in one pass that stops as soon as what is found settles the answer."""
-    import email.parser
-
     found: dict[str, str] = {}
 
     def take(name: str, read) -> bool:  # noqa: ANN001 - returns whether to stop
@@ -220,8 +219,6 @@ def build_wheel(
     `build_constraints`), kept in the user cache by the sdist's sha256, the target
     python and platform and the constraints, so an sdist is built once per machine
     and target, whichever prefix or image needs it."""
-    from hatch_mlenv.progress import step
-
     short = ".".join(python_version.split(".")[:2])
     target = f"python{short}-{platform}"
     if build_constraints:  # another build environment, maybe another wheel
@@ -265,8 +262,6 @@ def build_wheel(
 
 def _build_failure(name: str, stderr: str, indexes: Sequence[str]) -> str:
     """First line: which sdist failed and the build's own last word; the build's output below."""
-    from hatch_mlenv.credentials import redact
-
     lines = [line for line in redact(stderr, indexes).rstrip().splitlines() if line.strip()]
     cause = next((line.strip() for line in reversed(lines)
                   if line.strip() and not line.lstrip().startswith(("hint:", "[stderr]", "^"))), "no wheel was produced")

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
+import tomllib
+
 from hatch_mlenv.errors import ConfigError, RegistryError, UsageError
 from hatch_mlenv.hashes import TAG_LENGTH
-from hatch_mlenv.lockfile import Lock
+from hatch_mlenv.image import image_reference
+from hatch_mlenv.lock import POLICIES, REPORT, current_lock, lock_policy
+from hatch_mlenv.lockfile import Lock, atomic_write, lockfile_name, parse_lock, read_lock_text
 from hatch_mlenv.manifest import lock_manifest
-from hatch_mlenv.spec import Spec
+from hatch_mlenv.paths import data_dir
+from hatch_mlenv.provenance import git_state
+from hatch_mlenv.reference import Target, option_reference, parse_target
+from hatch_mlenv.registry import open_registry, select_url
+from hatch_mlenv.spec import PYPROJECT, Spec, check_locked_values, load_spec, parse_spec
 
 
 @dataclass(frozen=True)
@@ -45,9 +57,6 @@ class Environment:
         refuses it, `frozen` takes it as it is; with none asked or configured, `default_policy`
         (`report` for what only describes a lock: say it is stale, use it as it is). A lockfile or a
         registered version is what it is: nothing to be stale against, so the policy does not apply."""
-        from hatch_mlenv.lock import POLICIES, REPORT
-        from hatch_mlenv.reference import Target, parse_target
-
         for given in (policy, default_policy):
             if given is not None and given not in (*POLICIES, REPORT):
                 raise UsageError(f"unknown lock policy {given!r}: use one of {', '.join(POLICIES)}")
@@ -70,9 +79,6 @@ class Environment:
     @classmethod
     def _from_project(cls, project: Path, env: str | None, policy: str | None = None,
                       announce: Callable[[str], None] | None = None, default_policy: str = "relock") -> Environment:
-        from hatch_mlenv.lock import current_lock, lock_policy
-        from hatch_mlenv.spec import load_spec
-
         spec = load_spec(project, env)
         return cls(spec, current_lock(spec, lock_policy(policy, spec, default=default_policy), announce))
 
@@ -124,16 +130,16 @@ class Environment:
     def install(self, prefix: Path | str | None = None, *, force: bool = False) -> Path:
         """Install (or find up to date) this environment for this machine; returns the prefix
         (default `default_prefix`). Never solves."""
-        from hatch_mlenv.install import install_environment
+        from hatch_mlenv.install import (
+            install_environment,  # lazy: install imports rattler (~0.12 s); most commands never install
+        )
 
         return install_environment(self, Path(prefix) if prefix is not None else None, force=force).prefix
 
     def activated(self, prefix: Path | str | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
         """The process environment to run in the installed prefix: `base` (default `os.environ`)
         with conda's activation of the prefix and this environment's variables."""
-        import os
-
-        from hatch_mlenv.install import activation
+        from hatch_mlenv.install import activation  # lazy: as above
 
         variables, _missing = activation(self, Path(prefix) if prefix is not None else self.default_prefix,
                                          dict(os.environ if base is None else base))
@@ -153,22 +159,15 @@ class Environment:
 
     @cached_property
     def image(self) -> str:
-        from hatch_mlenv.image import image_reference
-
         return image_reference(self.digest, self.spec)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest (`mlenv.json`) shipped in wheels and written next to dist files (a copy);
         for a registered version, the one stored with it."""
-        import copy
-
         return copy.deepcopy(self.stored_manifest if self.stored_manifest is not None else self._manifest)
 
     @cached_property
     def _manifest(self) -> dict[str, Any]:
-        import hashlib
-
-        from hatch_mlenv.provenance import git_state
 
         spec = self.spec
         commit, dirty = git_state(spec.project_dir)
@@ -195,8 +194,6 @@ class Environment:
 def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
     """A registered version, checked against its digest, as a self-contained project in the user
     data directory (`versions/NAME-DIGEST12/`: its definition as pyproject.toml, its lock)."""
-    from hatch_mlenv.registry import open_registry, select_url
-
     url = select_url(url, configured_registry())
     if url == "local" or url.startswith("sqlite://"):  # reading creates no database where there is none
         from hatch_mlenv.errors import NotFoundError
@@ -224,8 +221,6 @@ def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
 def from_version(stored: Any, registry: str, reference: str | None = None) -> Environment:
     """A `registry.Version` already read (and verified) from `registry` as an Environment, written
     nowhere until a stage needs its files: for a reader that keeps its registry open (`mlenv serve`)."""
-    from hatch_mlenv.lockfile import parse_lock
-
     lock = parse_lock(stored.lockfile, f"{stored.ref} in {registry}")
     manifest = stored.manifest_with_version()
     definition = manifest.get("definition") or _definition_from_lock(stored.name, lock)
@@ -236,8 +231,6 @@ def from_version(stored: Any, registry: str, reference: str | None = None) -> En
 
 def _from_lockfile(path: Path) -> Environment:
     """Any conda-lock.yml (one conda-lock wrote, one `mlenv get` wrote) as an environment."""
-    from hatch_mlenv.lockfile import lockfile_name, parse_lock, read_lock_text
-
     text = read_lock_text(path)
     lock = parse_lock(text, path)
     name = lockfile_name(lock, path)
@@ -249,9 +242,6 @@ def _registered(name: str, lock_text: str, lock: Lock, definition: dict[str, Any
     """A version as a self-contained project, `versions/NAME-DIGEST12/` in the user data directory:
     its definition as pyproject.toml and its lock. The spec is read from memory; the files are
     written only when a stage needs them (`Environment.files`), so reading commands write nothing."""
-    from hatch_mlenv.paths import data_dir
-    from hatch_mlenv.spec import PYPROJECT, Spec, check_locked_values, parse_spec
-
     # Whoever registered it may not be whoever builds it: its definition gets every check of a spec,
     # and what its lock carries into images and processes the checks of the keys it came from.
     # Errors name the version, not the directory it would be written to.
@@ -301,10 +291,6 @@ def _definition_from_lock(name: str, lock: Lock) -> dict[str, Any]:
 def _write_version(directory: Path, lock_text: str, document: dict[str, Any]) -> None:
     """Write `directory`'s pyproject.toml and conda-lock.yml when they differ from what is asked
     (`.source` holds the hash of both, so that the up-to-date case renders no TOML)."""
-    import hashlib
-    import json
-
-    from hatch_mlenv.lockfile import atomic_write
 
     asked = hashlib.sha256(json.dumps([lock_text, document], sort_keys=True).encode()).hexdigest()
 
@@ -328,9 +314,6 @@ def registered_option(option: str | None, project_dir: Path) -> Environment | No
     """The registered version an option names (see `reference.option_reference`), from
     `$MLENV_REGISTRY`, else the registry of the project in `project_dir`, else local; None
     when the option names no registered version."""
-    from hatch_mlenv.reference import option_reference
-    from hatch_mlenv.registry import select_url
-
     ref = option_reference(option)
     if ref is None:
         return None
@@ -340,8 +323,6 @@ def registered_option(option: str | None, project_dir: Path) -> Environment | No
 def configured_registry(directory: Path = Path(".")) -> str | None:
     """`registry = ...` of the project in `directory` (default: the current one), if there is one:
     cheap, and silent when there is none or it does not parse (the reference is not about that project)."""
-    import tomllib
-
     try:
         document = tomllib.loads((directory / "pyproject.toml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):

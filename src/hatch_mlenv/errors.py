@@ -99,7 +99,7 @@ def first_line(exc: BaseException) -> str:
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...], *, known: bool = False) -> str:
     """`; did you mean X?` for the closest choice; with `known`, the list of choices otherwise."""
-    import difflib
+    import difflib  # lazy: every command imports this module, `mlenv --version` included
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     if close:
@@ -130,10 +130,10 @@ def missing_tool(tool: str, needed_for: str, install: str | None = None) -> Miss
 
 def _declared_requirement(name: str) -> str | None:
     """hatch-mlenv's own requirement on distribution `name` (`uv<0.14,>=0.13`), without extras' ones."""
-    from importlib import metadata
+    from importlib import metadata  # lazy (as above): only for a missing tool
 
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
+    from packaging.requirements import InvalidRequirement, Requirement  # lazy (as above)
+    from packaging.utils import canonicalize_name  # lazy (as above)
 
     try:
         declared = metadata.requires("hatch-mlenv") or []

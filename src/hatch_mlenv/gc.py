@@ -15,6 +15,7 @@ is never touched. uv's cache has its own collector (`uv cache prune`).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -25,8 +26,12 @@ from typing import Any
 
 from hatch_mlenv.errors import MlenvError, RegistryError
 from hatch_mlenv.hashes import TAG_LENGTH
+from hatch_mlenv.lockfile import atomic_write, lockfile_name, parse_lock, read_lock_text, text_key
 from hatch_mlenv.paths import cache_dir, data_dir
-from hatch_mlenv.usage import PROJECTS_FILE, REGISTRIES_FILE, lines as _lines
+from hatch_mlenv.registry import open_registry
+from hatch_mlenv.sealed import LOCK_STAMP, read_sealed
+from hatch_mlenv.usage import PROJECTS_FILE, REGISTRIES_FILE
+from hatch_mlenv.usage import lines as _lines
 
 
 @dataclass
@@ -54,9 +59,6 @@ def _live_locks(registry: Any) -> tuple[list[Any], list[str], set[str]]:
     """The locks still in use: every non-archived version of the selected registry and of every
     registry an install came from, every recorded lockfile that still exists. Returns them, the
     lockfiles still present, and the keys (`lockfile.text_key`) of their texts."""
-    from hatch_mlenv.lockfile import lockfile_name, parse_lock, read_lock_text, text_key
-    from hatch_mlenv.registry import open_registry
-
     locks = []
     texts: set[str] = set()
     urls = [registry.url, *(url for url in _lines(REGISTRIES_FILE) if url != registry.url)]
@@ -145,9 +147,6 @@ def _archive_stem(url_or_name: str) -> str:
 
 
 def _stamp_lockfile(path: Path) -> str | None:
-    import json
-
-    from hatch_mlenv.sealed import LOCK_STAMP, read_sealed
 
     body = read_sealed(path, LOCK_STAMP, path.stem)  # an unsealed stamp is never believed: not worth keeping
     try:
@@ -157,8 +156,6 @@ def _stamp_lockfile(path: Path) -> str | None:
 
 
 def _rewrite_projects(projects: list[str]) -> None:
-    from hatch_mlenv.lockfile import atomic_write
-
     path = data_dir() / PROJECTS_FILE
     if path.exists():
         atomic_write(path, "".join(f"{line}\n" for line in projects))

@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterator
 
-from hatch_mlenv.errors import NotInLockError, UsageError
+from packaging.requirements import InvalidRequirement, Requirement
+
+from hatch_mlenv.errors import NotInLockError, UsageError, did_you_mean
 from hatch_mlenv.lockfile import Lock, LockedPackage
+from hatch_mlenv.pypi_names import canonical, provided_distributions
+from hatch_mlenv.spec import current_platform
 
 # A conda match spec's name: after an optional `channel::`, up to the first space, operator or bracket.
 _MATCH_SPEC_NAME = re.compile(r"^\s*(?:[^\s:]+::)?([A-Za-z0-9_][A-Za-z0-9_.+\-]*)")
@@ -73,8 +77,6 @@ class Graph:
     def find(self, name: str) -> list[str]:
         """The keys a user's PKG names: `NAME` (conda or pip, PyPI names compared canonically),
         or `conda:NAME` / `pip:NAME` for one of them."""
-        from hatch_mlenv.pypi_names import canonical
-
         manager, _, bare = name.partition(":") if name.startswith(("conda:", "pip:")) else ("", "", name)
         found = []
         for key, package in self.packages.items():
@@ -117,8 +119,6 @@ def why_report(env: Any, package: str, platform: str | None = None, *, limit: in
 
 def platform_of(lock: Lock, asked: str | None) -> str:
     """`--platform`, else this machine's when the lock has it, else the lock's only platform."""
-    from hatch_mlenv.spec import current_platform
-
     locked = sorted(lock.platforms)
     if asked is not None:
         if asked not in locked:
@@ -135,9 +135,6 @@ def platform_of(lock: Lock, asked: str | None) -> str:
 
 def requests_of(definition: dict[str, Any] | None) -> tuple[list[str], list[str]]:
     """The conda names and the canonical pip names a definition asks for, in its order."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    from hatch_mlenv.pypi_names import canonical
 
     if not definition:
         return [], []
@@ -160,8 +157,6 @@ def requests_of(definition: dict[str, Any] | None) -> tuple[list[str], list[str]
 def dependency_graph(lock: Lock, platform: str, definition: dict[str, Any] | None = None) -> Graph:
     """The graph of `lock` for `platform`, rooted at what `definition` (an Environment's
     `definition`) asks for; without one, at the packages nothing depends on."""
-    from hatch_mlenv.pypi_names import canonical, provided_distributions
-
     packages = {f"{p.manager}:{p.name}": p for p in sorted(lock.for_platform(platform), key=lambda p: (p.manager, p.name))}
     conda = {p.name.lower(): key for key, p in packages.items() if p.manager == "conda"}
     pip = {canonical(p.name): key for key, p in packages.items() if p.manager == "pip"}
@@ -320,8 +315,6 @@ def _printable(text: str) -> str:
 
 
 def _found(graph: Graph, name: str) -> list[str]:
-    from hatch_mlenv.errors import did_you_mean
-
     keys = graph.find(name)
     if not keys:
         names = sorted({p.name for p in graph.packages.values()})

@@ -6,8 +6,6 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-
-
 # Hex digits of a lock's digest that name it in image tags and in directories (NAME-DIGEST12).
 TAG_LENGTH = 12
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomlkit
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+
 from hatch_mlenv.errors import ConfigError
+from hatch_mlenv.lockfile import atomic_write
+from hatch_mlenv.spec import PYPROJECT, merge_specs, parse_spec, tomllib
 
 # environment.yml sections we read, and those we know but do not map.
 _ENV_YML_KEYS = ("name", "channels", "dependencies", "variables")
@@ -85,8 +91,6 @@ def _conda_spec(text: str) -> tuple[str | None, str]:
 
 
 def from_environment_yml(path: Path) -> Imported:
-    import yaml
-
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -150,8 +154,6 @@ def from_requirements(path: Path) -> Imported:
 
 
 def _pip_lines(lines: list[Any], result: Imported, key: str | None, path: Path) -> None:
-    from packaging.requirements import InvalidRequirement, Requirement
-
     for number, raw in enumerate(lines, 1):
         line = str(raw).split(" #")[0].strip()
         where = f"{key}[{number - 1}]" if key else f"line {number}"
@@ -224,9 +226,6 @@ def _channel_of(url: str) -> str:
 
 def merge_into_pyproject(pyproject: Path, imported: Imported, env: str | None = None) -> str:
     """Merge `imported` into `[tool.mlenv]` (or `[tool.mlenv.envs.ENV]`); returns the new text."""
-    import tomlkit
-
-    from hatch_mlenv.spec import merge_specs
 
     if pyproject.exists():
         try:
@@ -269,9 +268,6 @@ def import_into_project(
     """Read `file` (environment.yml by suffix, else requirements.txt), the conda `prefix` or the
     definition of a `registered` Environment, merge it into the project's pyproject.toml, and write
     that only if the result is a valid spec."""
-    from hatch_mlenv.lockfile import atomic_write
-    from hatch_mlenv.spec import PYPROJECT, parse_spec, tomllib
-
     if registered is not None:
         imported = from_registered(registered)
     elif prefix is not None:

@@ -9,14 +9,16 @@ new file is rendered in memory and renamed into place only when complete.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from hatch_mlenv import __version__
 from hatch_mlenv._compat import preload_conda_lock_models
-from hatch_mlenv.errors import ConfigError, LockfileError
+from hatch_mlenv._version import __version__
+from hatch_mlenv.errors import ConfigError, LockfileError, StaleLockError, UsageError
 from hatch_mlenv.lockfile import (
     META_BASE_DOCKERFILE,
     META_BASE_IMAGE,
@@ -35,9 +37,12 @@ from hatch_mlenv.lockfile import (
     lock_digest,
     parse_lock,
     read_lock,
+    remove_dead_leftovers,
     render_lockfile,
 )
-from hatch_mlenv.spec import LOCK_POLICIES, Spec, public_variables
+from hatch_mlenv.paths import cache_dir
+from hatch_mlenv.pypi_names import canonical
+from hatch_mlenv.spec import LOCK_POLICIES, Spec, current_platform, public_variables
 
 
 @dataclass(frozen=True)
@@ -86,10 +91,6 @@ _SNAPSHOT = (
 
 def snapshot(spec: Spec) -> list[LockedPackage]:
     """A user-managed environment's lock: the distributions installed in its interpreter."""
-    import json
-    import subprocess
-
-    from hatch_mlenv.spec import current_platform
 
     interpreter = spec.interpreter or ""
     try:
@@ -119,10 +120,10 @@ def _snapshot_drift(spec: Spec, lock: Lock) -> str | None:
 
 def unsatisfied(spec: Spec, lock: Lock) -> str | None:
     """The first requested spec not matched by the lock (a hand-edited lock), or None."""
-    import rattler
+    import rattler  # lazy: only a solve needs rattler (~0.12 s), not a no-op `mlenv lock`
     from packaging.requirements import Requirement
 
-    from hatch_mlenv.pip import marker_environment
+    from hatch_mlenv.pip import marker_environment  # lazy: only a solve needs the pip step (uv)
     from hatch_mlenv.pypi_names import canonical
 
     for platform in spec.platforms:
@@ -162,8 +163,6 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
 
 def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> LockOutcome:
     """Bring `spec.lockfile` up to date with `spec`; see the module docstring."""
-    from hatch_mlenv.lockfile import remove_dead_leftovers
-
     remove_dead_leftovers(spec.lockfile.parent, f".{spec.lockfile.name}.")  # of a lock that was killed
     if not update and not force:
         digest = stamped_digest(spec)
@@ -222,8 +221,6 @@ def lock_policy(asked: str | None = None, spec: Spec | None = None, *,
     """The policy in force: `asked` (a command's `--locked`/`--frozen`), then `$MLENV_LOCKED=1` /
     `$MLENV_FROZEN=1`, then `configured` (the build hook's own `lock` option), then
     `[tool.mlenv] lock`, then the command's `default` (`relock`, or `report`)."""
-    from hatch_mlenv.errors import UsageError
-
     if asked is not None:
         return LockPolicy(asked, f"--{asked}")
     flags = [name for name in (ENV_LOCKED, ENV_FROZEN) if os.environ.get(name, "") not in ("", "0")]
@@ -242,8 +239,6 @@ def current_lock(spec: Spec, policy: LockPolicy, announce: Callable[[str], None]
     """The lock of `spec` under `policy` (see POLICIES). A relock that fails raises the lock's own
     error and leaves the previous file as it was; `announce` gets the one line saying it relocks
     (default: a note on stderr)."""
-    from hatch_mlenv.errors import StaleLockError
-
     if policy.mode == "frozen" or (policy.mode == REPORT and not spec.lockfile.exists()):
         return read_lock(spec.lockfile)  # MissingLockError when there is none
     current = _existing(spec)
@@ -305,8 +300,6 @@ def what_changed(spec: Spec, lock: Lock) -> str | None:
 # loading rattler. Any edit, checkout or rewrite of the file changes its stat
 # and brings back the full check.
 def _stamp_path(spec: Spec) -> Path:
-    from hatch_mlenv.paths import cache_dir
-
     key = hashlib.sha256(str(spec.lockfile).encode()).hexdigest()[:32]
     return cache_dir() / "lock-stamps" / f"{key}.json"
 
@@ -321,8 +314,6 @@ def _file_identity(path: Path) -> list[int] | None:
 
 def stamped_digest(spec: Spec) -> str | None:
     """The digest of a lock known fresh for this spec, or None when that is not known."""
-    import json
-
     identity = _file_identity(spec.lockfile)
     if identity is None:
         return None
@@ -342,8 +333,6 @@ def stamped_digest(spec: Spec) -> str | None:
 
 
 def _write_stamp(spec: Spec, lock: Lock) -> None:
-    import json
-
     identity = _file_identity(spec.lockfile)
     if identity is None or lock.spec_hash != spec.hash() or not spec.managed:
         return  # a user-managed environment's freshness is its interpreter's, never cached
@@ -356,7 +345,7 @@ def _write_stamp(spec: Spec, lock: Lock) -> None:
 
 def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list[LockedPackage]:
     """Solve conda for every platform, then pip against each platform's python."""
-    from hatch_mlenv import plugins
+    import hatch_mlenv.plugins as plugins  # lazy: only a solve loads the plugins
     from hatch_mlenv.hookspecs import SolveRequest
 
     preferred: tuple[LockedPackage, ...] = ()
@@ -384,7 +373,7 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
     for platform in spec.platforms:
         packages.extend(conda[platform])
     if spec.pip:
-        from hatch_mlenv.pip import resolve_pip
+        from hatch_mlenv.pip import resolve_pip  # lazy: only a solve needs the pip step (uv)
 
         for platform in spec.platforms:
             pip_preferred = [p for p in preferred if p.manager == "pip"]
@@ -394,8 +383,6 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
 
 def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     """The lockfile text for `packages`: deterministic, no timestamps."""
-    import json
-
     spec_hash = spec.hash()
     packages = list(packages)
     variables = public_variables(spec.variables)
@@ -453,8 +440,6 @@ def _existing(spec: Spec) -> Lock | None:
 
 
 def _check_update_names(spec: Spec, previous: Lock, update: Sequence[str]) -> None:
-    from hatch_mlenv.pypi_names import canonical
-
     locked = {canonical(p.name) for p in previous.packages}
     for name in update:
         if canonical(name) not in locked:
@@ -464,7 +449,7 @@ def _check_update_names(spec: Spec, previous: Lock, update: Sequence[str]) -> No
 
 
 def _record(package: LockedPackage):  # -> rattler.PackageRecord
-    import rattler
+    import rattler  # lazy: only a solve needs rattler (~0.12 s)
 
     return rattler.PackageRecord(
         name=package.name,

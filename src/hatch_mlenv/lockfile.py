@@ -8,9 +8,15 @@ byte what conda-lock's writer makes of them (tests/test_lockfile.py compares).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
+import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +24,8 @@ from typing import Any, Iterable
 
 from hatch_mlenv._compat import import_conda_lock_models
 from hatch_mlenv.errors import LockfileError, MissingLockError
+from hatch_mlenv.paths import cache_dir
+from hatch_mlenv.sealed import LOCK_DOCUMENT, read_sealed, write_sealed
 
 # Keys of conda-lock's `metadata.custom_metadata` (a str -> str mapping).
 META_NAME = "mlenv.name"
@@ -255,14 +263,10 @@ LOCK_DOCUMENTS = "lock-documents"  # in the user cache: <sha256 of a lock's text
 
 
 def _document_path(key: str) -> Path:
-    from hatch_mlenv.paths import cache_dir
-
     return cache_dir() / LOCK_DOCUMENTS / f"{key}.json"
 
 
 def _cached_document(key: str) -> Any:
-    from hatch_mlenv.sealed import LOCK_DOCUMENT, read_sealed
-
     body = read_sealed(_document_path(key), LOCK_DOCUMENT, key)
     if body is None:
         return None
@@ -273,8 +277,6 @@ def _cached_document(key: str) -> Any:
 
 
 def _keep_document(key: str, document: Any) -> None:
-    from hatch_mlenv.sealed import LOCK_DOCUMENT, write_sealed
-
     try:
         body = json.dumps(document, separators=(",", ":")).encode()
     except (TypeError, ValueError):  # a YAML type JSON lacks (a date): parse it each time instead
@@ -458,8 +460,6 @@ def atomic_write(path: Path, text: str) -> None:
 
     The temporary file is named after this process (`.NAME.PID.*.tmp`), so that
     the next write removes what a killed writer left behind."""
-    import tempfile
-
     if path.is_symlink():  # the file it points at is replaced, not the link
         path = path.resolve()
     if path.exists() and not path.is_file():  # a device, a FIFO, a directory: never replaced by a file
@@ -500,9 +500,6 @@ def pid_alive(pid: int) -> bool:
 def remove_dead_leftovers(directory: Path, prefix: str) -> list[Path]:
     """Remove the entries `<prefix><PID>...` of `directory` whose process is gone (killed
     writers' temp files, staging and retired directories); returns what was removed."""
-    import re
-    import shutil
-
     # Only names this module's writers make (`.NAME.PID.xxxx.tmp`, `.NAME.PID.new` and its
     # journals; `.NAME.staging-PID` for a prefix ending in "-"): a user's `.out.txt.20240101/`
     # is not ours to delete.
@@ -528,10 +525,6 @@ def remove_dead_leftovers(directory: Path, prefix: str) -> list[Path]:
 def exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`); False where the
     system cannot, so the caller falls back to two renames."""
-    import ctypes
-    import errno
-    import sys
-
     if not sys.platform.startswith("linux"):
         return False
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)

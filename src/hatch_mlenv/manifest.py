@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hatch_mlenv import __version__
+from hatch_mlenv._version import __version__
 from hatch_mlenv.lockfile import Lock
+from hatch_mlenv.system import lock_needs
 
 MANIFEST_NAME = "mlenv.json"
 __all__ = ["MANIFEST_NAME", "lock_manifest"]
@@ -16,8 +17,6 @@ def lock_manifest(
     name: str, lock: Lock, *, image: str, lockfile: str = "conda-lock.yml", project: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The manifest of a lock: everything in it is derived from the lock, the name and the image."""
-    from hatch_mlenv.system import lock_needs
-
     variables = lock.variables
     manifest = {
         "name": name,

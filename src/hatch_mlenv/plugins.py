@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import functools
+import importlib
 
 import pluggy
 
-from hatch_mlenv import hookspecs
+import hatch_mlenv.hookspecs as hookspecs
 
 DEFAULT_PLUGINS = ("hatch_mlenv.solve", "hatch_mlenv.registry.local", "hatch_mlenv.registry.oci")
 
 
 @functools.lru_cache(maxsize=None)
 def plugin_manager() -> pluggy.PluginManager:
-    import importlib
-
     manager = pluggy.PluginManager("mlenv")
     manager.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:

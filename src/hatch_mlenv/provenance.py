@@ -5,9 +5,16 @@ Low in the package: the environment's manifest and the registries both use it.
 
 from __future__ import annotations
 
+import datetime
 import functools
+import getpass
+import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from hatch_mlenv._version import __version__
+from hatch_mlenv.progress import note
 
 
 def provenance(
@@ -19,11 +26,6 @@ def provenance(
 ) -> dict[str, Any]:
     """Where a version came from: time, git state (`git`, when the caller has just read it), project,
     tools, user."""
-    import datetime
-    import getpass
-    from importlib import metadata
-
-    from hatch_mlenv import __version__
 
     if git is not None:
         commit, dirty = git
@@ -52,8 +54,6 @@ def provenance(
 def git_state(directory: Path) -> tuple[str | None, bool | None]:
     """The commit checked out in `directory` and whether tracked files differ from it;
     (None, None) outside a repository or before its first commit. One `git` process."""
-    import subprocess
-
     try:
         process = subprocess.run(
             ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"],
@@ -82,6 +82,4 @@ def git_state(directory: Path) -> tuple[str | None, bool | None]:
 @functools.lru_cache(maxsize=None)
 def _note_git_missing() -> None:
     """Once per process, however many times the state is read."""
-    from hatch_mlenv.progress import note
-
     note("git is not installed, so the git commit is not recorded; install git to record it")

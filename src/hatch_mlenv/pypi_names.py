@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 
+from packaging.utils import canonicalize_name
+
 from hatch_mlenv.lockfile import LockedPackage
 
 _PURL_PYPI = re.compile(r"^pkg:pypi/([^@?#]+)")
@@ -27,8 +29,6 @@ _PURL_PYPI = re.compile(r"^pkg:pypi/([^@?#]+)")
 
 def canonical(name: str) -> str:
     """The one normalisation of PyPI names (packaging's): `Msgpack_Python` -> `msgpack-python`."""
-    from packaging.utils import canonicalize_name
-
     return str(canonicalize_name(name))
 
 

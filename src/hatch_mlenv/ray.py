@@ -25,16 +25,31 @@ the environment's python, activated as `mlenv run` activates it.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import logging
 import os
+import platform as platforms
+import shutil
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from hatch_mlenv._compat import ray_plugin_base
+from hatch_mlenv.environment import Environment, configured_registry
 from hatch_mlenv.errors import MlenvError, RuntimeEnvError
+from hatch_mlenv.hashes import TAG_LENGTH
+from hatch_mlenv.install import activation, install_environment
+from hatch_mlenv.reference import parse_reference
+from hatch_mlenv.registry import select_url
+from hatch_mlenv.spec import current_platform
+from hatch_mlenv.system import BYPASS_VARIABLE, ignored_by_environment, require_host
 
 FIELD = "mlenv"
 URI_SCHEME = "mlenv://"
@@ -66,8 +81,6 @@ class Request:
 
 def parse_field(value: Any) -> Request:
     """`runtime_env["mlenv"]` as a Request; a malformed one is a RuntimeEnvError naming what is wrong."""
-    from hatch_mlenv.reference import parse_reference
-
     if isinstance(value, str):
         table: dict[str, Any] = {"ref": value}
     elif isinstance(value, dict):
@@ -122,9 +135,6 @@ def pin_runtime_env(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None
 
 def _pin(request: Request) -> Request:
     """Where the job is written: the registry as the CLI chooses it (the current project's too)."""
-    from hatch_mlenv.environment import Environment, configured_registry
-    from hatch_mlenv.registry import select_url
-
     url = select_url(request.registry, configured_registry())
     env = Environment.load(request.ref, registry=url)
     return Request(f"{env.name}:{env.version}", None if url == "local" else url, env.digest)
@@ -132,9 +142,6 @@ def _pin(request: Request) -> Request:
 
 def _load(request: Request) -> Any:
     """On a node: the field's registry, else the node's MLENV_REGISTRY, else its local one."""
-    from hatch_mlenv.environment import Environment
-    from hatch_mlenv.registry import select_url
-
     return Environment.load(request.ref, registry=select_url(request.registry))
 
 
@@ -143,11 +150,6 @@ def _load(request: Request) -> Any:
 def check_node(env: Any, request: Request) -> None:
     """Refuse, naming the reference, an environment whose python or ray cannot run this cluster's
     workers, or whose system requirements this node does not meet."""
-    import platform as platforms
-    import sys
-
-    from hatch_mlenv.spec import current_platform
-    from hatch_mlenv.system import BYPASS_VARIABLE, ignored_by_environment, require_host
 
     named = f"environment {env.name}:{env.version}" if env.version is not None else f"environment {env.name}"
     platform = current_platform()
@@ -177,14 +179,12 @@ def check_node(env: Any, request: Request) -> None:
 
 
 def cluster_ray_version() -> str:
-    import ray
+    import ray  # lazy: ray is optional; `mlenv ray-env` pins a reference on a machine without it
 
     return ray.__version__
 
 
 def _same_version(a: str, b: str) -> bool:
-    from packaging.version import InvalidVersion, Version
-
     try:
         return Version(a) == Version(b)
     except InvalidVersion:
@@ -204,8 +204,6 @@ def install_root() -> Path:
 
 
 def prefix_of(digest: str) -> Path:
-    from hatch_mlenv.hashes import TAG_LENGTH
-
     return install_root() / digest[:TAG_LENGTH]
 
 
@@ -222,13 +220,9 @@ class _DigestLock:
     machine, a `mlenv` command) and threads."""
 
     def __init__(self, digest: str) -> None:
-        from hatch_mlenv.hashes import TAG_LENGTH
-
         self.path = install_root() / f".{digest[:TAG_LENGTH]}.lock"
 
     def __enter__(self) -> _DigestLock:
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "a")  # noqa: SIM115 - held until __exit__
         fcntl.flock(self.handle, fcntl.LOCK_EX)
@@ -262,8 +256,6 @@ def worker_variables(env: Any, prefix: Path, base: dict[str, str]) -> tuple[dict
     prefix and the lock's variables, as `mlenv run` sets them, as Ray's `env_vars` (PATH is the
     prefix's new entries before `${PATH}`, which Ray expands in the worker); and the secrets the node
     lacks. Secrets are never among them: a worker inherits them from the node's environment."""
-    from hatch_mlenv.install import activation
-
     variables, missing = activation(env, prefix, dict(base))
     secrets = {name for name, value in env.lock.variables.items() if value is None}
     changed = {name: value for name, value in variables.items()
@@ -312,8 +304,6 @@ class MlenvPlugin(ray_plugin_base()):  # type: ignore[misc]  # Ray's RuntimeEnvP
             return []
 
     async def create(self, uri: str | None, runtime_env: Any, context: Any, logger: Any) -> float:
-        import asyncio
-
         resolved = self._resolve(parse_field(runtime_env.get(FIELD)))
         return await asyncio.get_running_loop().run_in_executor(None, self._install, resolved, logger)
 
@@ -331,8 +321,6 @@ class MlenvPlugin(ray_plugin_base()):  # type: ignore[misc]  # Ray's RuntimeEnvP
                     context.py_executable)
 
     def delete_uri(self, uri: str, logger: Any) -> float:
-        import shutil
-
         digest = _digest_of(uri)
         prefix = prefix_of(digest)
         with _DigestLock(digest):
@@ -369,9 +357,6 @@ class MlenvPlugin(ray_plugin_base()):  # type: ignore[misc]  # Ray's RuntimeEnvP
 
     def _install(self, resolved: _Resolved, logger: Any) -> float:
         """Install once per node; later and concurrent calls find it installed (a no-op)."""
-        import time
-
-        from hatch_mlenv.install import install_environment
 
         env, prefix = resolved.env, prefix_of(resolved.digest)
         started = time.monotonic()

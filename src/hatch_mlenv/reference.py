@@ -5,6 +5,7 @@ Low in the package: every command that takes a reference parses it here.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -111,8 +112,6 @@ def parse_target(text: str) -> Target:
     """The one grammar of every command that reads an environment: a path that exists (a project
     directory or a lockfile) wins; text that looks like a path (`./x`, `a/b`, `x.yml`) must exist;
     anything else is `NAME`, `NAME:VERSION` or `NAME@LABEL` in a registry."""
-    import os
-
     if not text.strip():
         raise UsageError("empty environment reference: give a project directory, a lockfile, "
                          "NAME, NAME:VERSION or NAME@LABEL")

@@ -7,8 +7,9 @@ import urllib.parse
 import uuid
 from typing import Any
 
-from hatch_mlenv import __version__
+from hatch_mlenv._version import __version__
 from hatch_mlenv.lockfile import LockedPackage
+from hatch_mlenv.repodata import local_records
 
 
 def _conda_purl(package: LockedPackage) -> str:
@@ -29,8 +30,6 @@ def _pypi_purl(package: LockedPackage) -> str:
 
 def _licenses(packages: list[LockedPackage]) -> dict[str, str]:
     """License by package URL, from the repodata of file:// channels (remote ones are not fetched)."""
-    from hatch_mlenv.repodata import local_records
-
     return {url: record["license"] for url, record in local_records(packages).items() if record.get("license")}
 
 

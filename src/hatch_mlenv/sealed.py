@@ -18,9 +18,13 @@ text exactly as sealed, so checking a seal never re-serialises anything.
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import stat
 from pathlib import Path
+
+from hatch_mlenv.paths import data_dir
 
 SECRET_FILE = "cache-key"
 # The kinds of sealed files: a seal made for one kind is never accepted as another.
@@ -52,8 +56,6 @@ def seal(kind: str, key: str, body: bytes) -> bytes | None:
 def unseal(kind: str, key: str, data: bytes) -> bytes | None:
     """The body of a sealed file when it was sealed as `kind` under `key` with this user's
     secret; None otherwise (a miss: edited, truncated, another key's or another secret's)."""
-    import hmac
-
     head = _head(key)
     start = len(head) + 64
     if not (data.startswith(head) and data[start:start + 9] == b'","body":' and data.endswith(b"}")):
@@ -100,14 +102,10 @@ def _head(key: str) -> bytes:
 
 
 def _mac(secret: bytes, kind: str, key: str, body: bytes) -> str:
-    import hmac
-
     return hmac.digest(secret, b"\0".join((kind.encode(), key.encode(), body)), "sha256").hex()
 
 
 def _secret(*, create: bool) -> bytes | None:
-    from hatch_mlenv.paths import data_dir
-
     path = data_dir() / SECRET_FILE
     if path in _SECRETS:
         return _SECRETS[path]
@@ -122,8 +120,6 @@ def _secret(*, create: bool) -> bytes | None:
 
 def _read_secret(path: Path) -> bytes | None:
     """The secret, if `path` is a regular file of ours that nobody else can read or write."""
-    import stat
-
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:

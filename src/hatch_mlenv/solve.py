@@ -7,6 +7,8 @@ third-party solver would use.
 
 from __future__ import annotations
 
+import asyncio
+
 # difflib here, not where it is used: a failed solve explains itself while conda-lock's models
 # load in another thread, and imports nothing meanwhile (_compat.SOLVE_IMPORTS says why).
 import difflib
@@ -15,12 +17,15 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import rattler
+from rattler.exceptions import SolverError
+
+import hatch_mlenv.progress as progress
 from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.credentials import channel_client, public, redact
 from hatch_mlenv.errors import SolveError
-from hatch_mlenv.hookspecs import SolveRequest, Solver, hookimpl  # the interface lives with the hooks
+from hatch_mlenv.hookspecs import Solver, SolveRequest, hookimpl  # the interface lives with the hooks
 from hatch_mlenv.lockfile import LockedPackage, split_dependency
-from hatch_mlenv.progress import step
 
 if TYPE_CHECKING:
     import rattler
@@ -32,16 +37,11 @@ class RattlerSolver:
     name = "rattler"
 
     def solve(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
-        import asyncio
-
         settle_rattler_at_exit()
-        with step(f"fetching channel metadata and solving the conda packages for {', '.join(request.platforms)}"):
+        with progress.step(f"fetching channel metadata and solving the conda packages for {', '.join(request.platforms)}"):
             return asyncio.run(self._solve_all(request))
 
     async def _solve_all(self, request: SolveRequest) -> dict[str, list[LockedPackage]]:
-        import asyncio
-
-        import rattler
 
         # rattler gets the public URLs (its repodata cache records them) and the credentials
         # in its client's memory; the gateway's own default client would not even read
@@ -63,9 +63,6 @@ class RattlerSolver:
         platform: str,
         request: SolveRequest,
     ) -> list[LockedPackage]:
-        import rattler
-        from rattler.exceptions import SolverError
-
         subdirs = [platform, "noarch"]
         virtual = [
             rattler.GenericVirtualPackage(
@@ -247,8 +244,6 @@ def _headline(explanation: str) -> str:
 
 
 def _wanted(text: str) -> _Wanted:
-    import rattler
-
     spec = rattler.MatchSpec(text, strict=False)
     return _Wanted(text=" ".join(text.split()), spec=spec, name=spec.name.as_package_name().normalized)
 
@@ -298,8 +293,6 @@ async def _records(
 def _unavailable(wanted: _Wanted, context: _Context) -> str | tuple[str] | None:
     """Why no record of the channels matches a requested spec; None when some record does, and
     `(channels,)` when they have no package of its name at all."""
-    import rattler
-
     if wanted.name.startswith("__"):
         return None  # virtual packages come from the platform; the derivation explains them
     spec = wanted.spec
@@ -439,8 +432,6 @@ def _walk(
 def _dependency(requirement: str, root: str, context: _Context) -> tuple[str | None, str]:
     """For a dependency rattler found no candidates for: the requested spec it conflicts with,
     or (None, the dependency and why it cannot be had)."""
-    import rattler
-
     name = _name(requirement)
     shown = _shown(requirement)
     if name.startswith("__"):

@@ -13,15 +13,27 @@ packages and repositories, and `[tool.mlenv.spark] conf`.
 
 from __future__ import annotations
 
+import base64
+import csv
+import gzip
+import hashlib
+import io
 import json
 import os
+import posixpath
 import shlex
+import shutil
+import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hatch_mlenv.environment import Environment
 from hatch_mlenv.errors import PackError, UsageError
+from hatch_mlenv.spec import current_platform
+from hatch_mlenv.verify import STATE_FILE
 
 PLATFORM = "linux-64"
 ARCHIVE_ALIAS = "environment"
@@ -33,9 +45,6 @@ def default_archive(env: Any) -> Path:
 
 def pack(env: Any, output: Path | None = None, prefix: Path | None = None) -> Path:
     """Pack the installed linux-64 environment into `output` (a .tar.gz), atomically."""
-    from hatch_mlenv.install import STATE_FILE
-    from hatch_mlenv.spec import current_platform
-
     if not env.lock.for_platform(PLATFORM):
         raise PackError(f"{env.spec.lockfile}: the lock has no {PLATFORM} packages; Spark executors run linux-64")
     if current_platform() != PLATFORM:
@@ -58,7 +67,7 @@ def pack(env: Any, output: Path | None = None, prefix: Path | None = None) -> Pa
         raise PackError(f"{output}: cannot write the archive there: {exc.strerror or exc}") from None
     plain = Path(f"{partial}.tar")
     try:
-        import conda_pack
+        import conda_pack  # lazy: ~0.05 s, only for packing
 
         files = _pack_files(conda_pack.CondaEnv.from_prefix(str(prefix), ignore_missing_files=False), prefix)
         conda_pack.CondaEnv(str(prefix), files).pack(output=str(plain), format="tar", force=True, verbose=False)
@@ -88,7 +97,7 @@ def _pack_files(conda_env: Any, prefix: Path) -> list:
     rewritten by `conda-unpack` from the *source prefix's path*, which then appears in
     the archive. Only those that hold that path need it (a script's shebang in `bin/`
     conda-pack rewrites itself); the others are packed as they are."""
-    import conda_pack
+    import conda_pack  # lazy: as above
 
     from hatch_mlenv.verify import STATE_FILE
 
@@ -129,10 +138,6 @@ def reproducible_archive(plain: Path, output: Path, kept_times: set[str] | froze
     `source_date_epoch()`; GNU tar headers; gzip level `GZIP_LEVEL` with no name and time 0. A wheel's
     RECORD names the hash of its scripts as installed (their shebang held the prefix's path):
     those rows take the script as packed."""
-    import gzip
-    import io
-    import tarfile
-
     epoch = source_date_epoch()
     clamp = epoch if "SOURCE_DATE_EPOCH" in os.environ else None
     with tarfile.open(plain, "r:") as source:
@@ -209,12 +214,6 @@ def _conda_meta_as_packed(body: bytes) -> bytes:
 
 def _record_as_packed(name: str, body: bytes, members: dict[str, Any], data: Any) -> bytes:
     """A RECORD whose rows for files outside site-packages (scripts) carry the packed file's hash."""
-    import base64
-    import csv
-    import hashlib
-    import io
-    import posixpath
-
     site = posixpath.dirname(posixpath.dirname(name))
     try:
         rows = list(csv.reader(io.StringIO(body.decode("utf-8"))))
@@ -261,8 +260,6 @@ def verify_pack(env: Any, archive: Path, prefix: Path | None = None) -> PackChec
     needed, never solving) and compare. Packs are reproducible, so nothing needs to be stored with
     the version: the lock is the record. An archive written by a Python whose zlib compresses
     differently still passes when the tar inside is the same."""
-    import shutil
-
     if not archive.is_file():
         raise UsageError(f"{archive}: no such archive")
     if prefix is None:
@@ -286,8 +283,6 @@ def verify_pack(env: Any, archive: Path, prefix: Path | None = None) -> PackChec
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -297,10 +292,6 @@ def _sha256(path: Path) -> str:
 
 def _tar_digest(path: Path) -> str | None:
     """sha256 of the decompressed stream, or None when it is not gzip."""
-    import gzip
-    import hashlib
-    import zlib
-
     digest = hashlib.sha256()
     try:
         with gzip.open(path, "rb") as handle:
@@ -352,8 +343,6 @@ def configure(builder: Any, project: Path | str = ".", *, env: str | None = None
     standalone, `local-cluster`) unpack `spark.archives`; plain `local[*]` runs
     Python work in the driver's directory and cannot use the archive.
     """
-    from hatch_mlenv.environment import Environment
-
     environment = Environment.load(project, env)
     properties = settings(environment, archive or default_archive(environment))
     for key, value in properties.items():

@@ -11,12 +11,14 @@ cannot run the lock, before anything touches a prefix; `doctor` reports it all.
 from __future__ import annotations
 
 import os
+import platform as host_platform
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from hatch_mlenv.errors import HostError, UsageError
-from hatch_mlenv.spec import REQUIREMENT_KEYS, system_virtual_packages
+from hatch_mlenv.lockfile import META_NEEDS
+from hatch_mlenv.spec import REQUIREMENT_KEYS, current_platform, system_virtual_packages
 
 if TYPE_CHECKING:
     from hatch_mlenv.lockfile import Lock, LockedPackage
@@ -78,8 +80,6 @@ def host_needs(
 
 def lock_needs(lock: Lock) -> dict[str, dict[str, dict[str, Any]]]:
     """What each platform of `lock` needs: as recorded at lock time, or derived for locks older than that."""
-    from hatch_mlenv.lockfile import META_NEEDS
-
     if META_NEEDS in lock.custom:
         return lock.recorded_needs
     return host_needs(lock.packages, lock.platforms, lock.system_requirements)
@@ -96,7 +96,7 @@ def _strength(name: str, constraint: str) -> tuple[Any, ...]:
     if name == "__archspec":
         level = _X86_LEVEL_RE.match(constraint)
         return (int(level.group(1)) if level else 0, constraint)
-    from rattler import Version
+    from rattler import Version  # lazy: rattler takes ~0.12 s to import; only host checks need it
 
     bound = Version("0")
     for part in constraint.split("|")[0].split(","):
@@ -125,7 +125,7 @@ class HostPackage:
 
 def detect_host() -> dict[str, HostPackage]:
     """This machine's virtual packages, as rattler detects them with the `CONDA_OVERRIDE_*` variables."""
-    from rattler import VirtualPackage, VirtualPackageOverrides
+    from rattler import VirtualPackage, VirtualPackageOverrides  # lazy: as above
 
     from hatch_mlenv._compat import archspec_lineage
 
@@ -187,7 +187,7 @@ def check(needs: Mapping[str, Mapping[str, Any]], host: Mapping[str, HostPackage
 def _meets(host: HostPackage, constraint: str) -> bool:
     if host.name == "__archspec":
         return constraint in (host.lineage or (host.build,))
-    import rattler
+    import rattler  # lazy: as above
 
     try:
         spec = rattler.MatchSpec(f"{host.name} {constraint}", strict=False)
@@ -232,16 +232,12 @@ def _glibc_version() -> str | None:
 
 
 def _linux_version() -> str | None:
-    import platform
-
-    found = re.match(r"\d+(?:\.\d+)*", platform.release()) if platform.system() == "Linux" else None
+    found = re.match(r"\d+(?:\.\d+)*", host_platform.release()) if host_platform.system() == "Linux" else None
     return found.group(0) if found else None
 
 
 def _osx_version() -> str | None:
-    import platform
-
-    return platform.mac_ver()[0] or None
+    return host_platform.mac_ver()[0] or None
 
 
 def require_host(
@@ -253,8 +249,6 @@ def require_host(
     With `ignore`, returns the messages of the unmet needs instead, for the caller to warn with.
     Without needs (a lock of noarch packages, a user-managed environment) rattler is not even loaded.
     """
-    from hatch_mlenv.spec import current_platform
-
     needs = lock_needs(env.lock).get(platform or current_platform(), {})
     if not needs:
         return ()
@@ -274,8 +268,6 @@ def ignored_by_environment() -> bool:
 def doctor(env: Any, platform: str | None = None) -> dict[str, Any]:
     """What `mlenv doctor` says: this machine's virtual packages, the lock's needs for its platform, each
     met or not, and `ok` when every one is met (and the lock has this platform at all)."""
-    from hatch_mlenv.spec import current_platform
-
     platform = platform or current_platform()
     host = detect_host()
     findings = check(lock_needs(env.lock).get(platform, {}), host)

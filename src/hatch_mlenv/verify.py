@@ -17,6 +17,7 @@ from typing import Any
 from hatch_mlenv.errors import NotInstalledError
 from hatch_mlenv.hashes import file_sha256
 from hatch_mlenv.pypi_names import canonical
+from hatch_mlenv.spec import current_platform
 
 # A prefix's install record, written by `hatch_mlenv.install`; outside conda-meta/, where conda and
 # rattler read every *.json as a package record. Verify reads what it says was added on purpose.
@@ -66,8 +67,6 @@ class Drift:
 
 def verify_environment(env: Any, prefix: Path | None = None, *, check_files: bool = True) -> Drift:
     """The Environment's lock for this machine against `prefix` (default: where it installs)."""
-    from hatch_mlenv.spec import current_platform
-
     return verify_prefix(env.lock, (prefix or env.default_prefix).absolute(), current_platform(),
                          check_files=check_files)
 
@@ -172,8 +171,6 @@ _WATCHED = ("bin", "lib/python*/site-packages", "etc/conda/activate.d")
 
 
 def _unowned_files(prefix: Path, records: Any, dist_infos: list[Path]) -> list[str]:
-    import os
-
     owned: set[str] = set()
     for record in records:
         owned.update(record.get("files") or [])

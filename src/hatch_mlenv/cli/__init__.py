@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from hatch_mlenv import __version__, progress
+import hatch_mlenv.progress as progress
+from hatch_mlenv._version import __version__
 from hatch_mlenv.errors import EXIT_FAILURE, EXIT_USAGE, MlenvError
 
 # name -> "module:function", every command of `mlenv`

@@ -10,12 +10,11 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from hatch_mlenv import progress
+import hatch_mlenv.progress as progress
 from hatch_mlenv.environment import Environment
 from hatch_mlenv.lock import staleness
 from hatch_mlenv.registry import Registry, open_registry, select_url
 from hatch_mlenv.system import require_host
-
 
 F = TypeVar("F", bound=Callable[..., Any])
 

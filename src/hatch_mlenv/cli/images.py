@@ -6,9 +6,16 @@ from pathlib import Path
 
 import click
 
-from hatch_mlenv import image as images
-from hatch_mlenv.cli._common import (display, environment_arguments, json_option, load_environment, print_json,
-                                     selected_registry, step_echo)
+import hatch_mlenv.image as images
+from hatch_mlenv.cli._common import (
+    display,
+    environment_arguments,
+    json_option,
+    load_environment,
+    print_json,
+    selected_registry,
+    step_echo,
+)
 from hatch_mlenv.oci_image import build_oci
 
 

@@ -9,11 +9,24 @@ from typing import Any
 
 import click
 
-from hatch_mlenv import importing, progress
-from hatch_mlenv import lock as locking
-from hatch_mlenv.cli._common import (Printer, display, env_option, environment_arguments, info, json_option,
-                                     load_environment, lock_as_it_is, lock_options, platform_option, print_json,
-                                     project_option, registry_option)
+import hatch_mlenv.importing as importing
+import hatch_mlenv.lock as locking
+import hatch_mlenv.progress as progress
+from hatch_mlenv.cli._common import (
+    Printer,
+    display,
+    env_option,
+    environment_arguments,
+    info,
+    json_option,
+    load_environment,
+    lock_as_it_is,
+    lock_options,
+    platform_option,
+    print_json,
+    project_option,
+    registry_option,
+)
 from hatch_mlenv.diff import diff_environments
 from hatch_mlenv.errors import EXIT_FAILURE, MissingLockError, MlenvError
 from hatch_mlenv.export import FORMATS as EXPORT_FORMATS

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import click
 
-from hatch_mlenv import progress
-from hatch_mlenv.cli._common import (Printer, check_host, display, environment_arguments, ignore_system_option,
-                                     json_option, load_environment, print_json)
+import hatch_mlenv.progress as progress
+from hatch_mlenv.cli._common import (
+    Printer,
+    check_host,
+    display,
+    environment_arguments,
+    ignore_system_option,
+    json_option,
+    load_environment,
+    print_json,
+)
 from hatch_mlenv.errors import EXIT_FAILURE, MlenvError
 from hatch_mlenv.install import activation, install_environment, resolve_command
 from hatch_mlenv.spark import PLATFORM, default_archive, render, settings, verify_pack

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import click
 
-from hatch_mlenv import curated as catalog
-from hatch_mlenv.cli._common import (Printer, display, env_option, json_option, load_environment, lock_options,
-                                     print_json, project_option, registry_option, selected_registry)
+import hatch_mlenv.curated as catalog
+from hatch_mlenv.cli._common import (
+    Printer,
+    display,
+    env_option,
+    json_option,
+    load_environment,
+    lock_options,
+    print_json,
+    project_option,
+    registry_option,
+    selected_registry,
+)
 from hatch_mlenv.errors import UsageError, did_you_mean
 from hatch_mlenv.gc import collect
 from hatch_mlenv.lockfile import atomic_write

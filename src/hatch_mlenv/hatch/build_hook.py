@@ -101,7 +101,7 @@ class MlenvBuildHook(BuildHookInterface):
             atomic_write(Path(self.directory) / name, self._manifest_text())
 
     def _lock(self):  # -> tuple[Spec, Lock]
-        from hatch_mlenv import lock as locking
+        import hatch_mlenv.lock as locking
         from hatch_mlenv.spec import load_spec
 
         configured = None
@@ -140,7 +140,7 @@ class MlenvBuildHook(BuildHookInterface):
         builder = self._option("image-builder", IMAGE_BUILDERS)
         if mode == "none":
             return
-        from hatch_mlenv import image as images
+        import hatch_mlenv.image as images
 
         version = self._registration.version if self._registration is not None else None
         echo = self.app.display_info

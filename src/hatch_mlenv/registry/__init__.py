@@ -15,7 +15,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from hatch_mlenv.errors import UsageError
+from hatch_mlenv.errors import RegistryError, StaleLockError, UsageError
+from hatch_mlenv.image import image_reference_for
+from hatch_mlenv.lock import staleness, stamped_digest
+from hatch_mlenv.lockfile import read_lock
+from hatch_mlenv.manifest import lock_manifest
 from hatch_mlenv.provenance import git_state, provenance
 from hatch_mlenv.reference import (
     LATEST,
@@ -56,7 +60,7 @@ def open_registry(url: str) -> Registry:
         from hatch_mlenv.registry.local import LocalBackend
 
         return LocalBackend().open(url)
-    from hatch_mlenv import plugins
+    import hatch_mlenv.plugins as plugins
 
     for backend in plugins.registries():
         if backend.handles(url):
@@ -67,9 +71,6 @@ def open_registry(url: str) -> Registry:
 def register_environment(registry: Registry, env: Any, *, labels: tuple[str, ...] = ()) -> Registration:
     """Register a project's locked `Environment` with its provenance; a stale lock is refused
     (a version must be what the spec asks for), for the CLI and the build hook alike."""
-    from hatch_mlenv.errors import StaleLockError
-    from hatch_mlenv.lock import stamped_digest, staleness
-
     for label in labels:  # before anything is checked or written, whatever the backend
         check_movable_label(label)
     spec = env.spec
@@ -100,9 +101,6 @@ def describe(env: Any) -> dict[str, Any]:
     """What `mlenv show` says of an environment: its manifest, whether the lock is fresh,
     and its version in the project's registry (or why that is unknown). A version loaded by
     reference is what it is: no freshness, its number and registry as loaded."""
-    from hatch_mlenv.errors import RegistryError
-    from hatch_mlenv.lock import staleness
-
     # a lockfile loaded by reference is named as given: its copy under `versions/` is written only to install it
     lockfile = env.reference if env.is_registered and env.registry is None else str(env.spec.lockfile)
     data = env.manifest() | {"lockfile": lockfile, "reference": env.reference}
@@ -120,10 +118,6 @@ def describe(env: Any) -> dict[str, Any]:
 
 def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tuple[str, ...] = ()) -> Registration:
     """Register any conda-lock.yml (e.g. one conda-lock wrote) under `name`."""
-    from hatch_mlenv.manifest import lock_manifest
-    from hatch_mlenv.image import image_reference_for
-    from hatch_mlenv.lockfile import read_lock
-
     check_name(name)
     for label in labels:
         check_movable_label(label)

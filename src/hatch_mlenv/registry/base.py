@@ -3,10 +3,13 @@ interfaces, and the integrity checks every read goes through."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hatch_mlenv.errors import MlenvError, RegistryError
+from hatch_mlenv.lockfile import parse_lock
 from hatch_mlenv.reference import Reference
 
 
@@ -134,9 +137,6 @@ class Backend(Protocol):
 
 def entry_hash(name: str, number: int, lockfile: str, manifest: dict[str, Any], provenance: dict[str, Any]) -> str:
     """One hash over everything a stored version is: who, which number, and all its content."""
-    import hashlib
-    import json
-
     payload = {"name": name, "version": number, "lockfile": lockfile, "manifest": manifest, "provenance": provenance}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -162,8 +162,6 @@ def check_entry(version: Version, where: object = None) -> Version:
 def verify(version: Version, where: object = None) -> Version:
     """Refuse to serve a stored version whose content is not what was stored: the entry hash,
     then the lock's own digest."""
-    from hatch_mlenv.lockfile import parse_lock
-
     check_entry(version, where)
 
     try:

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 from hatch_mlenv.errors import NotFoundError, RegistryError
 from hatch_mlenv.hookspecs import hookimpl
+from hatch_mlenv.lockfile import parse_lock, remove_dead_leftovers
+from hatch_mlenv.paths import data_dir
 from hatch_mlenv.reference import LATEST, Reference, check_movable_label
 from hatch_mlenv.registry.base import (
     EnvironmentSummary,
@@ -84,8 +86,6 @@ def _remove_database(path: Path) -> None:
 
 def default_path() -> Path:
     """`$MLENV_HOME/registry.sqlite3`, else the user data directory (platformdirs)."""
-    from hatch_mlenv.paths import data_dir
-
     return data_dir() / "registry.sqlite3"
 
 
@@ -194,8 +194,6 @@ class LocalRegistry:
         """Create the database file whole: built under a temporary name, then linked into place
         (which fails harmlessly when another process created it first), so that nobody ever
         sees a registry file without its schema."""
-        from hatch_mlenv.lockfile import remove_dead_leftovers
-
         path = self.path
         partial = path.with_name(f".{path.name}.{os.getpid()}.new")
         try:
@@ -260,8 +258,6 @@ class LocalRegistry:
         labels: tuple[str, ...] = (),
         description: str | None = None,
     ) -> Registration:
-        from hatch_mlenv.lockfile import parse_lock
-
         # Parsed once, before the transaction: the stored digest is always the lock's own.
         digest = parse_lock(lockfile, f"lockfile for {name}").digest()
         for label in labels:

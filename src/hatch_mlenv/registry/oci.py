@@ -35,13 +35,17 @@ import json
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import requests
+
 from hatch_mlenv._compat import oras_has_credentials, oras_request_once, oras_without_netrc
 from hatch_mlenv.errors import NotFoundError, RegistryError, UsageError
 from hatch_mlenv.hookspecs import hookimpl
+from hatch_mlenv.lockfile import parse_lock
 from hatch_mlenv.reference import LATEST, Reference, check_label
 from hatch_mlenv.registry.base import EnvironmentSummary, Registration, Version, entry_hash, verify
 
@@ -168,8 +172,6 @@ class OciRegistry:
         return RegistryError(f"registry {self.url} refused the credentials from {self._credentials} ({status})")
 
     def _request(self, method: str, path: str, **kwargs: Any):  # -> requests.Response
-        import requests
-
         client = self._oras()
         url = f"{self.scheme}://{self.target.host}/v2/{path}"
         try:
@@ -308,8 +310,6 @@ class OciRegistry:
 
     # -- the lease -------------------------------------------------------------------------
     def _acquire(self, repo: str) -> None:
-        import uuid
-
         token = uuid.uuid4().hex
         deadline = time.monotonic() + max(60.0, _lease_seconds() * 2)
         delay = 0.05
@@ -359,8 +359,6 @@ class OciRegistry:
         labels: tuple[str, ...] = (),
         description: str | None = None,
     ) -> Registration:
-        from hatch_mlenv.lockfile import parse_lock
-
         digest = parse_lock(lockfile, f"lockfile for {name}").digest()
         for label in labels:
             self._check_label(label)

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
+import socket
 import threading
 import time
 from collections import OrderedDict
 from importlib import resources
 from typing import Any, Callable
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
+import jinja2
+import uvicorn
 from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -38,8 +42,12 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from hatch_mlenv.errors import MlenvError, NotFoundError, NotInLockError, RegistryError, UsageError
+import hatch_mlenv.sealed as sealed
 import hatch_mlenv.web.pages as pages
+from hatch_mlenv._version import __version__
+from hatch_mlenv.errors import MlenvError, NotFoundError, NotInLockError, RegistryError, UsageError
+from hatch_mlenv.graph import tree_report, why_report
+from hatch_mlenv.reference import check_name
 from hatch_mlenv.web.pages import Source
 
 PACKAGES_KEPT = 16
@@ -109,8 +117,6 @@ def _size(count: Any) -> str:
 
 
 def _templates() -> Jinja2Templates:
-    import jinja2
-
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("hatch_mlenv.web", "templates"),
         autoescape=True,  # every value, whatever the template's name
@@ -130,8 +136,6 @@ def create_app(source: Source, *, allowed_hosts: list[str] | None = None) -> Sta
     """The application over `source`; `allowed_hosts`: the Host headers answered (a page on
     loopback answers only its own names, so that a web page elsewhere cannot rebind a name of
     its own to it and read the registry)."""
-    from hatch_mlenv import __version__
-
     templates = _templates()
     # A version's packages part (graph and table) follows from its lock and definition alone:
     # rendered once per version (by its entry hash) and platform, the last PACKAGES_KEPT of them.
@@ -147,8 +151,6 @@ def create_app(source: Source, *, allowed_hosts: list[str] | None = None) -> Sta
         return request.url.path.startswith("/api/")
 
     def name_of(request: Request) -> str:
-        from hatch_mlenv.reference import check_name
-
         name = request.path_params["name"]
         try:
             return check_name(name)
@@ -206,8 +208,6 @@ def create_app(source: Source, *, allowed_hosts: list[str] | None = None) -> Sta
                     platform=platform, platform_downloads=cached[0], packages=cached[1])
 
     def tree(request: Request) -> Response:
-        from hatch_mlenv.graph import tree_report
-
         name, number = name_of(request), request.path_params["version"]
         env = pages.load(source, name, number)[1]
         depth = request.query_params.get("depth")
@@ -217,8 +217,6 @@ def create_app(source: Source, *, allowed_hosts: list[str] | None = None) -> Sta
                                 invert=request.query_params.get("invert")))
 
     def why(request: Request) -> Response:
-        from hatch_mlenv.graph import why_report
-
         name, number = name_of(request), request.path_params["version"]
         env = pages.load(source, name, number)[1]
         limit = request.query_params.get("limit", "100")
@@ -320,14 +318,7 @@ class _Stop(Exception):
 def serve(url: str, host: str, port: int, *, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
     """Serve the registry `url` on `host`:`port` (0: any free port) until Ctrl-C or SIGTERM.
     `say` gets the address once listening; `warn` the warning for a host that is not loopback."""
-    import signal
-    import socket
-    import threading
-    from urllib.parse import urlsplit
 
-    import uvicorn
-
-    from hatch_mlenv import sealed
 
     if urlsplit(url).password or urlsplit(url).username:
         raise UsageError("the registry URL holds credentials; give them in MLENV_REGISTRY_USERNAME and "

@@ -13,8 +13,18 @@ import re
 import threading
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
+from hatch_mlenv.diff import diff_environments
+from hatch_mlenv.environment import from_version
 from hatch_mlenv.errors import NotFoundError, UsageError
+from hatch_mlenv.graph import dependency_graph, platform_of
+from hatch_mlenv.reference import MAX_VERSION, Reference, check_name
+from hatch_mlenv.registry import describe
+from hatch_mlenv.registry.base import history_page
+from hatch_mlenv.repodata import local_records
+from hatch_mlenv.spec import current_platform
+from hatch_mlenv.web.picture import layout
 
 PER_PAGE = 50
 MAX_PER_PAGE = 200
@@ -98,8 +108,6 @@ class Paging:
 
     def link(self, number: int, query: dict[str, str] | None = None) -> str:
         """The query string of page `number` of the same list (`per_page` kept when it is not the default)."""
-        from urllib.parse import urlencode
-
         wanted = dict(query or {}) | {"page": str(number)}
         if self.per_page != PER_PAGE:
             wanted["per_page"] = str(self.per_page)
@@ -134,8 +142,6 @@ def environments(source: Source, asked: Paging, *, include_archived: bool = Fals
 
 def environment_rows(source: Source, summaries: list[Any]) -> list[dict[str, Any]]:
     """The environments page's rows: each summary with its newest version (when it was registered)."""
-    from hatch_mlenv.registry.base import history_page
-
     rows = []
     for summary in summaries:
         try:
@@ -148,9 +154,6 @@ def environment_rows(source: Source, summaries: list[Any]) -> list[dict[str, Any
 
 def versions(source: Source, name: str, asked: Paging) -> tuple[list[Any], Paging]:
     """A page of `name`'s versions, newest first (the items of `mlenv history NAME --json`)."""
-    from hatch_mlenv.reference import check_name
-    from hatch_mlenv.registry.base import history_page
-
     check_name(name)
     found, total = history_page(source.registry(), name, asked.offset, asked.per_page)
     return found, Paging(asked.page, asked.per_page, total).check()
@@ -158,9 +161,6 @@ def versions(source: Source, name: str, asked: Paging) -> tuple[list[Any], Pagin
 
 def load(source: Source, name: str, number: int) -> tuple[Any, Any]:
     """A registered version, verified as every read is, and its Environment (written nowhere)."""
-    from hatch_mlenv.environment import from_version
-    from hatch_mlenv.reference import MAX_VERSION, Reference, check_name
-
     check_name(name)
     if not 1 <= number <= MAX_VERSION:
         raise NotFoundError(f"{name} has no version {number}")
@@ -171,23 +171,17 @@ def load(source: Source, name: str, number: int) -> tuple[Any, Any]:
 
 def show(env: Any) -> dict[str, Any]:
     """What `mlenv show NAME:VERSION --json` prints."""
-    from hatch_mlenv.registry import describe
-
     return describe(env)
 
 
 def diff(source: Source, name: str, old: int, new: int) -> dict[str, Any]:
     """What `mlenv diff NAME:OLD NAME:NEW --json` prints."""
-    from hatch_mlenv.diff import diff_environments
-
     before, after = load(source, name, old)[1], load(source, name, new)[1]
     return {"old": f"{name}:{old}", "new": f"{name}:{new}"} | diff_environments(before, after)
 
 
 def download(env: Any, stored: Any, what: str, platform: str | None) -> tuple[str, str, str]:
     """(text, file name, media type) of one of DOWNLOADS."""
-    from hatch_mlenv.graph import platform_of
-
     if what not in DOWNLOADS:
         raise NotFoundError(f"no download {what!r}")
     fmt, media_type, per_platform = DOWNLOADS[what]
@@ -208,9 +202,6 @@ def download(env: Any, stored: Any, what: str, platform: str | None) -> tuple[st
 
 def default_platform(lock: Any, asked: str | None) -> str | None:
     """`?platform=`, else this machine's when locked, else the first locked one."""
-    from hatch_mlenv.graph import platform_of
-    from hatch_mlenv.spec import current_platform
-
     if asked is not None or not lock.platforms:
         return platform_of(lock, asked) if asked is not None else None
     here = current_platform()
@@ -239,9 +230,6 @@ def packages_view(env: Any, platform: str | None) -> dict[str, Any]:
     """A version's packages on `platform` (a `default_platform`): the table's rows, the graph's
     layout, the downloads for that platform. Depends on the lock and definition alone, so the
     page keeps it by the version's entry hash."""
-    from hatch_mlenv.graph import dependency_graph
-    from hatch_mlenv.web.picture import layout
-
     view: dict[str, Any] = {"platforms": sorted(env.lock.platforms), "platform": platform, "platform_downloads": [],
                             "packages": [], "more_packages": 0, "picture": None, "graph_too_big": False,
                             "unmatched": []}
@@ -274,8 +262,6 @@ def _anchors(graph: Any) -> dict[str, str]:
 
 def package_rows(graph: Any, anchors: dict[str, str]) -> tuple[list[dict[str, Any]], int]:
     """The platform's packages (at most MAX_ROWS) and how many more there are."""
-    from hatch_mlenv.repodata import local_records
-
     packages = list(graph.packages.items())
     shown, more = packages[:MAX_ROWS], max(0, len(packages) - MAX_ROWS)
     records = local_records(p for _, p in shown)
