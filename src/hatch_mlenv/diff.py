@@ -3,6 +3,7 @@ changed variables and base image, and what changed in their `[tool.mlenv]` defin
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hatch_mlenv.lockfile import Lock, LockedPackage
@@ -74,3 +75,39 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[path] = value
     return flat
+
+
+def change_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The package changes of a diff as (platform, manager, package, change) rows: `+ 1.2 py_0`,
+    `- 1.1`, `1.1 → 1.2`."""
+    def shown(p: dict[str, Any]) -> str:
+        return f"{p['version']} {p['build'] or ''}".rstrip()
+
+    rows = []
+    for platform, managers in result["packages"].items():
+        for manager, section in managers.items():
+            rows += [(platform, manager, p["name"], f"+ {shown(p)}") for p in section["added"]]
+            rows += [(platform, manager, p["name"], f"- {shown(p)}") for p in section["removed"]]
+            rows += [(platform, manager, p["name"], f"{shown(p['old'])} → {shown(p['new'])}") for p in section["changed"]]
+    return rows
+
+
+def other_lines(result: dict[str, Any]) -> list[str]:
+    """Everything but the packages, one line each: variables, platforms, base image and
+    Dockerfile, definition keys."""
+    lines = [f"variable {kind}: {key} {value}" for kind, items in result["variables"].items() for key, value in items.items()]
+    lines += [f"platform {kind}: {platform}" for kind in ("added", "removed") for platform in result["platforms"][kind]]
+    if result["base_image"]:
+        lines.append(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
+    if result["base_dockerfile"]:
+        lines.append("base Dockerfile: sha256 {} → {}".format(*(d[:12] if d else "none" for d in result["base_dockerfile"])))
+    for kind, items in (result["definition"] or {}).items():
+        for key, value in items.items():
+            shown = f"{json.dumps(value[0])} → {json.dumps(value[1])}" if kind == "changed" else json.dumps(value)
+            lines.append(f"definition {kind}: {key} {shown}")
+    return lines
+
+
+def same(result: dict[str, Any]) -> bool:
+    """Whether a diff found nothing: the same lock and the same definition."""
+    return result["identical"] and not any((result["definition"] or {}).values())

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+import hatch_mlenv.diff as diffing
 import hatch_mlenv.importing as importing
 import hatch_mlenv.lock as locking
 import hatch_mlenv.progress as progress
@@ -27,7 +28,6 @@ from hatch_mlenv.cli._common import (
     project_option,
     registry_option,
 )
-from hatch_mlenv.diff import diff_environments
 from hatch_mlenv.errors import EXIT_FAILURE, MissingLockError, MlenvError
 from hatch_mlenv.export import FORMATS as EXPORT_FORMATS
 from hatch_mlenv.export import export
@@ -133,7 +133,7 @@ def show(reference: str | None, project: Path | None, env: str | None, as_json: 
 def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
     """Compare two environments, each a project directory, a lockfile, NAME:VERSION or NAME@LABEL:
     packages, variables, base image and the [tool.mlenv] definition."""
-    result = diff_environments(load_environment(old, None, None, registry_url, default_policy="report"),
+    result = diffing.diff_environments(load_environment(old, None, None, registry_url, default_policy="report"),
                                load_environment(new, None, None, registry_url, default_policy="report"))
     result = {"old": old, "new": new} | result
     if as_json:
@@ -144,36 +144,14 @@ def diff(old: str, new: str, registry_url: str | None, as_json: bool) -> None:
 
 def _print_diff(result: dict[str, Any]) -> None:
     out = Printer()
-    if result["identical"] and not any((result["definition"] or {}).values()):
+    if diffing.same(result):
         out.line(f"{result['old']} and {result['new']} are the same environment")
         return
-    rows = []
-    for platform, managers in result["packages"].items():
-        for manager, section in managers.items():
-            for p in section["added"]:
-                rows.append((platform, manager, p["name"], f"+ {p['version']} {p['build'] or ''}".rstrip()))
-            for p in section["removed"]:
-                rows.append((platform, manager, p["name"], f"- {p['version']} {p['build'] or ''}".rstrip()))
-            for p in section["changed"]:
-                old = f"{p['old']['version']} {p['old']['build'] or ''}".rstrip()
-                new = f"{p['new']['version']} {p['new']['build'] or ''}".rstrip()
-                rows.append((platform, manager, p["name"], f"{old} → {new}"))
+    rows = diffing.change_rows(result)
     if rows:
         out.table(("platform", "manager", "package", "change"), rows)
-    for kind, items in result["variables"].items():
-        for key, value in items.items():
-            out.line(f"variable {kind}: {key} {value}")
-    for kind in ("added", "removed"):
-        for platform in result["platforms"][kind]:
-            out.line(f"platform {kind}: {platform}")
-    if result["base_image"]:
-        out.line(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
-    if result["base_dockerfile"]:
-        out.line("base Dockerfile: sha256 {} → {}".format(*(d[:12] if d else "none" for d in result["base_dockerfile"])))
-    for kind, items in (result["definition"] or {}).items():
-        for key, value in items.items():
-            shown = f"{json.dumps(value[0])} → {json.dumps(value[1])}" if kind == "changed" else json.dumps(value)
-            out.line(f"definition {kind}: {key} {shown}")
+    for line in diffing.other_lines(result):
+        out.line(line)
 
 
 @click.command()
