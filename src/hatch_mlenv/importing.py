@@ -18,7 +18,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
 from hatch_mlenv.errors import ConfigError
-from hatch_mlenv.lockfile import atomic_write
+from hatch_mlenv.lockfile import atomic_write, source_of
 from hatch_mlenv.spec import PYPROJECT, merge_specs, parse_spec, tomllib
 
 # environment.yml sections we read, and those we know but do not map.
@@ -192,7 +192,7 @@ def from_prefix(prefix: Path) -> Imported:
         except (OSError, ValueError, KeyError):
             result.unmapped.append(f"{record_path.name} (unreadable conda-meta record)")
             continue
-        channel = (record.get("channel") or _channel_of(record.get("url") or "")).rstrip("/")
+        channel = (record.get("channel") or source_of(record.get("url") or "")).rstrip("/")
         if channel and channel not in result.channels:
             result.channels.append(channel)
         if name == "python":
@@ -216,12 +216,6 @@ def _dist_name(dist_info: Path) -> str:
         if line.startswith("Name: "):
             return line[len("Name: "):].strip()
     return ""
-
-
-def _channel_of(url: str) -> str:
-    """`https://host/chan/linux-64/pkg.conda` -> `https://host/chan` (rattler leaves `channel` empty)."""
-    parts = url.rsplit("/", 2)
-    return parts[0] if len(parts) == 3 and "://" in url else ""
 
 
 def merge_into_pyproject(pyproject: Path, imported: Imported, env: str | None = None) -> str:

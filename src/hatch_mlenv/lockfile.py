@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 from hatch_mlenv._compat import import_conda_lock_models
 from hatch_mlenv.errors import LockfileError, MissingLockError
@@ -130,6 +131,16 @@ class Lock:
 
     def for_platform(self, platform: str) -> list[LockedPackage]:
         return [p for p in self.packages if p.platform == platform]
+
+    def listing(self, platform: str | None = None) -> list[dict[str, Any]]:
+        """Every locked package (of `platform`, else of all), sorted by platform, manager and name:
+        what `mlenv show --packages` prints."""
+        return [
+            {"platform": p.platform, "manager": p.manager, "name": p.name, "version": p.version,
+             "build": p.build, "source": source_of(p.url, p.manager)}
+            for p in sorted(self.packages, key=lambda p: (p.platform, p.manager, p.name))
+            if platform is None or p.platform == platform
+        ]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Package counts per platform and manager: {"linux-64": {"conda": 12, "pip": 2}}."""
@@ -537,3 +548,16 @@ def exchange(a: Path, b: Path) -> bool:
     if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
         return False
     raise OSError(code, os.strerror(code), str(b))
+
+
+def source_of(url: str, manager: str = "conda") -> str:
+    """Where a package came from, by its URL: a conda package's channel
+    (`https://host/chan/linux-64/pkg.conda` -> `https://host/chan`), a pip file's index host, or
+    a local file's directory."""
+    if manager == "conda":
+        parts = url.rsplit("/", 2)
+        return parts[0] if len(parts) == 3 and "://" in url else ""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https"):
+        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    return url.rsplit("/", 1)[0]

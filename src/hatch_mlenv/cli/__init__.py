@@ -22,6 +22,7 @@ from hatch_mlenv.errors import EXIT_FAILURE, EXIT_USAGE, MlenvError
 
 # name -> "module:function", every command of `mlenv`
 COMMANDS = {
+    "add": "edit:add",
     "archive": "versions:archive",
     "curated": "versions:curated",
     "diff": "project:diff",
@@ -32,6 +33,7 @@ COMMANDS = {
     "history": "versions:history",
     "image": "images:image",
     "import": "project:import_",
+    "init": "edit:init",
     "install": "use:install",
     "label": "versions:label",
     "list": "versions:list_",
@@ -39,6 +41,7 @@ COMMANDS = {
     "pack": "use:pack",
     "ray-env": "serving:ray_env",
     "register": "versions:register",
+    "remove": "edit:remove",
     "restore": "versions:restore",
     "run": "use:run",
     "sbom": "project:sbom",

@@ -72,30 +72,52 @@ def lock(project: Path, env: str | None, check: bool, update: tuple[str, ...], f
             sys.exit(EXIT_FAILURE)
         return
     outcome = locking.lock(spec, update=update, force=force)
-    digest = outcome.digest
     if as_json:
-        report(outcome.status, digest)
+        report(outcome.status, outcome.digest)
         return
+    print_outcome(spec, outcome)
+
+
+def print_outcome(spec: Any, outcome: locking.LockOutcome) -> None:
+    """The lines of a lock's outcome, for `mlenv lock` and the commands that lock after an edit."""
+    name, digest = display(spec.lockfile), outcome.digest
     if outcome.status == "fresh":
         click.echo(f"{name} is fresh (spec unchanged); not solving. digest sha256:{digest[:12]}")
         return
     written = outcome.load(spec)
-    total = len(written.packages)
-    platforms = ", ".join(sorted(written.platforms))
     verb = "locked" if outcome.status == "locked" else "re-solved, unchanged:"
-    click.echo(f"{verb} {spec.name} for {platforms}: {total} packages -> {name}")
+    click.echo(f"{verb} {spec.name} for {', '.join(sorted(written.platforms))}: {len(written.packages)} packages "
+               f"-> {name}")
     click.echo(f"digest sha256:{digest}")
 
 
 @click.command()
 @environment_arguments
+@click.option("--packages", is_flag=True, help="List every locked package: platform, manager, name, version, "
+              "build, and its channel or index.")
+@click.option("--platform", metavar="PLATFORM", default=None, help="With --packages: only this platform's.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(reference: str | None, project: Path | None, env: str | None, as_json: bool, registry_url: str | None) -> None:
+def show(reference: str | None, project: Path | None, env: str | None, packages: bool, platform: str | None,
+         as_json: bool, registry_url: str | None) -> None:
     """Show the environment: name, digest, platforms, packages, image, lock status."""
+    if platform is not None and not packages:
+        raise click.UsageError("--platform lists one platform's packages: give it with --packages")
     try:  # show says whether the lock is stale rather than relocking (`--locked` refuses a stale one)
         environment = load_environment(reference, project, env, registry_url, policy="frozen")
     except MissingLockError as exc:  # nothing to show yet: a failure (1), not a broken file (2)
         raise MlenvError(f"{exc.path}: lockfile not found; run `mlenv lock` first") from None
+    if packages:
+        if platform is not None and platform not in environment.lock.platforms:
+            raise MlenvError(f"{environment.name}: not locked for {platform} "
+                             f"(locked for {', '.join(sorted(environment.lock.platforms))})")
+        rows = environment.lock.listing(platform)
+        if as_json:
+            print_json(rows)
+            return
+        Printer().table(("platform", "manager", "name", "version", "build", "source"),
+                        [(r["platform"], r["manager"], r["name"], r["version"], r["build"] or "", r["source"])
+                         for r in rows])
+        return
     data = describe(environment)
     reason = data["stale_reason"]
     if as_json:

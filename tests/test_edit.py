@@ -1,0 +1,181 @@
+"""Issue 27, items 1–3: `mlenv init`, `mlenv add`, `mlenv remove` edit `[tool.mlenv]` as a user
+would by hand (tomlkit: comments, order and formatting kept), lock, and leave everything as it
+was when the result cannot be locked; `mlenv show --packages` lists what is locked."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+from hatch_mlenv.lockfile import read_lock
+from tests.conftest import assert_clean_error, mlenv, tree_hashes
+
+PYPROJECT = """\
+# a user's own comment, kept
+[project]
+name = "trainer"
+version = "0.1.0"
+
+[tool.mlenv]
+name = "trainer-env"
+channels = ["{channel}"]   # the team channel
+platforms = ["linux-64"]
+python = "3.11"
+conda = [
+    "numpy >=1.26",  # pinned by the team
+]
+
+[tool.other]
+keep = "me"
+"""
+
+
+def project(tmp_path: Path, channel: Path, extra: str = "") -> Path:
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(PYPROJECT.format(channel=channel) + extra)
+    return root
+
+
+def locked(root: Path) -> dict[str, str]:
+    return {(p.name): p.version for p in read_lock(root / "conda-lock.yml").packages}
+
+
+def test_add_edits_in_place_and_locks(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel)
+    before = (root / "pyproject.toml").read_text()
+    result = mlenv("add", "mlenv-hello ==1.0.0", "--project", str(root), check=True)
+    assert result.stdout.splitlines()[0] == "added mlenv-hello ==1.0.0 to tool.mlenv.conda in " + str(
+        (root / "pyproject.toml").resolve()).replace(str(Path.cwd()) + "/", "")
+    after = (root / "pyproject.toml").read_text()
+    # one line more, every other byte (comments, spacing, the other tables) as it was
+    assert after == before.replace('    "numpy >=1.26",  # pinned by the team\n',
+                                   '    "numpy >=1.26",  # pinned by the team\n    "mlenv-hello ==1.0.0",\n')
+    assert locked(root)["mlenv-hello"] == "1.0.0"
+    assert "locked trainer-env for linux-64" in result.stdout
+    # the lock is fresh for the edited definition
+    assert mlenv("lock", "--check", "--project", str(root)).returncode == 0
+
+    # a package already listed gets the new spec, in its place
+    mlenv("add", "numpy ==1.25.2", "--project", str(root), check=True)
+    conda = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mlenv"]["conda"]
+    assert conda == ["numpy ==1.25.2", "mlenv-hello ==1.0.0"]
+    assert locked(root)["numpy"] == "1.25.2"
+
+
+def test_unsolvable_add_changes_nothing(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel)
+    mlenv("lock", "--project", str(root), check=True)
+    files = tree_hashes(root)
+    result = mlenv("add", "no-such-package", "--project", str(root))
+    assert_clean_error(result, 1, "cannot solve", "no-such-package")
+    assert tree_hashes(root) == files
+
+    result = mlenv("add", "numpy ==9.9", "--project", str(root))
+    assert_clean_error(result, 1, "cannot solve")
+    assert tree_hashes(root) == files
+
+
+def test_add_no_lock_and_pip_and_named_env(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel, '\n[tool.mlenv.envs.gpu]\nconda = ["mlenv-hello"]\n')
+    result = mlenv("add", "--pip", "requests>=2", "--no-lock", "--project", str(root), check=True)
+    assert "to tool.mlenv.pip" in result.stdout
+    assert not (root / "conda-lock.yml").exists()
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    assert data["tool"]["mlenv"]["pip"] == ["requests>=2"]
+    assert data["tool"]["other"] == {"keep": "me"}
+
+    result = mlenv("add", "numpy", "--env", "gpu", "--no-lock", "--json", "--project", str(root), check=True)
+    report = json.loads(result.stdout)
+    assert report["key"] == "tool.mlenv.envs.gpu.conda" and report["added"] == ["numpy"] and report["lock"] is None
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    assert data["tool"]["mlenv"]["envs"]["gpu"]["conda"] == ["mlenv-hello", "numpy"]
+
+    files = tree_hashes(root)
+    assert_clean_error(mlenv("add", "numpy", "--env", "cpu", "--project", str(root)), 2,
+                       "pyproject.toml", "tool.mlenv.envs.cpu")
+    assert tree_hashes(root) == files
+
+
+def test_remove(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel)
+    mlenv("add", "mlenv-hello", "--project", str(root), check=True)
+    assert "mlenv-hello" in locked(root)
+    result = mlenv("remove", "mlenv-hello", "--project", str(root), check=True)
+    assert result.stdout.startswith("removed mlenv-hello from tool.mlenv.conda in ")
+    assert "mlenv-hello" not in locked(root)
+    assert (root / "pyproject.toml").read_text() == PYPROJECT.format(channel=channel)
+
+    files = tree_hashes(root)
+    assert_clean_error(mlenv("remove", "scipy", "--project", str(root)), 2,
+                       "pyproject.toml", "tool.mlenv.conda or tool.mlenv.pip", "'scipy' is not listed")
+    assert tree_hashes(root) == files
+
+
+def test_init(tmp_path: Path, channel: Path) -> None:
+    root = tmp_path / "new-project"
+    root.mkdir()
+    result = mlenv("init", "--channel", str(channel), "--platform", "linux-64", "--python", "3.11",
+                   "--project", str(root), check=True)
+    assert "wrote [tool.mlenv] into" in result.stdout
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    assert data["project"] == {"name": "new-project", "version": "0.1.0"}
+    assert data["tool"]["mlenv"] == {"channels": [str(channel)], "platforms": ["linux-64"], "python": "3.11"}
+    mlenv("add", "mlenv-hello", "--project", str(root), check=True)
+    assert locked(root)["python"] == "3.11.7"
+
+    # an existing pyproject.toml keeps every byte; a second init is refused
+    other = tmp_path / "existing"
+    other.mkdir()
+    text = '[project]\nname = "x"  # mine\nversion = "1"\n\n[tool.black]\nline-length = 100\n'
+    (other / "pyproject.toml").write_text(text)
+    mlenv("init", "--project", str(other), "--platform", "linux-64", check=True)
+    written = (other / "pyproject.toml").read_text()
+    assert written.startswith(text)
+    assert tomllib.loads(written)["tool"]["mlenv"] == {"channels": ["conda-forge"], "platforms": ["linux-64"]}
+    files = tree_hashes(other)
+    assert_clean_error(mlenv("init", "--project", str(other)), 2, "pyproject.toml", "tool.mlenv", "already defined")
+    assert tree_hashes(other) == files
+
+
+def test_init_from_files(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "environment.yml").write_text(
+        "name: legacy\nchannels: [pytorch, defaults]\ndependencies:\n  - python=3.6\n  - numpy=1.15\n"
+        "  - pip:\n    - tqdm==4.26\n")
+    result = mlenv("init", "--from", str(root / "environment.yml"), "--platform", "linux-64", "--project", str(root),
+                   check=True)
+    assert "not mapped: channels: defaults" in result.stderr
+    table = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["mlenv"]
+    assert table["channels"] == ["pytorch"] and table["python"] == "3.6" and table["platforms"] == ["linux-64"]
+    assert table["conda"] == ["numpy=1.15"] and table["pip"] == ["tqdm==4.26"]
+
+    curated = tmp_path / "c"
+    curated.mkdir()
+    mlenv("init", "--from", "curated:pytorch-cpu", "--project", str(curated), check=True)
+    assert tomllib.loads((curated / "pyproject.toml").read_text())["tool"]["mlenv"] == {"extends": "curated:pytorch-cpu"}
+
+    missing = tmp_path / "m"
+    missing.mkdir()
+    assert_clean_error(mlenv("init", "--from", str(missing / "environment.yml"), "--project", str(missing)), 2,
+                       "environment.yml", "file not found")
+    assert not (missing / "pyproject.toml").exists()
+    assert_clean_error(mlenv("init", "--from", "curated:no-such-thing", "--project", str(missing)), 2)
+    assert not (missing / "pyproject.toml").exists()
+
+
+def test_show_packages(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel)
+    mlenv("add", "mlenv-hello ==1.0.0", "--project", str(root), check=True)
+    rows = json.loads(mlenv("show", "--packages", "--json", "--project", str(root), check=True).stdout)
+    hello = next(r for r in rows if r["name"] == "mlenv-hello")
+    assert hello == {"platform": "linux-64", "manager": "conda", "name": "mlenv-hello", "version": "1.0.0",
+                     "build": hello["build"], "source": channel.resolve().as_uri()}
+    assert [r["name"] for r in rows] == sorted(r["name"] for r in rows)
+    text = mlenv("show", "--packages", "--project", str(root), check=True).stdout.splitlines()
+    assert text[0].split("\t") == ["platform", "manager", "name", "version", "build", "source"]
+    assert len(text) == len(rows) + 1
+    assert_clean_error(mlenv("show", "--packages", "--platform", "osx-arm64", "--project", str(root)), 1,
+                       "not locked for osx-arm64")
