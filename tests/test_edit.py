@@ -5,8 +5,9 @@ was when the result cannot be locked; `mlenv show --packages` lists what is lock
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from hatch_mlenv.lockfile import read_lock
 from tests.conftest import assert_clean_error, mlenv, tree_hashes
@@ -179,3 +180,44 @@ def test_show_packages(tmp_path: Path, channel: Path) -> None:
     assert len(text) == len(rows) + 1
     assert_clean_error(mlenv("show", "--packages", "--platform", "osx-arm64", "--project", str(root)), 1,
                        "not locked for osx-arm64")
+
+
+def test_outdated(tmp_path: Path, channel: Path, pip_index: str) -> None:
+    root = project(tmp_path, channel)
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"numpy >=1.26",', '"numpy <1.26", "mlenv-hello ==1.0.0",'))
+    mlenv("add", "--pip", "mlenv-tiny<0.2", "--no-lock", "--project", str(root), check=True)
+    text = pyproject.read_text().replace('python = "3.11"', f'python = "3.11"\npip-index-url = "{pip_index}"')
+    pyproject.write_text(text)
+    mlenv("lock", "--project", str(root), check=True)
+    rows = json.loads(mlenv("outdated", "--json", "--project", str(root), check=True).stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["numpy"] == {"platform": "linux-64", "manager": "conda", "name": "numpy", "locked": "1.25.2",
+                                "within_spec": None, "latest": "1.26.4"}
+    assert by_name["mlenv-hello"]["locked"] == "1.0.0" and by_name["mlenv-hello"]["latest"] == "1.1.0"
+    assert by_name["mlenv-hello"]["within_spec"] is None
+    assert by_name["mlenv-tiny"] == {"platform": "linux-64", "manager": "pip", "name": "mlenv-tiny",
+                                     "locked": "0.1.0", "within_spec": None, "latest": "0.2.0"}
+    assert "python" not in by_name  # the newest python in the channel is the locked one
+
+    # bounds widened in the definition: the newer releases are now within it (the lock is not
+    # rewritten by outdated: it reads, and says the lock is stale)
+    files = tree_hashes(root)
+    pyproject.write_text(pyproject.read_text().replace('"numpy <1.26"', '"numpy"').replace("mlenv-tiny<0.2", "mlenv-tiny"))
+    result = mlenv("outdated", "--json", "--project", str(root), check=True)
+    by_name = {r["name"]: r for r in json.loads(result.stdout)}
+    assert by_name["numpy"]["within_spec"] == "1.26.4" and by_name["mlenv-tiny"]["within_spec"] == "0.2.0"
+    assert "stale" in result.stderr
+    assert {k: v for k, v in tree_hashes(root).items() if k != "pyproject.toml"} == {
+        k: v for k, v in files.items() if k != "pyproject.toml"}
+
+    text = mlenv("outdated", "--project", str(root), check=True).stdout.splitlines()
+    assert text[0].split("\t") == ["platform", "manager", "name", "locked", "within spec", "latest"]
+
+
+def test_outdated_unreachable_index(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel)
+    mlenv("lock", "--project", str(root), check=True)
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(f'"{channel}"', '"http://127.0.0.1:9/nothing"'))
+    assert_clean_error(mlenv("outdated", "--project", str(root)), 1, "cannot read the channels for linux-64")

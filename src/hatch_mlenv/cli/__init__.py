@@ -38,6 +38,7 @@ COMMANDS = {
     "label": "versions:label",
     "list": "versions:list_",
     "lock": "project:lock",
+    "outdated": "project:outdated",
     "pack": "use:pack",
     "ray-env": "serving:ray_env",
     "register": "versions:register",

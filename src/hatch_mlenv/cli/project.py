@@ -278,3 +278,26 @@ def import_(project: Path, env: str | None, source: str | None, from_prefix: Pat
     for line in imported.unmapped:
         click.echo(f"not mapped: {line}", err=True)
     sys.stdout.flush()
+
+
+@click.command()
+@environment_arguments
+@json_option
+def outdated(reference: str | None, project: Path | None, env: str | None, as_json: bool,
+             registry_url: str | None) -> None:
+    """Locked packages with newer releases in their channels or indexes: the newest the definition
+    admits (`mlenv lock --update NAME` takes it) and the newest of all (a new bound in the
+    definition takes it). Reads the channels and indexes; changes nothing."""
+    import hatch_mlenv.outdated as newer  # lazy: rattler's gateway, for this command only
+
+    rows = [n.row() for n in newer.outdated(load_environment(reference, project, env, registry_url,
+                                                             default_policy="report"))]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo("every locked package is the newest release")
+        return
+    Printer().table(("platform", "manager", "name", "locked", "within spec", "latest"),
+                    [(r["platform"], r["manager"], r["name"], r["locked"], r["within_spec"] or "-", r["latest"])
+                     for r in rows])

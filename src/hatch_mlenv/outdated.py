@@ -1,0 +1,158 @@
+"""Which locked packages have newer releases: conda packages in the definition's channels (read
+with rattler's gateway, as a solve reads them), pip packages in its indexes (their PEP 503 pages).
+For each: the newest release the definition's own request admits (a package the definition does
+not name admits any) and the newest of all."""
+
+from __future__ import annotations
+
+import asyncio
+import html.parser
+from dataclasses import dataclass
+from typing import Any
+from urllib.error import URLError
+from urllib.request import Request, urlopen
+
+import rattler
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+import hatch_mlenv.progress as progress
+from hatch_mlenv.credentials import authorization, channel_client, redact
+from hatch_mlenv.errors import SolveError
+from hatch_mlenv.lockfile import LockedPackage
+from hatch_mlenv.pip import index_urls
+from hatch_mlenv.pypi_names import canonical
+
+
+@dataclass(frozen=True)
+class Newer:
+    platform: str
+    manager: str
+    name: str
+    locked: str
+    within: str | None  # the newest release the definition's request admits, if newer than the locked one
+    latest: str  # the newest release of all
+
+    def row(self) -> dict[str, Any]:
+        return {"platform": self.platform, "manager": self.manager, "name": self.name, "locked": self.locked,
+                "within_spec": self.within, "latest": self.latest}
+
+
+def outdated(env: Any) -> list[Newer]:
+    """The locked packages of `env` (an Environment) with a newer release, sorted by platform,
+    manager and name."""
+    spec, lock = env.spec, env.lock
+    found: list[Newer] = []
+    conda = [p for p in lock.packages if p.manager == "conda"]
+    if conda:
+        with progress.step("reading the channels' package lists"):
+            found += _conda(spec, conda)
+    pip = [p for p in lock.packages if p.manager == "pip"]
+    if pip:
+        with progress.step("reading the package indexes"):
+            found += _pip(spec, pip)
+    return sorted(found, key=lambda n: (n.platform, n.manager, n.name))
+
+
+def _conda(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
+    requested = {rattler.MatchSpec(s, strict=False).name.normalized: rattler.MatchSpec(s, strict=False)
+                 for s in spec.conda_specs}
+    fetch_urls = spec.channel_fetch_urls()
+    access = channel_client(fetch_urls)
+
+    async def query(platform: str, names: list[str]) -> list[Any]:
+        gateway = rattler.Gateway(client=access.client)
+        channels = [rattler.Channel(url) for url in access.urls]
+        batches = await gateway.query(channels, [platform, "noarch"], names, recursive=False)
+        return [record for batch in batches for record in batch]
+
+    result: list[Newer] = []
+    for platform in sorted({p.platform for p in packages}):
+        mine = [p for p in packages if p.platform == platform]
+        try:
+            records = asyncio.run(query(platform, sorted({p.name for p in mine})))
+        except Exception as exc:  # the gateway's errors: unreachable or unreadable channels
+            raise SolveError(redact(f"cannot read the channels for {platform}: {exc}", fetch_urls)) from None
+        for package in mine:
+            candidates = [r for r in records if r.name.normalized == package.name]
+            newest = _newest(candidates, package.version)
+            if newest is None:
+                continue
+            wanted = requested.get(package.name)
+            within = _newest([r for r in candidates if wanted is None or wanted.matches(r)], package.version)
+            result.append(Newer(platform, "conda", package.name, package.version,
+                                str(within.version) if within is not None else None, str(newest.version)))
+    return result
+
+
+def _newest(records: list[Any], than: str) -> Any:
+    newer = [r for r in records if r.version > rattler.Version(than)]
+    return max(newer, key=lambda r: r.version) if newer else None
+
+
+def _pip(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
+    requested: dict[str, Requirement] = {}
+    for text in spec.pip:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue  # a path or URL requirement: pinned by what it points to
+        requested[canonical(requirement.name)] = requirement
+    indexes = index_urls(spec)
+    versions = {name: _index_versions(indexes, name) for name in sorted({canonical(p.name) for p in packages})}
+    result: list[Newer] = []
+    for package in packages:
+        available = versions[canonical(package.name)]
+        try:
+            locked = Version(package.version)
+        except InvalidVersion:
+            continue
+        newer = [v for v in available if v > locked and not v.is_prerelease]
+        if not newer:
+            continue
+        wanted = requested.get(canonical(package.name))
+        within = [v for v in newer if wanted is None or wanted.specifier.contains(v)]
+        result.append(Newer(package.platform, "pip", package.name, package.version,
+                            str(max(within)) if within else None, str(max(newer))))
+    return result
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        href = dict(attrs).get("href") if tag == "a" else None
+        if href:
+            self.files.append(href.split("#", 1)[0].rsplit("/", 1)[-1])
+
+
+def _index_versions(indexes: list[str], name: str) -> set[Version]:
+    """Every release of `name` in the indexes (the simple API's HTML page, PEP 503)."""
+    versions: set[Version] = set()
+    for index in indexes:
+        url = f"{index.rstrip('/')}/{name}/"
+        request = Request(url, headers={"Accept": "text/html"})
+        header = authorization(url, indexes)
+        if header:
+            request.add_header("Authorization", header)
+        try:
+            with urlopen(request, timeout=60) as response:
+                page = response.read().decode("utf-8", "replace")
+        except URLError as exc:
+            if getattr(exc, "code", None) == 404:
+                continue  # not on this index
+            raise SolveError(redact(f"cannot read {url}: {exc}", indexes)) from None
+        except OSError as exc:
+            raise SolveError(redact(f"cannot read {url}: {exc}", indexes)) from None
+        links = _Links()
+        links.feed(page)
+        for file in links.files:
+            try:
+                version = (parse_wheel_filename(file)[1] if file.endswith(".whl") else parse_sdist_filename(file)[1])
+            except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+                continue
+            versions.add(version)
+    return versions
