@@ -221,3 +221,43 @@ def test_outdated_unreachable_index(tmp_path: Path, channel: Path) -> None:
     pyproject = root / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace(f'"{channel}"', '"http://127.0.0.1:9/nothing"'))
     assert_clean_error(mlenv("outdated", "--project", str(root)), 1, "cannot read the channels for linux-64")
+
+
+def test_lock_all(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel, '\n[tool.mlenv.envs.hello]\nconda = ["mlenv-hello ==1.1.0"]\n'
+                                      '\n[tool.mlenv.envs.old]\nconda = ["numpy ==1.25.2"]\n')
+    result = mlenv("lock", "--all", "--project", str(root), check=True)
+    assert [line.split(" for ")[0] for line in result.stdout.splitlines() if line.startswith("locked")] == [
+        "locked trainer-env", "locked trainer-env-hello", "locked trainer-env-old"]
+    assert locked(root)["numpy"] == "1.26.4"
+    assert read_lock(root / "conda-lock.hello.yml").packages and locked_file(root / "conda-lock.hello.yml")[
+        "mlenv-hello"] == "1.1.0"
+    assert locked_file(root / "conda-lock.old.yml")["numpy"] == "1.25.2"
+    assert mlenv("lock", "--check", "--all", "--project", str(root)).returncode == 0
+
+    # one environment stale: --check --all names it and fails; the others are fresh
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"numpy ==1.25.2"', '"numpy ==9.9"'))
+    result = mlenv("lock", "--check", "--all", "--project", str(root))
+    assert result.returncode == 1
+    assert "conda-lock.old.yml (old) is stale" in result.stderr
+    assert "conda-lock.yml (default) is fresh" in result.stdout
+
+    # one environment unsolvable: the others still lock, its lockfile is untouched, the exit is its error's
+    before = (root / "conda-lock.old.yml").read_bytes()
+    pyproject.write_text(pyproject.read_text().replace('"mlenv-hello ==1.1.0"', '"mlenv-hello ==1.0.0"'))
+    result = mlenv("lock", "--all", "--project", str(root))
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].endswith("conda-lock.old.yml (old): cannot solve the environment for "
+                                                   "linux-64: no numpy ==9.9 in " + channel.resolve().as_uri()
+                                                   + ", newest is 1.26.4"), errors
+    assert "Traceback" not in result.stderr
+    assert locked_file(root / "conda-lock.hello.yml")["mlenv-hello"] == "1.0.0"
+    assert (root / "conda-lock.old.yml").read_bytes() == before
+
+    assert_clean_error(mlenv("lock", "--all", "--env", "old", "--project", str(root)), 2, "--all")
+
+
+def locked_file(path: Path) -> dict[str, str]:
+    return {p.name: p.version for p in read_lock(path).packages}

@@ -12,13 +12,14 @@ import hashlib
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from hatch_mlenv._compat import preload_conda_lock_models
 from hatch_mlenv._version import __version__
-from hatch_mlenv.errors import ConfigError, LockfileError, StaleLockError, UsageError
+from hatch_mlenv.errors import ConfigError, LockfileError, MlenvError, StaleLockError, UsageError
 from hatch_mlenv.lockfile import (
     META_BASE_DOCKERFILE,
     META_BASE_IMAGE,
@@ -42,7 +43,15 @@ from hatch_mlenv.lockfile import (
 )
 from hatch_mlenv.paths import cache_dir
 from hatch_mlenv.pypi_names import canonical
-from hatch_mlenv.spec import LOCK_POLICIES, Spec, current_platform, public_variables
+from hatch_mlenv.spec import (
+    LOCK_POLICIES,
+    PYPROJECT,
+    Spec,
+    current_platform,
+    environment_names,
+    load_spec,
+    public_variables,
+)
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,35 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
     written = parse_lock(text, spec.lockfile)
     _write_stamp(spec, written)
     return LockOutcome(status, written.digest(), written, reason)
+
+
+def all_specs(project: Path) -> list[Spec]:
+    """The default environment and every named one of `project` (`lock --all`)."""
+    pyproject = project.resolve() / PYPROJECT
+    first = load_spec(project)
+    return [first] + [load_spec(project, name) for name in environment_names(pyproject)]
+
+
+def lock_each(specs: Sequence[Spec], *, force: bool = False) -> list[LockOutcome | MlenvError]:
+    """`lock()` of each spec, in their order; specs with different lockfiles are solved at the same
+    time (threads: the solves wait on rattler, uv and the network), specs sharing one lockfile one
+    after the other. A spec that fails gives its error in its place; the others still lock."""
+    groups: dict[Path, list[int]] = {}
+    for index, spec in enumerate(specs):
+        groups.setdefault(spec.lockfile, []).append(index)
+    results: list[LockOutcome | MlenvError | None] = [None] * len(specs)
+
+    def run(indexes: list[int]) -> None:
+        for index in indexes:
+            try:
+                results[index] = lock(specs[index], force=force)
+            except MlenvError as exc:
+                results[index] = exc
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(groups), os.cpu_count() or 1, 4))) as pool:
+        for future in [pool.submit(run, indexes) for indexes in groups.values()]:
+            future.result()
+    return [r for r in results if r is not None]
 
 
 # -- the stale-lock policy of every command that uses a project's lock ------------------------
