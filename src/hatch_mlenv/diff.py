@@ -93,19 +93,40 @@ def change_rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 
 def other_lines(result: dict[str, Any]) -> list[str]:
-    """Everything but the packages, one line each: variables, platforms, base image and
-    Dockerfile, definition keys."""
-    lines = [f"variable {kind}: {key} {value}" for kind, items in result["variables"].items() for key, value in items.items()]
+    """Everything but the packages, one line each, in one format: `KIND KEY: + VALUE` (added),
+    `- VALUE` (removed), `OLD → NEW` (changed); a list that changed gives its added and removed
+    items. Variables are said once: from the definitions when both sides have one (secrets as
+    `{"secret": true}`), else from the locks."""
+    lines: list[str] = []
+    definition = result["definition"]
+    if definition is None:
+        for kind, items in result["variables"].items():
+            for key, value in items.items():
+                lines += _change("variable", key, kind, value)
     lines += [f"platform {kind}: {platform}" for kind in ("added", "removed") for platform in result["platforms"][kind]]
     if result["base_image"]:
         lines.append(f"base image: {result['base_image'][0]} → {result['base_image'][1]}")
     if result["base_dockerfile"]:
         lines.append("base Dockerfile: sha256 {} → {}".format(*(d[:12] if d else "none" for d in result["base_dockerfile"])))
-    for kind, items in (result["definition"] or {}).items():
+    for kind, items in (definition or {}).items():
         for key, value in items.items():
-            shown = f"{json.dumps(value[0])} → {json.dumps(value[1])}" if kind == "changed" else json.dumps(value)
-            lines.append(f"definition {kind}: {key} {shown}")
+            if key.startswith("variables."):
+                lines += _change("variable", key[len("variables."):], kind, value)
+            else:
+                lines += _change("definition", key, kind, value)
     return lines
+
+
+def _change(what: str, key: str, kind: str, value: Any) -> list[str]:
+    if kind == "added":
+        return [f"{what} {key}: + {json.dumps(value)}"]
+    if kind == "removed":
+        return [f"{what} {key}: - {json.dumps(value)}"]
+    old, new = value
+    if isinstance(old, list) and isinstance(new, list):
+        return ([f"{what} {key}: - {json.dumps(item)}" for item in old if item not in new]
+                + [f"{what} {key}: + {json.dumps(item)}" for item in new if item not in old])
+    return [f"{what} {key}: {json.dumps(old)} → {json.dumps(new)}"]
 
 
 def same(result: dict[str, Any]) -> bool:
