@@ -126,7 +126,7 @@ def isolated_registry(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     home = tmp_path_factory.mktemp("mlenv-home")
     monkeypatch.setenv("MLENV_HOME", str(home))
     monkeypatch.setenv("MLENV_PROGRESS", "1")
-    for name in ("MLENV_REGISTRY", "MLENV_REGISTRY_USERNAME", "MLENV_REGISTRY_PASSWORD", "MLENV_QUIET"):
+    for name in ("MLENV_REGISTRY", "MLENV_CONFIG", "MLENV_REGISTRY_USERNAME", "MLENV_REGISTRY_PASSWORD", "MLENV_QUIET"):
         monkeypatch.delenv(name, raising=False)
     return home
 

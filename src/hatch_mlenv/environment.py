@@ -194,7 +194,7 @@ class Environment:
 def _from_registry(text: str, ref: Any, url: str | None) -> Environment:
     """A registered version, checked against its digest, as a self-contained project in the user
     data directory (`versions/NAME-DIGEST12/`: its definition as pyproject.toml, its lock)."""
-    url = select_url(url, configured_registry())
+    url = select_url(ref.registry or url, configured_registry())  # a reference naming its registry wins
     if url == "local" or url.startswith("sqlite://"):  # reading creates no database where there is none
         from hatch_mlenv.errors import NotFoundError
         from hatch_mlenv.registry.local import database_path

@@ -27,3 +27,17 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_path
 
     return user_cache_path("hatch-mlenv", appauthor=False)
+
+
+def config_file() -> Path:
+    """The user's settings (named registries, the default one): `$MLENV_CONFIG`, else
+    `$MLENV_HOME/config.toml`, else `config.toml` in the user config directory."""
+    configured = os.environ.get("MLENV_CONFIG")
+    if configured:
+        return Path(configured)
+    home = os.environ.get(ENV_HOME)
+    if home:
+        return Path(home) / "config.toml"
+    from platformdirs import user_config_path
+
+    return user_config_path("hatch-mlenv", appauthor=False) / "config.toml"

@@ -1,5 +1,8 @@
 """References to registered versions: `NAME`, `NAME:VERSION`, `NAME@LABEL`, and the name and label rules.
 
+A reference may carry its registry, so that one string names a version on any machine:
+`oci://HOST[:PORT]/NAMESPACE/NAME:VERSION` (or `@LABEL`), `sqlite:///PATH#NAME:VERSION`, and
+`REGISTRY:NAME@LABEL` for a registry named in the user's config file (`mlenv registry add`).
 Low in the package: every command that takes a reference parses it here.
 """
 
@@ -10,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from hatch_mlenv.errors import UsageError
+from hatch_mlenv.userconfig import is_registry_name, resolve
 
 LATEST = "latest"
 MAX_VERSION = 2**31 - 1  # version numbers are SQLite integers and OCI tags: keep them in range
@@ -29,15 +33,55 @@ class Reference:
     name: str
     version: int | None = None
     label: str | None = None
+    registry: str | None = None  # the registry the string named (a URL or a configured name), if any
 
     def __str__(self) -> str:
-        if self.version is not None:
-            return f"{self.name}:{self.version}"
-        return f"{self.name}@{self.label or LATEST}"
+        bare = f"{self.name}:{self.version}" if self.version is not None else f"{self.name}@{self.label or LATEST}"
+        if self.registry is None:
+            return bare
+        if self.registry.startswith("oci://"):
+            return f"{self.registry}/{bare}"
+        if self.registry.startswith("sqlite://") or self.registry == "local":
+            return f"{self.registry}#{bare}"
+        return f"{self.registry}:{bare}"
 
 
 def parse_reference(text: str, *, require_version: bool = False) -> Reference:
-    shown = f"{text[:60]!r}..." if len(text) > 60 else repr(text)
+    """`NAME`, `NAME:VERSION`, `NAME@LABEL`, each optionally with its registry in front."""
+    registry, bare = split_registry(text)
+    try:
+        ref = _parse_bare(bare, text, require_version)
+    except UsageError:
+        head, colon, rest = text.partition(":")
+        if registry is None and colon and _REF_RE.fullmatch(rest):  # REGISTRY:NAME... with an unknown REGISTRY
+            resolve(head)  # says which registries there are
+        raise
+    return ref if registry is None else Reference(ref.name, ref.version, ref.label, registry)
+
+
+def split_registry(text: str) -> tuple[str | None, str]:
+    """(registry, the rest) of a one-string reference; (None, text) when it names none.
+    `X:DIGITS` is always NAME:VERSION, whatever registries are configured."""
+    if text.startswith("oci://"):
+        location, _, bare = text.rpartition("/")
+        if location.count("/") < 3 or not bare:
+            raise UsageError(f"malformed reference {text[:120]!r}: an OCI reference is "
+                             "oci://HOST[:PORT]/NAMESPACE/NAME[:VERSION|@LABEL]")
+        return location, bare
+    if text.startswith("sqlite://") or text.startswith("local#"):
+        location, hash_, bare = text.partition("#")
+        if not hash_ or not bare:
+            raise UsageError(f"malformed reference {text[:120]!r}: a registry file's reference is "
+                             "sqlite:///PATH#NAME[:VERSION|@LABEL]")
+        return location, bare
+    head, colon, rest = text.partition(":")
+    if colon and rest and not _VERSION_RE.fullmatch(rest) and is_registry_name(head):
+        return head, rest
+    return None, text
+
+
+def _parse_bare(text: str, whole: str, require_version: bool) -> Reference:
+    shown = f"{whole[:60]!r}..." if len(whole) > 60 else repr(whole)
     if any(character.isspace() for character in text):
         raise UsageError(f"malformed reference {shown}: a reference has no spaces "
                          "(use NAME, NAME:VERSION or NAME@LABEL)")
@@ -48,7 +92,7 @@ def parse_reference(text: str, *, require_version: bool = False) -> Reference:
     version = match["version"]
     if version is not None:
         if not _VERSION_RE.fullmatch(version) or not 1 <= int(version) <= MAX_VERSION:
-            raise UsageError(f"malformed reference {text[:120]!r}: the version must be an integer from 1 to "
+            raise UsageError(f"malformed reference {whole[:120]!r}: the version must be an integer from 1 to "
                              f"{MAX_VERSION}, in ASCII digits")
         return Reference(match["name"], int(version))
     if require_version:
@@ -117,6 +161,8 @@ def parse_target(text: str) -> Target:
                          "NAME, NAME:VERSION or NAME@LABEL")
     if os.path.exists(text):
         return Target(text, path=text)
+    if text.startswith(("oci://", "sqlite://", "local#")):
+        return Target(text, reference=parse_reference(text))
     if _PATH_HINT.search(text):
         if ":" in text or "@" in text:
             raise UsageError(f"malformed reference {text[:120]!r}: a name has no '/' and no leading '.'; "

@@ -42,6 +42,7 @@ COMMANDS = {
     "pack": "use:pack",
     "ray-env": "serving:ray_env",
     "register": "versions:register",
+    "registry": "versions:registry_",
     "remove": "edit:remove",
     "restore": "versions:restore",
     "run": "use:run",

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 import hatch_mlenv.curated as catalog
+import hatch_mlenv.userconfig as userconfig
 from hatch_mlenv.cli._common import (
     Printer,
     display,
@@ -108,7 +109,7 @@ def history(name: str, registry_url: str | None, as_json: bool) -> None:
 def get(reference: str, output: Path | None, registry_url: str | None, as_json: bool) -> None:
     """Write the lockfile and manifest of NAME[:VERSION|@LABEL]."""
     ref = parse_reference(reference)
-    version = selected_registry(registry_url).get(ref)
+    version = selected_registry(ref.registry or registry_url).get(ref)
     target = output or Path(f"{version.name}-v{version.version}")
     atomic_write(target / "conda-lock.yml", version.lockfile)
     atomic_write(target / "mlenv.json", json.dumps(version.manifest_with_version(), indent=2, sort_keys=True) + "\n")
@@ -127,7 +128,7 @@ def label(reference: str, label: str, registry_url: str | None, as_json: bool) -
     """Point LABEL at NAME:VERSION (labels move; versions never change; `latest` moves only by registering)."""
     ref = parse_reference(reference, require_version=True)
     check_movable_label(label)  # for every backend, before any registry is opened
-    version = selected_registry(registry_url).label(ref.name, ref.version, label)
+    version = selected_registry(ref.registry or registry_url).label(ref.name, ref.version, label)
     if as_json:
         print_json(version.summary() | {"label": label})
         return
@@ -155,7 +156,7 @@ def restore(reference: str, registry_url: str | None, as_json: bool) -> None:
 def _set_archived(reference: str, registry_url: str | None, archived: bool, as_json: bool) -> None:
 
     ref = parse_reference(reference, require_version=True)
-    version = selected_registry(registry_url).set_archived(ref.name, ref.version, archived)
+    version = selected_registry(ref.registry or registry_url).set_archived(ref.name, ref.version, archived)
     if as_json:
         print_json(version.summary())
         return
@@ -217,3 +218,41 @@ def curated_show(name: str) -> None:
         raise UsageError(f"unknown curated environment {name!r}{did_you_mean(name, catalog.names(), known=True)}")
     click.echo(f"# extends = \"curated:{name}\"")
     click.echo(catalog.path(name).read_text(), nl=False)
+
+
+@click.group(name="registry")
+def registry_() -> None:
+    """Registries by name, in the user config file: `team:train@prod` then names a version there."""
+
+
+@registry_.command(name="add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--default", is_flag=True, help="Make it the registry every command uses when none is given.")
+def registry_add(name: str, url: str, default: bool) -> None:
+    """Name the registry at URL (oci://HOST[:PORT]/NAMESPACE, sqlite:///PATH or local)."""
+    path = userconfig.add_registry(name, url, default=default)
+    click.echo(f"{name} = {url}{' (the default)' if default else ''} in {display(path)}")
+
+
+@registry_.command(name="remove")
+@click.argument("name")
+def registry_remove(name: str) -> None:
+    """Forget the name (the registry itself is untouched)."""
+    path = userconfig.remove_registry(name)
+    click.echo(f"removed {name} from {display(path)}")
+
+
+@registry_.command(name="list")
+@json_option
+def registry_list(as_json: bool) -> None:
+    """The named registries and the default."""
+    settings = userconfig.read()
+    if as_json:
+        print_json(settings | {"config": str(userconfig.config_path())})
+        return
+    rows = [(name, url, "default" if settings["registry"] == name else "")
+            for name, url in sorted(settings["registries"].items())]
+    if settings["registry"] and settings["registry"] not in settings["registries"]:
+        rows.append(("(default)", settings["registry"], "default"))
+    Printer().table(("name", "url", ""), rows)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import hatch_mlenv.userconfig as userconfig
 from hatch_mlenv.errors import RegistryError, StaleLockError, UsageError
 from hatch_mlenv.image import image_reference_for
 from hatch_mlenv.lock import staleness, stamped_digest
@@ -51,8 +52,10 @@ ENV_REGISTRY = "MLENV_REGISTRY"
 
 
 def select_url(option: str | None, configured: str | None = None) -> str:
-    """`--registry URL`, then `MLENV_REGISTRY`, then `registry = ...` in [tool.mlenv], then `local`."""
-    return option or os.environ.get(ENV_REGISTRY) or configured or "local"
+    """`--registry URL`, then `MLENV_REGISTRY`, then `registry = ...` in [tool.mlenv], then the
+    user config file's default, then `local`; a name from the user config file as its URL."""
+    return userconfig.resolve(option or os.environ.get(ENV_REGISTRY) or configured or userconfig.default_registry()
+                              or "local")
 
 
 def open_registry(url: str) -> Registry:
