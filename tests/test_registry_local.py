@@ -65,7 +65,7 @@ def test_register_is_idempotent_and_versions_grow(project: Path) -> None:
 
     listing = json.loads(mlenv("list", "--json", check=True).stdout)
     assert listing == [
-        {"name": "demo", "latest": 2, "versions": 2, "labels": {"latest": 2, "staging": 2},
+        {"name": "demo", "latest": 2, "versions": 2, "archived": 0, "labels": {"latest": 2, "staging": 2},
          "dangling_labels": {}, "description": "fraud model, v2 text"}
     ]
 

@@ -51,7 +51,8 @@ def test_register_get_history_labels_archive(oci: str, shared_data: Path, tmp_pa
 
     listing = json.loads(mlenv("list", "--json", check=True).stdout)
     assert listing == [{"name": "numpy-env", "latest": 2, "versions": 2,
-                        "labels": {"latest": 2, "prod": 2, "staging": 1}, "dangling_labels": {}, "description": None}]
+                        "archived": 0, "labels": {"latest": 2, "prod": 2, "staging": 1}, "dangling_labels": {},
+                        "description": None}]
     mlenv("archive", "numpy-env:1", check=True)
     assert json.loads(mlenv("list", "--json", check=True).stdout)[0]["versions"] == 1
     mlenv("get", "numpy-env:1", "-o", str(tmp_path / "archived"), check=True)

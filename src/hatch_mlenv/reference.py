@@ -53,8 +53,8 @@ def parse_reference(text: str, *, require_version: bool = False) -> Reference:
         ref = _parse_bare(bare, text, require_version)
     except UsageError:
         head, colon, rest = text.partition(":")
-        if registry is None and colon and _REF_RE.fullmatch(rest):  # REGISTRY:NAME... with an unknown REGISTRY
-            resolve(head)  # says which registries there are
+        if registry is None and colon and ("@" in rest or ":" in rest) and _is_reference(rest):
+            resolve(head)  # REGISTRY:NAME@LABEL with an unknown REGISTRY: say which registries there are
         raise
     return ref if registry is None else Reference(ref.name, ref.version, ref.label, registry)
 
@@ -78,6 +78,14 @@ def split_registry(text: str) -> tuple[str | None, str]:
     if colon and rest and not _VERSION_RE.fullmatch(rest) and is_registry_name(head):
         return head, rest
     return None, text
+
+
+def _is_reference(text: str) -> bool:
+    try:
+        _parse_bare(text, text, False)
+    except UsageError:
+        return False
+    return True
 
 
 def _parse_bare(text: str, whole: str, require_version: bool) -> Reference:

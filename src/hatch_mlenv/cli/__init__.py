@@ -24,6 +24,7 @@ from hatch_mlenv.errors import EXIT_FAILURE, EXIT_USAGE, MlenvError
 COMMANDS = {
     "add": "edit:add",
     "archive": "versions:archive",
+    "copy": "versions:copy",
     "curated": "versions:curated",
     "diff": "project:diff",
     "doctor": "use:doctor",

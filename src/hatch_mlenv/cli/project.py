@@ -61,7 +61,8 @@ def lock(project: Path, env: str | None, every: bool, check: bool, update: tuple
     if check:
         reasons = [locking.staleness(spec) for spec in specs]
         if as_json:
-            rows = [_lock_report(spec, "fresh" if r is None else "stale", None, r) for spec, r in zip(specs, reasons)]
+            rows = [_lock_report(spec, "fresh" if r is None else "stale", None, r, every)
+                    for spec, r in zip(specs, reasons)]
             print_json(rows if every else rows[0])
         else:
             for spec, reason in zip(specs, reasons):
@@ -83,8 +84,8 @@ def lock(project: Path, env: str | None, every: bool, check: bool, update: tuple
     results = locking.lock_each(specs, force=force)
     failures = [(spec, r) for spec, r in zip(specs, results) if isinstance(r, MlenvError)]
     if as_json:
-        print_json([_lock_report(spec, "failed", None, str(r)) if isinstance(r, MlenvError)
-                    else _lock_report(spec, r.status, r.digest) for spec, r in zip(specs, results)])
+        print_json([_lock_report(spec, "failed", None, str(r), True) if isinstance(r, MlenvError)
+                    else _lock_report(spec, r.status, r.digest, None, True) for spec, r in zip(specs, results)])
     else:
         for spec, result in zip(specs, results):
             if not isinstance(result, MlenvError):
@@ -101,9 +102,11 @@ def _env_label(spec: Any, every: bool) -> str:
     return f"{name} ({spec.env or 'default'})" if every else name
 
 
-def _lock_report(spec: Any, status: str, digest: str | None, reason: str | None = None) -> dict[str, Any]:
-    return {"name": spec.name, "env": spec.env, "lockfile": str(spec.lockfile), "status": status,
-            "digest": f"sha256:{digest}" if digest else None, "platforms": sorted(spec.platforms), "reason": reason}
+def _lock_report(spec: Any, status: str, digest: str | None, reason: str | None = None,
+                 every: bool = False) -> dict[str, Any]:
+    report = {"name": spec.name, "lockfile": str(spec.lockfile), "status": status,
+              "digest": f"sha256:{digest}" if digest else None, "platforms": sorted(spec.platforms), "reason": reason}
+    return report | {"env": spec.env} if every else report
 
 
 def print_outcome(spec: Any, outcome: locking.LockOutcome) -> None:

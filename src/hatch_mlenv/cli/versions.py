@@ -25,7 +25,7 @@ from hatch_mlenv.errors import UsageError, did_you_mean
 from hatch_mlenv.gc import collect
 from hatch_mlenv.lockfile import atomic_write
 from hatch_mlenv.reference import check_movable_label, check_name, parse_reference
-from hatch_mlenv.registry import register_environment, register_lockfile
+from hatch_mlenv.registry import copy_version, register_environment, register_lockfile
 
 
 @click.command()
@@ -69,8 +69,8 @@ def list_(include_archived: bool, registry_url: str | None, as_json: bool) -> No
     if as_json:
         print_json([s.as_dict() for s in summaries])
         return
-    rows = [(s.name, str(s.latest or "-"), str(s.versions), ", ".join(f"{k}→{v}" for k, v in sorted(s.labels.items())))
-            for s in summaries]
+    rows = [(s.name, str(s.latest or "-"), f"{s.versions} ({s.archived} archived)" if s.archived else str(s.versions),
+             ", ".join(f"{k}→{v}" for k, v in sorted(s.labels.items()))) for s in summaries]
     Printer().table(("name", "latest", "versions", "labels"), rows)
 
 
@@ -121,11 +121,28 @@ def get(reference: str, output: Path | None, registry_url: str | None, as_json: 
 
 @click.command()
 @click.argument("reference")
-@click.argument("label")
+@click.argument("label", required=False)
+@click.option("--delete", is_flag=True, help="Remove the label NAME@LABEL (never `latest`); its version stays.")
 @registry_option
 @json_option
-def label(reference: str, label: str, registry_url: str | None, as_json: bool) -> None:
-    """Point LABEL at NAME:VERSION (labels move; versions never change; `latest` moves only by registering)."""
+def label(reference: str, label: str | None, delete: bool, registry_url: str | None, as_json: bool) -> None:
+    """Point LABEL at NAME:VERSION (labels move; versions never change; `latest` moves only by registering);
+    with --delete, remove NAME@LABEL."""
+    if delete:
+        if label is not None:
+            raise click.UsageError("--delete takes one NAME@LABEL")
+        ref = parse_reference(reference)
+        if ref.label is None:
+            raise click.UsageError(f"--delete takes NAME@LABEL, not {reference!r}")
+        check_movable_label(ref.label)
+        number = selected_registry(ref.registry or registry_url).unlabel(ref.name, ref.label)
+        if as_json:
+            print_json({"name": ref.name, "label": ref.label, "deleted": True, "version": number})
+            return
+        click.echo(f"{ref.name}@{ref.label} deleted (it pointed at {ref.name}:{number})")
+        return
+    if label is None:
+        raise click.UsageError("give NAME:VERSION LABEL (or --delete NAME@LABEL)")
     ref = parse_reference(reference, require_version=True)
     check_movable_label(label)  # for every backend, before any registry is opened
     version = selected_registry(ref.registry or registry_url).label(ref.name, ref.version, label)
@@ -133,6 +150,26 @@ def label(reference: str, label: str, registry_url: str | None, as_json: bool) -
         print_json(version.summary() | {"label": label})
         return
     click.echo(f"{ref.name}@{label} -> {version.ref}")
+
+
+@click.command()
+@click.argument("reference")
+@click.argument("destination")
+@click.option("--labels", "with_labels", is_flag=True, help="Also point the version's labels (but latest) at the copy.")
+@registry_option
+@json_option
+def copy(reference: str, destination: str, with_labels: bool, registry_url: str | None, as_json: bool) -> None:
+    """Copy a registered version (REF: NAME:VERSION, NAME@LABEL, with or without its registry) into
+    the registry DESTINATION (a URL or a registry name), with its definition, provenance and digest."""
+    ref = parse_reference(reference)
+    registration = copy_version(selected_registry(ref.registry or registry_url), ref,
+                                selected_registry(destination), labels=with_labels)
+    version = registration.version
+    if as_json:
+        print_json(version.summary() | {"created": registration.created, "registry": destination})
+        return
+    said = "new" if registration.created else "existing, nothing created"
+    click.echo(f"{version.ref} sha256:{version.digest} in {destination} ({said})")
 
 
 @click.command()

@@ -44,7 +44,8 @@ from hatch_mlenv.registry.base import (
 
 __all__ = [
     "LATEST", "MAX_VERSION", "ENV_REGISTRY", "Backend", "EnvironmentSummary", "Reference", "Registration", "Registry",
-    "Version", "check_entry", "check_label", "entry_hash", "git_state", "open_registry", "parse_reference",
+    "Version", "check_entry", "check_label", "copy_version", "entry_hash", "git_state", "open_registry",
+    "parse_reference",
     "provenance", "register_environment", "register_lockfile", "select_url", "verify",
 ]
 
@@ -117,6 +118,22 @@ def describe(env: Any) -> dict[str, Any]:
     except RegistryError as exc:  # show what is known locally; say why the version is not
         data |= {"registry": None, "version": None, "registry_error": str(exc)}
     return data
+
+
+def copy_version(source: Registry, ref: Reference, destination: Registry, *, labels: bool = False) -> Registration:
+    """`ref` of `source` registered in `destination` (verified on the way: entry hash and digest)
+    with its definition, its provenance and, under `copied_from`, where it was first registered
+    (registry, version, time); a copy of a copy keeps the first origin. The same digest copied
+    again creates nothing; `latest` moves only if the version is not older than the one it names;
+    with `labels`, its labels but `latest` follow it."""
+    if source.url == destination.url:
+        raise UsageError(f"{ref} is already in {destination.url}: copy to another registry")
+    version = source.get(ref)
+    origin = version.provenance.get("copied_from") or {
+        "registry": source.url, "version": version.version, "time": version.provenance.get("time")}
+    moved = tuple(label for label in version.labels if label != LATEST) if labels else ()
+    return destination.register(version.name, version.lockfile, version.manifest,
+                                version.provenance | {"copied_from": origin}, labels=moved)
 
 
 def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tuple[str, ...] = ()) -> Registration:

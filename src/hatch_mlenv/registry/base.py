@@ -59,12 +59,14 @@ class EnvironmentSummary:
     description: str | None = None
     # Labels whose version is not in the registry: a damaged registry, reported, never followed.
     dangling: dict[str, int] = field(default_factory=dict)
+    archived: int = 0  # how many of its versions are archived (counted in `versions` only with --all)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "latest": self.latest,
             "versions": self.versions,
+            "archived": self.archived,
             "labels": dict(sorted(self.labels.items())),
             "dangling_labels": dict(sorted(self.dangling.items())),
             "description": self.description,
@@ -105,6 +107,9 @@ class Registry(Protocol):
 
     def label(self, name: str, version: int, label: str) -> Version: ...
 
+    def unlabel(self, name: str, label: str) -> int:
+        """Remove `label` (never `latest`); returns the version it pointed at."""
+
     def set_archived(self, name: str, version: int, archived: bool) -> Version: ...
 
     def dangling_labels(self, name: str) -> dict[str, int]:
@@ -133,6 +138,21 @@ class Backend(Protocol):
     def handles(self, url: str) -> bool: ...
 
     def open(self, url: str) -> Registry: ...
+
+
+def takes_latest(provenance: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    """Whether a new version moves `latest`: unless it was registered before the version `latest`
+    names (a copy of an older version keeps its original time: `mlenv copy`). ISO times in UTC."""
+    if current is None:
+        return True
+    new, old = provenance.get("time"), current.get("time")
+    if not (isinstance(new, str) and isinstance(old, str)) or new != old:
+        return not (isinstance(new, str) and isinstance(old, str) and new < old)
+    # the same second: two copies from one registry keep that registry's order
+    new_origin, old_origin = provenance.get("copied_from") or {}, current.get("copied_from") or {}
+    if new_origin.get("registry") and new_origin.get("registry") == old_origin.get("registry"):
+        return (new_origin.get("version") or 0) > (old_origin.get("version") or 0)
+    return True
 
 
 def entry_hash(name: str, number: int, lockfile: str, manifest: dict[str, Any], provenance: dict[str, Any]) -> str:

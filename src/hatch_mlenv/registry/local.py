@@ -27,6 +27,7 @@ from hatch_mlenv.registry.base import (
     Version,
     check_entry,
     entry_hash,
+    takes_latest,
     verify,
 )
 
@@ -278,7 +279,11 @@ class LocalRegistry:
                     (name, number, digest, lockfile, json.dumps(manifest, sort_keys=True),
                      json.dumps(provenance, sort_keys=True), entry_hash(name, number, lockfile, manifest, provenance)),
                 )
-                self._set_label(db, name, LATEST, number)
+                current = db.execute(
+                    "SELECT v.provenance FROM labels l JOIN versions v ON v.name = l.name AND v.version = l.version "
+                    "WHERE l.name = ? AND l.label = ?", (name, LATEST)).fetchone()
+                if takes_latest(provenance, json.loads(current[0]) if current else None):
+                    self._set_label(db, name, LATEST, number)
             else:
                 number = row[0]
                 # an existing entry is only answered (and labelled) when it is whole: a damaged
@@ -420,6 +425,8 @@ class LocalRegistry:
                 f"SELECT name, COUNT(*), MAX(version) FROM versions WHERE 1 {archived} GROUP BY name"
             )
         }
+        archived_counts = dict(self._db.execute(
+            "SELECT name, COUNT(*) FROM versions WHERE archived = 1 GROUP BY name").fetchall())
         labels: dict[str, dict[str, int]] = {}
         dangling: dict[str, dict[str, int]] = {}
         # each label's version looked up by primary key: no pass over every version's row
@@ -435,8 +442,18 @@ class LocalRegistry:
                 continue
             env_labels = labels.get(name, {})
             result.append(EnvironmentSummary(name, env_labels.get(LATEST), count, env_labels, description,
-                                             dangling.get(name, {})))
+                                             dangling.get(name, {}), archived_counts.get(name, 0)))
         return result
+
+    def unlabel(self, name: str, label: str) -> int:
+        check_movable_label(label)
+        with self._damage_reported(), self._transaction() as db:
+            row = db.execute("SELECT version FROM labels WHERE name = ? AND label = ?", (name, label)).fetchone()
+            if row is None:
+                self._require_name(name)
+                raise NotFoundError(f"{name} has no label {label!r}")
+            db.execute("DELETE FROM labels WHERE name = ? AND label = ?", (name, label))
+        return row[0]
 
     def label(self, name: str, version: int, label: str) -> Version:
         """Point `label` at a sound version; `latest` is refused (registration alone moves it)."""

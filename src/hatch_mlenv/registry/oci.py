@@ -47,9 +47,10 @@ from hatch_mlenv.errors import NotFoundError, RegistryError, UsageError
 from hatch_mlenv.hookspecs import hookimpl
 from hatch_mlenv.lockfile import parse_lock
 from hatch_mlenv.reference import LATEST, Reference, check_label
-from hatch_mlenv.registry.base import EnvironmentSummary, Registration, Version, entry_hash, verify
+from hatch_mlenv.registry.base import EnvironmentSummary, Registration, Version, entry_hash, takes_latest, verify
 
 ARTIFACT_TYPE = "application/vnd.mlenv.environment.v1"
+DELETED_LABEL_ARTIFACT_TYPE = "application/vnd.mlenv.deleted-label.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.mlenv.environment.config.v1+json"
 LOCKFILE_MEDIA_TYPE = "application/vnd.mlenv.lockfile.v1+yaml"
 MANIFEST_MEDIA_TYPE = "application/vnd.mlenv.manifest.v1+json"
@@ -395,7 +396,9 @@ class OciRegistry:
                 )
                 self._put_manifest(repo, f"v{number}", body)
                 self._put_manifest(repo, f"digest-{digest}", body)
-                self._put_manifest(repo, LATEST, body)
+                current = self._manifest(repo, LATEST) if LATEST in tags else None
+                if takes_latest(provenance, self._provenance(repo, current[1]) if current else None):
+                    self._put_manifest(repo, LATEST, body)
                 created = True
             for label in labels:
                 self._put_manifest(repo, label, body)
@@ -435,6 +438,12 @@ class OciRegistry:
         return Version(name, number, config["digest"], lockfile, env_manifest, config.get("provenance", {}),
                        labels, archived, config.get("entry_hash"))
 
+    def _provenance(self, repo: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._blob(repo, manifest["config"]["digest"])).get("provenance") or {}
+        except (KeyError, ValueError, TypeError):
+            return None  # not a version (a damaged tag): the new version takes `latest`
+
     def _labels_of(self, repo: str, body: bytes) -> list[str]:
         wanted = "sha256:" + hashlib.sha256(body).hexdigest()
         result = []
@@ -464,6 +473,8 @@ class OciRegistry:
             self._require(ref.name)
             raise NotFoundError(f"{ref.name} has no label {label!r}")
         number = int(found[1].get("annotations", {}).get("io.mlenv.version", 0))
+        if not number:  # a deleted label's tombstone
+            raise NotFoundError(f"{ref.name} has no label {label!r}")
         return verify(self._version(ref.name, number))
 
     def find_digest(self, name: str, digest: str) -> int | None:
@@ -527,7 +538,8 @@ class OciRegistry:
                     if number is not None:
                         labels[tag] = number
             name = self._name_of(repo, max(numbers))
-            result.append(EnvironmentSummary(name, labels.get(LATEST), len(visible), labels, index.get("description")))
+            result.append(EnvironmentSummary(name, labels.get(LATEST), len(visible), labels, index.get("description"),
+                                             archived=len([n for n in numbers if n in archived])))
         return result
 
     def _name_of(self, repo: str, number: int) -> str:
@@ -543,6 +555,23 @@ class OciRegistry:
             raise NotFoundError(f"{name} has no version {version}")
         self._put_manifest(repo, label, found[0])
         return self._version(name, version)
+
+    def unlabel(self, name: str, label: str) -> int:
+        """Distribution 2.x cannot delete one tag of a manifest (only the manifest, with every tag):
+        the tag is pointed at a small tombstone artifact instead, which no reader takes for a
+        version (`get` says there is no such label; listings leave it out)."""
+        self._check_label(label)
+        repo = self.target.repository(name)
+        found = self._manifest(repo, label)
+        number = int((found[1].get("annotations") or {}).get("io.mlenv.version", 0)) if found else 0
+        if not number:
+            self._require(name)
+            raise NotFoundError(f"{name} has no label {label!r}")
+        body = self._artifact(repo, DELETED_LABEL_ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, b"{}",
+                              [("deleted", "application/vnd.mlenv.deleted-label.v1", label.encode())],
+                              {"io.mlenv.deleted-label": label})
+        self._put_manifest(repo, label, body)
+        return number
 
     def set_archived(self, name: str, version: int, archived: bool) -> Version:
         repo = self.target.repository(name)
