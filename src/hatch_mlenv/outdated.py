@@ -18,6 +18,7 @@ from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sd
 from packaging.version import InvalidVersion, Version
 
 import hatch_mlenv.progress as progress
+from hatch_mlenv._compat import settle_rattler_at_exit
 from hatch_mlenv.credentials import authorization, channel_client, redact
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.lockfile import LockedPackage
@@ -58,6 +59,7 @@ def outdated(env: Any) -> list[Newer]:
 def _conda(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
     requested = {rattler.MatchSpec(s, strict=False).name.normalized: rattler.MatchSpec(s, strict=False)
                  for s in spec.conda_specs}
+    settle_rattler_at_exit()  # its runtime threads abort the interpreter's exit otherwise
     fetch_urls = spec.channel_fetch_urls()
     access = channel_client(fetch_urls)
 
