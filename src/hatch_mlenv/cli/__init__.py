@@ -78,6 +78,9 @@ class Group(click.Group):
             _fail(f"{exc.format_message()} (see `{command} --help`)", EXIT_USAGE)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # `mlenv show --packages | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+            sys.exit(141)  # 128 + SIGPIPE, as a shell tool that the pipe closed on
         except OSError as exc:  # the file system said no: name the path and what to do
             _fail(_os_error(exc), EXIT_FAILURE)
         except Exception as exc:  # a bug of ours: one line, the traceback only on request
