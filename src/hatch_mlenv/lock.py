@@ -413,9 +413,15 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
     if spec.pip:
         from hatch_mlenv.pip import resolve_pip  # lazy: only a solve needs the pip step (uv)
 
-        for platform in spec.platforms:
-            pip_preferred = [p for p in preferred if p.manager == "pip"]
-            packages.extend(resolve_pip(spec, platform, conda[platform], pip_preferred, update))
+        pip_preferred = [p for p in preferred if p.manager == "pip"]
+
+        def resolve(platform: str) -> list[LockedPackage]:
+            return resolve_pip(spec, platform, conda[platform], pip_preferred, update)
+
+        # one uv process per platform, at the same time: each waits on the index and its own uv
+        with ThreadPoolExecutor(max_workers=max(1, min(len(spec.platforms), 4))) as pool:
+            for resolved in pool.map(resolve, spec.platforms):  # in the spec's order, whatever finishes first
+                packages.extend(resolved)
     return packages
 
 
