@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -221,6 +220,7 @@ def lock_each(specs: Sequence[Spec], *, force: bool = False) -> list[LockOutcome
     for index, spec in enumerate(specs):
         groups.setdefault(spec.lockfile, []).append(index)
     results: list[LockOutcome | MlenvError | None] = [None] * len(specs)
+    from concurrent.futures import ThreadPoolExecutor  # lazy: the no-op lock has no threads to start
 
     def run(indexes: list[int]) -> None:
         for index in indexes:
@@ -411,6 +411,8 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
     for platform in spec.platforms:
         packages.extend(conda[platform])
     if spec.pip:
+        from concurrent.futures import ThreadPoolExecutor  # lazy: as in lock_each
+
         from hatch_mlenv.pip import resolve_pip  # lazy: only a solve needs the pip step (uv)
 
         pip_preferred = [p for p in preferred if p.manager == "pip"]

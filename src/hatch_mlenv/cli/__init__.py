@@ -38,7 +38,7 @@ COMMANDS = {
     "install": "use:install",
     "label": "versions:label",
     "list": "versions:list_",
-    "lock": "project:lock",
+    "lock": "lock:lock",
     "outdated": "project:outdated",
     "pack": "use:pack",
     "ray-env": "serving:ray_env",

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
 import hatch_mlenv.progress as progress
-from hatch_mlenv.environment import Environment
-from hatch_mlenv.lock import staleness
-from hatch_mlenv.registry import Registry, open_registry, select_url
-from hatch_mlenv.system import require_host
+
+if TYPE_CHECKING:
+    from hatch_mlenv.registry import Registry
+
+# The stages (environment, registry, system) are imported by the functions that use them: every
+# command imports this module, and `mlenv lock` with nothing to do must not pay for them.
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,6 +91,8 @@ def load_environment(reference: str | None, project: Path | None, env: str | Non
     if reference is not None and project is not None:
         raise click.UsageError(f"give REF ({reference}) or --project ({project}), not both")
     asked = click.get_current_context().meta.get("mlenv.lock_policy") or policy
+    from hatch_mlenv.environment import Environment  # lazy: see the imports above
+
     return Environment.load(reference if reference is not None else (project or Path(".")), env, registry=registry_url,
                             policy=asked, default_policy=default_policy)
 
@@ -101,6 +105,8 @@ ignore_system_option = click.option(
 
 def check_host(environment, ignore: bool, platform: str | None = None) -> None:  # noqa: ANN001
     """Refuse a machine that cannot run the lock, before any prefix is touched (or warn, with the flag)."""
+    from hatch_mlenv.system import require_host  # lazy: see the imports above
+
     for line in require_host(environment, platform, ignore=ignore):
         click.echo(f"mlenv: warning: ignoring system requirements: {line}", err=True)
 
@@ -156,6 +162,8 @@ def info(message: str) -> None:
 
 def selected_registry(url: str | None, configured: str | None = None) -> Registry:
     """`--registry`, then $MLENV_REGISTRY, then the spec's `registry`, then `local`."""
+    from hatch_mlenv.registry import open_registry, select_url  # lazy: see the imports above
+
     return open_registry(select_url(url, configured))
 
 
@@ -193,6 +201,8 @@ def lock_as_it_is(reference: str | None, project: Path | None, env: str | None, 
     project's stale lock is not relocked but named in a note (`--locked` refuses it)."""
     environment = load_environment(reference, project, env, registry_url, policy="frozen")
     if not environment.is_registered:
+        from hatch_mlenv.lock import staleness  # lazy: see the imports above
+
         reason = staleness(environment.spec, environment.lock)
         if reason is not None:
             progress.note(f"{environment.spec.lockfile.name} is stale ({reason}); showing it as it is")

@@ -8,7 +8,7 @@ import click
 
 import hatch_mlenv.edit as editing
 from hatch_mlenv.cli._common import display, env_option, print_json, project_option
-from hatch_mlenv.cli.project import print_outcome
+from hatch_mlenv.cli.lock import print_outcome
 
 no_lock_option = click.option("--no-lock", "no_lock", is_flag=True,
                               help="Only edit pyproject.toml (still checked to be a valid definition); do not lock.")
