@@ -23,6 +23,7 @@ from hatch_mlenv.paths import data_dir
 from hatch_mlenv.provenance import git_state
 from hatch_mlenv.reference import Target, image_reference, option_reference, parse_target
 from hatch_mlenv.registry import open_registry, select_url
+from hatch_mlenv.sbom import cyclonedx
 from hatch_mlenv.spec import PYPROJECT, Spec, check_locked_values, load_spec, parse_spec
 
 
@@ -159,6 +160,11 @@ class Environment:
     @cached_property
     def image(self) -> str:
         return image_reference(self.digest, self.spec)
+
+    @cached_property
+    def sbom(self) -> dict[str, Any]:
+        """The CycloneDX SBOM of the lock (`hatch_mlenv.sbom`): for `mlenv sbom` and a pushed image's referrers."""
+        return cyclonedx(self)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest (`mlenv.json`) shipped in wheels and written next to dist files (a copy);

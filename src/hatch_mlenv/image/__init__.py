@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hatch_mlenv.image.docker as docker
-import hatch_mlenv.image.oci as oci
 from hatch_mlenv.errors import UsageError
+from hatch_mlenv.image.docker import BuildResult, build_base, build_host, push_tags, reuse
 from hatch_mlenv.image.dockerfile import write_context
 from hatch_mlenv.image.engine import docker_client, image_exists, remote_has
+from hatch_mlenv.image.oci import OciBuildResult, build_oci, plan_outputs
 from hatch_mlenv.image.plan import ImagePlan, artifacts, base_dockerfile_content, plan_for, preflight, staging_for
 from hatch_mlenv.progress import echo as progress_echo
 from hatch_mlenv.reference import require_registry
@@ -35,7 +35,7 @@ def build(
     load: bool = False,
     version: int | None = None,
     echo: Callable[[str], None] = progress_echo,
-) -> docker.BuildResult | oci.OciBuildResult:
+) -> BuildResult | OciBuildResult:
     """Build (or reuse) the image of `env`. `builder` "docker": the host strategy in the Docker
     engine (`push`: then push it to its registry); "oci": without a daemon, written to `output`
     (a layout directory, or a tar when the name ends in .tar), pushed and/or loaded into Docker."""
@@ -44,20 +44,32 @@ def build(
             raise UsageError("-o/--output and --load are options of --builder oci")
         if output is None and not push and not load:
             raise UsageError("--builder oci needs somewhere to put the image: -o PATH, --push or --load")
-        plan = preflight(env, builder="oci", version=version)
-        job = oci.prepare(plan, output=output, push=push, load=load)
-        if job.done:
-            return job.result
-        staging = staging_for(env) if plan.managed else None
-        return oci.build(job, staging, artifacts(env) if job.push else (), echo)
+        return _build_oci(env, output, push, load, version, echo)
+    return _build_docker(env, push, version, echo)
+
+
+def _build_oci(env: Any, output: Path | None, push: bool, load: bool, version: int | None,
+               echo: Callable[[str], None]) -> OciBuildResult:
+    plan = preflight(env, builder="oci", version=version)
+    if push:  # as for the docker builder: a missing registry setting is found before anything else
+        require_registry(plan.repository)
+    job = plan_outputs(plan, output=output, push=push, load=load)
+    if job.done:
+        return job.result
+    staging = staging_for(env) if plan.managed else None
+    referrers = artifacts(env) if job.push else ()
+    return build_oci(job, staging, referrers, echo)
+
+
+def _build_docker(env: Any, push: bool, version: int | None, echo: Callable[[str], None]) -> BuildResult:
     plan = preflight(env, version=version)  # before the engine is asked anything
     if push:  # a missing registry setting is found before anything is built
         require_registry(plan.repository)
     client = docker_client()
     result = _docker_build(env, plan, client, echo)
     if push:
-        return docker.BuildResult(result.reference, result.status, result.image_id, result.tags,
-                                  _docker_push(env, plan, client, echo))
+        return BuildResult(result.reference, result.status, result.image_id, result.tags,
+                           _docker_push(env, plan, client, echo))
     return result
 
 
@@ -81,15 +93,15 @@ def push(env: Any, *, version: int | None = None, echo: Callable[[str], None] = 
     return plan.reference, _docker_push(env, plan, client, echo)
 
 
-def _docker_build(env: Any, plan: ImagePlan, client: Any, echo: Callable[[str], None]) -> docker.BuildResult:
-    reused = docker.reuse(client, plan)
+def _docker_build(env: Any, plan: ImagePlan, client: Any, echo: Callable[[str], None]) -> BuildResult:
+    reused = reuse(client, plan)
     if reused is not None:
         return reused
     if plan.base_dockerfile and image_exists(client, plan.base_image):
         echo(f"base image {plan.base_image} reused")
     elif plan.base_dockerfile:
-        docker.build_base(client, plan, base_dockerfile_content(env, plan), echo)
-    return docker.build(client, plan, staging_for(env) if plan.managed else None, echo)
+        build_base(client, plan, base_dockerfile_content(env, plan), echo)
+    return build_host(client, plan, staging_for(env) if plan.managed else None, echo)
 
 
 def _docker_push(env: Any, plan: ImagePlan, client: Any, echo: Callable[[str], None]) -> str:
@@ -97,5 +109,5 @@ def _docker_push(env: Any, plan: ImagePlan, client: Any, echo: Callable[[str], N
         return "reused"
     if not image_exists(client, plan.reference):
         _docker_build(env, plan, client, echo)
-    docker.push(client, plan, echo)
+    push_tags(client, plan, echo)
     return "pushed"

@@ -30,6 +30,7 @@ class BuildResult:
     status: str  # "built" or "reused"
     image_id: str
     tags: tuple[str, ...]
+    pushed: str | None = None  # "pushed" or "reused" when it was pushed too
 
 
 def reuse(client: Any, plan: ImagePlan) -> BuildResult | None:
@@ -41,7 +42,7 @@ def reuse(client: Any, plan: ImagePlan) -> BuildResult | None:
     return BuildResult(plan.reference, "reused", image.id, tuple(plan.tags))
 
 
-def build(client: Any, plan: ImagePlan, staging: Staging | None, echo: Callable[[str], None]) -> BuildResult:
+def build_host(client: Any, plan: ImagePlan, staging: Staging | None, echo: Callable[[str], None]) -> BuildResult:
     """Build the image of `plan` with the host strategy on its base image, which the engine has."""
     base_digest = base_image_digest(client, plan.base_image)
     if base_digest is None:
@@ -112,7 +113,7 @@ def _stream_build(client: Any, context: Path | None, reference: str, echo: Calla
     return image_id
 
 
-def push(client: Any, plan: ImagePlan, echo: Callable[[str], None]) -> None:
+def push_tags(client: Any, plan: ImagePlan, echo: Callable[[str], None]) -> None:
     """Push the image's tags (the engine has them) to its registry."""
     auth = auth_config()
     for tag in plan.tags:

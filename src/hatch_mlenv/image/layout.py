@@ -20,9 +20,7 @@ from typing import Any
 from hatch_mlenv.errors import ImageError, RegistryError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.paths import cache_dir
-from hatch_mlenv.reference import split_image_reference
 from hatch_mlenv.registry.oci import OciRegistry
-from hatch_mlenv.spec import split_oci_layout
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -80,11 +78,14 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def resolve_base(base_image: str, project_dir: Path) -> Base:
-    """The base image named by `[tool.mlenv.docker] base-image`, by digest."""
-    if base_image.startswith("oci:"):
-        return _layout_base(base_image, project_dir)
-    return _registry_base(base_image)
+def resolve_base(base_image: str, layout: Path | None, reference: str | None, registry: tuple[str, str] | None) -> Base:
+    """The base image named by `[tool.mlenv.docker] base-image`, by digest: from the OCI layout
+    directory `layout` (an `oci:` base), else from `registry` (host, repository); `reference` is
+    the tag or digest (None: a layout's only image). The plan has read all three from the name."""
+    if layout is not None:
+        return _layout_base(base_image, layout, reference)
+    host, repo = registry or ("", "")
+    return _registry_base(base_image, host, repo, reference or "latest")
 
 
 def _choose_platform(index: dict[str, Any], base_image: str) -> dict[str, Any]:
@@ -95,15 +96,7 @@ def _choose_platform(index: dict[str, Any], base_image: str) -> dict[str, Any]:
     raise ImageError(f"base image {base_image!r} has no linux/amd64 image in its index")
 
 
-def layout_location(base_image: str, project_dir: Path) -> tuple[Path, str | None]:
-    """`oci:PATH[:TAG|@DIGEST]` -> the layout directory (PATH relative to the project) and the tag or digest.
-    The spec's reading (`spec.image_reference_problem`) keeps a relative PATH inside the project."""
-    spec, reference = split_oci_layout(base_image)
-    return ((project_dir / spec).resolve() if not Path(spec).is_absolute() else Path(spec)), reference
-
-
-def _layout_base(base_image: str, project_dir: Path) -> Base:
-    root, reference = layout_location(base_image, project_dir)
+def _layout_base(base_image: str, root: Path, reference: str | None) -> Base:
     index_path = root / "index.json"
     if not index_path.is_file():
         raise ImageError(f"base image {base_image!r} not found: {root} is not an OCI image layout (no index.json)")
@@ -161,8 +154,7 @@ def _base_from(name: str, digest: str, manifest: dict[str, Any], config: dict[st
     return Base(name, digest, config, tuple(layers), fetch, source)
 
 
-def _registry_base(base_image: str) -> Base:
-    host, repo, reference = split_image_reference(base_image)
+def _registry_base(base_image: str, host: str, repo: str, reference: str) -> Base:
     registry = OciRegistry(f"oci://{host}")
     try:
         found = registry.fetch_manifest(repo, reference, _MANIFEST_TYPES)
@@ -288,15 +280,14 @@ def layout_tar(layout: Path, out: Any) -> None:
 
 # -- what an output already holds ----------------------------------------------------------
 
-def check_output(output: Path, base_image: str, project_dir: Path) -> None:
+def check_output(output: Path, base_image: str, base_layout: Path | None, tag: str, lock_digest: str) -> str | None:
     """`-o` replaces what is there only when it is an image this builder wrote (every image in its
-    index carries `io.mlenv.digest`), and never the base's own layout: checked before building."""
-    if base_image.startswith("oci:"):
-        base_root, _reference = layout_location(base_image, project_dir)
-        if output.resolve() == base_root.resolve():
-            raise ImageError(f"{output}: is the base image's layout ({base_image}); choose another -o")
+    index carries `io.mlenv.digest`), and never the base's own layout (`base_layout`): checked
+    before building. Returns the manifest digest of `tag` when `output` holds this lock's image."""
+    if base_layout is not None and output.resolve() == base_layout.resolve():
+        raise ImageError(f"{output}: is the base image's layout ({base_image}); choose another -o")
     if not output.exists() or (output.is_dir() and not any(output.iterdir())):
-        return
+        return None
     if output.is_dir() and not (output / "oci-layout").is_file():
         raise ImageError(f"{output}: exists and is not an OCI image layout; choose another -o")
     if not output.is_dir() and output.suffix != ".tar":
@@ -305,6 +296,7 @@ def check_output(output: Path, base_image: str, project_dir: Path) -> None:
     if not manifests or not all("io.mlenv.digest" in (entry.get("annotations") or {}) for entry in manifests):
         raise ImageError(f"{output}: exists and holds something hatch-mlenv did not write (other images, or "
                          "another file); it is not replaced: choose another -o or remove it")
+    return layout_holds(output, tag, lock_digest)
 
 
 def index_entries(output: Path) -> list[dict[str, Any]] | None:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv._version import __version__
-from hatch_mlenv.errors import ConfigError, ImageError, MlenvError, RegistryError
+from hatch_mlenv.errors import ImageError, MlenvError, RegistryError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.image.engine import docker_client, image_exists
 from hatch_mlenv.image.layers import LayerPlan, epoch, iso_time, normalise_records, plan_layers, write_layer
@@ -53,15 +53,13 @@ from hatch_mlenv.image.layout import (
     Descriptor,
     canonical,
     check_output,
-    layout_holds,
     layout_tar,
     resolve_base,
     write_index,
 )
-from hatch_mlenv.image.plan import BASE_DOCKERFILE_KEY, ENTRYPOINT, ImagePlan, Staging
+from hatch_mlenv.image.plan import ENTRYPOINT, ImagePlan, Staging
 from hatch_mlenv.image.stage import stage_prefix
 from hatch_mlenv.progress import step
-from hatch_mlenv.reference import require_registry, split_image_reference
 from hatch_mlenv.registry.oci import OciRegistry
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's, for a base without PATH
@@ -93,22 +91,17 @@ class Job:
         return not (self.to_write or self.load or self.push)
 
 
-def prepare(plan: ImagePlan, *, output: Path | None = None, push: bool = False, load: bool = False) -> Job:
+def plan_outputs(plan: ImagePlan, *, output: Path | None = None, push: bool = False, load: bool = False) -> Job:
     """Check the outputs before anything is built, and find those that hold the image already
-    (the layout or tar at `output`, the Docker engine, the registry): they are reused."""
-    if plan.base_dockerfile or plan.base_dockerfile_path is not None:
-        raise ConfigError(plan.pyproject, BASE_DOCKERFILE_KEY, "the oci builder builds no Dockerfile; it takes "
-                          "a base already in a registry or an OCI layout: build the base with `mlenv image build` "
-                          "(the docker builder) or `docker build`, push it, and set base-image in place of "
-                          "base-dockerfile")
+    (the layout or tar at `output`, the Docker engine, the registry): they are reused. A push
+    needs a registry (`reference.require_registry`, checked by the caller first)."""
+    tag = plan.tags[0]
+    digest = None
     if output is not None:
         output = output.absolute()
-        check_output(output, plan.base_image, plan.project_dir)
-    if push:
-        require_registry(plan.repository)
-    tag = plan.tags[0]
+        digest = check_output(output, plan.base_image, plan.base_layout, tag, plan.digest)
     result = OciBuildResult(plan.reference, "reused", None)
-    to_write = output is not None and (digest := layout_holds(output, tag, plan.digest)) is None
+    to_write = output is not None and digest is None
     if output is not None and not to_write:
         result.digest = digest
         result.lines.append(f"{plan.reference} reused in {output}")
@@ -120,8 +113,8 @@ def prepare(plan: ImagePlan, *, output: Path | None = None, push: bool = False, 
             load = False
     registry = None
     if push:
-        host, repo, _ = split_image_reference(plan.reference)
-        registry = OciRegistry(f"oci://{host}")
+        repo = plan.registry_path
+        registry = OciRegistry(f"oci://{plan.registry_host}")
         try:
             remote = registry.fetch_manifest(repo, tag, (OCI_MANIFEST,))
         except RegistryError as exc:
@@ -140,7 +133,7 @@ def prepare(plan: ImagePlan, *, output: Path | None = None, push: bool = False, 
     return Job(plan, output, to_write, push, load, result, client, registry)
 
 
-def build(job: Job, staging: Staging | None, artifacts: tuple[tuple[str, str, bytes], ...] = (),
+def build_oci(job: Job, staging: Staging | None, artifacts: tuple[tuple[str, str, bytes], ...] = (),
           echo: Callable[[str], None] = print) -> OciBuildResult:
     """Build the image of `job.plan` from the prefix staged from `staging` (None: a user-managed
     environment, the base as it is) and write, push (with `artifacts` as referrers) and load it
@@ -164,7 +157,7 @@ def build(job: Job, staging: Staging | None, artifacts: tuple[tuple[str, str, by
             with open(tar_path, "wb") as out:
                 layout_tar(layout, out)
         if job.push:
-            result.lines.append(push_image(job.registry, image, artifacts))
+            result.lines.append(push_image(job.registry, image, plan.registry_host, plan.registry_path, artifacts))
         if job.load:
             if tar_path is None:
                 tar_path = scratch / "image.tar"
@@ -203,7 +196,7 @@ def assemble(plan: ImagePlan, staging: Staging | None, layout: Path, *,
     """Build the image of `plan` into the (new, empty) layout directory `layout`."""
     seconds = epoch()
     echo(f"mlenv: base image {plan.base_image}")
-    base = resolve_base(plan.base_image, plan.project_dir)
+    base = resolve_base(plan.base_image, plan.base_layout, plan.base_reference, plan.base_registry)
     plan = dataclasses.replace(plan, base_digest=base.digest)
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
@@ -312,10 +305,9 @@ def _load(client: Any, tar_path: Path, reference: str) -> None:
         raise ImageError(f"loading {reference} into the Docker engine failed: {_first_line(exc)}") from None
 
 
-def push_image(registry: Any, image: Image, artifacts: tuple[tuple[str, str, bytes], ...]) -> str:
+def push_image(registry: Any, image: Image, host: str, repo: str, artifacts: tuple[tuple[str, str, bytes], ...]) -> str:
     """Push the layout's blobs (those the registry lacks), the manifest under each tag, and the
     SBOM and the lock as referrers; returns a line saying what went over the wire."""
-    host, repo, _ = split_image_reference(f"{image.repository}:{image.tags[0]}")
     pushed = skipped = 0
     blobs = image.layout / "blobs" / "sha256"
     source = image.base.source if image.base.source and image.base.source[0] == host else None

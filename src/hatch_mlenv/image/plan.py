@@ -28,8 +28,7 @@ from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.install.conda import check_lock_integrity
 from hatch_mlenv.install.wheels import wheel_indexes
 from hatch_mlenv.lockfile import Lock, LockedPackage
-from hatch_mlenv.reference import base_dockerfile_reference, repository_name
-from hatch_mlenv.sbom import cyclonedx
+from hatch_mlenv.reference import base_dockerfile_reference, repository_name, split_image_reference
 from hatch_mlenv.spec import (
     BASE_DOCKERFILE_KEY,
     REQUIREMENT_KEYS,
@@ -37,6 +36,7 @@ from hatch_mlenv.spec import (
     prefix_problem,
     registry_problem,
     repository_problem,
+    split_oci_layout,
 )
 from hatch_mlenv.system import lock_needs
 
@@ -76,6 +76,14 @@ class ImagePlan:
     lockfile: Path | None = None
     base_dockerfile_path: Path | None = None
     origin: str = ""
+    # An `oci:PATH[:TAG|@DIGEST]` base: its layout directory (PATH relative to the project) and tag or digest.
+    base_layout: Path | None = None
+    # Any other base: the registry (host, repository) it is pulled from.
+    base_registry: tuple[str, str] | None = None
+    base_reference: str | None = None  # the base's tag or digest (in its layout or registry)
+    # Where the image is pushed: the registry host and the repository's path there.
+    registry_host: str = ""
+    registry_path: str = ""
 
     def runtime_variables(self) -> dict[str, str]:
         """The NVIDIA container runtime's variables for an environment that needs CUDA (the lock's own win)."""
@@ -151,8 +159,13 @@ def plan_for(env: Any, version: int | None = None) -> ImagePlan:
         if wrong is not None:
             raise ConfigError(source, f"tool.mlenv.docker.{key}", f"{value!r} {wrong}")
     check_locked_values(source, spec.project_dir, lock.base_image or spec.docker.base_image, lock.variables)
-    repository = repository_name(spec.name, spec.docker.repository, spec.docker.registry)
     base_image = lock.base_image or spec.docker.base_image or DEFAULT_BASE_IMAGE
+    # The spec's reading (`spec.image_reference_problem`) keeps a relative PATH inside the project.
+    layout, base_reference = split_oci_layout(base_image) if base_image.startswith("oci:") else (None, None)
+    repository = repository_name(spec.name, spec.docker.repository, spec.docker.registry)
+    registry_host, registry_path, _ = split_image_reference(repository)
+    if layout is None:
+        base_host, base_path, base_reference = split_image_reference(base_image)
     if lock.base_dockerfile:
         if not re.fullmatch(r"[0-9a-f]{64}", lock.base_dockerfile):
             raise ConfigError(source, BASE_DOCKERFILE_KEY,
@@ -176,11 +189,17 @@ def plan_for(env: Any, version: int | None = None) -> ImagePlan:
         lockfile=spec.lockfile,
         base_dockerfile_path=docker.base_dockerfile,
         origin=str(env.reference) if getattr(env, "is_registered", False) else str(spec.lockfile),
+        base_layout=None if layout is None or lock.base_dockerfile else Path(layout) if Path(layout).is_absolute()
+        else (spec.project_dir / layout).resolve(),
+        base_registry=(base_host, base_path) if layout is None else None,
+        base_reference=base_reference,
+        registry_host=registry_host,
+        registry_path=registry_path,
     )
 
 
 def require_linux(lock: Lock, lockfile: Path | str) -> None:
-    if PLATFORM not in lock.platforms or not lock.for_platform(PLATFORM):
+    if PLATFORM not in lock.platforms or not any(p.platform == PLATFORM for p in lock.packages):
         raise ImageError(
             f"{lockfile}: the lock has no {PLATFORM} packages (platforms: {', '.join(lock.platforms) or 'none'}); "
             f"add \"{PLATFORM}\" to tool.mlenv.platforms and run `mlenv lock`"
@@ -196,8 +215,13 @@ def preflight(env: Any, *, builder: str = "docker", strategy: str = "host", vers
         raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
     require_linux(env.lock, env.reference if getattr(env, "is_registered", False) else env.spec.lockfile)
     plan = plan_for(env, version)
+    if builder == "oci" and (plan.base_dockerfile or env.spec.docker.base_dockerfile is not None):
+        raise ConfigError(env.spec.pyproject, BASE_DOCKERFILE_KEY, "the oci builder builds no Dockerfile; it takes "
+                          "a base already in a registry or an OCI layout: build the base with `mlenv image build` "
+                          "(the docker builder) or `docker build`, push it, and set base-image in place of "
+                          "base-dockerfile")
     if builder == "oci":
-        return plan  # any base: a registry's or an OCI layout's (`oci.prepare` refuses a base Dockerfile)
+        return plan  # any base: a registry's or an OCI layout's
     if plan.base_image.startswith("oci:"):
         raise ConfigError(getattr(env, "source", env.spec.pyproject), BASE_IMAGE_KEY,
                           f"{plan.base_image!r} is an OCI image layout on this machine, which only the oci builder "
@@ -254,7 +278,7 @@ def base_dockerfile_content(env: Any, plan: ImagePlan) -> bytes:
 def artifacts(env: Any) -> tuple[tuple[str, str, bytes], ...]:
     """What a pushed image carries as referrers: its CycloneDX SBOM and its lock, as
     (artifact type, title, content)."""
-    return ((SBOM_TYPE, "sbom.cdx.json", json.dumps(cyclonedx(env), indent=2, sort_keys=True).encode()),
+    return ((SBOM_TYPE, "sbom.cdx.json", json.dumps(env.sbom, indent=2, sort_keys=True).encode()),
             (LOCK_TYPE, env.spec.lockfile.name, env.spec.lockfile.read_bytes()))
 
 
