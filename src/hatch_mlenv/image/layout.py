@@ -20,7 +20,6 @@ from typing import Any
 from hatch_mlenv.errors import ImageError, RegistryError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.paths import cache_dir
-from hatch_mlenv.registry.oci import OciRegistry
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -155,6 +154,9 @@ def _base_from(name: str, digest: str, manifest: dict[str, Any], config: dict[st
 
 
 def _registry_base(base_image: str, host: str, repo: str, reference: str) -> Base:
+    # lazy: the registry client (requests, oras), only when a base is pulled; `mlenv image tag` needs none
+    from hatch_mlenv.registry.oci import OciRegistry
+
     registry = OciRegistry(f"oci://{host}")
     try:
         found = registry.fetch_manifest(repo, reference, _MANIFEST_TYPES)

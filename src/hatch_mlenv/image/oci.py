@@ -60,7 +60,6 @@ from hatch_mlenv.image.layout import (
 from hatch_mlenv.image.plan import ENTRYPOINT, ImagePlan, Staging
 from hatch_mlenv.image.stage import stage_prefix
 from hatch_mlenv.progress import step
-from hatch_mlenv.registry.oci import OciRegistry
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's, for a base without PATH
 
@@ -84,7 +83,7 @@ class Job:
     load: bool
     result: OciBuildResult
     client: Any = None  # the Docker engine to load into
-    registry: OciRegistry | None = None  # the registry to push to
+    registry: Any = None  # the registry to push to (an OciRegistry)
 
     @property
     def done(self) -> bool:
@@ -113,6 +112,8 @@ def plan_outputs(plan: ImagePlan, *, output: Path | None = None, push: bool = Fa
             load = False
     registry = None
     if push:
+        from hatch_mlenv.registry.oci import OciRegistry  # lazy: as in `layout._registry_base`
+
         repo = plan.registry_path
         registry = OciRegistry(f"oci://{plan.registry_host}")
         try:

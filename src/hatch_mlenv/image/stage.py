@@ -15,8 +15,6 @@ import re
 import shlex
 from pathlib import Path
 
-from rattler.shell import ActivationVariables, PathModificationBehavior, Shell, activate
-
 from hatch_mlenv._version import __version__
 from hatch_mlenv.errors import ImageError
 from hatch_mlenv.image.plan import ENTRYPOINT, PLATFORM, ImagePlan, Staging, one_word
@@ -56,6 +54,13 @@ def entrypoint_script(staged: Path, plan: ImagePlan) -> str | None:
     this host to become ENV lines, nor by a RUN step, whose environment no later
     step inherits: they run at container start, as `conda activate` would run them.
     """
+    from rattler.shell import (  # lazy: rattler takes ~0.12 s to import; `mlenv image tag` needs none of it
+        ActivationVariables,
+        PathModificationBehavior,
+        Shell,
+        activate,
+    )
+
     conda = staged / "etc" / "conda"
     if not (any(conda.glob("activate.d/*.sh")) or any(conda.glob("env_vars.d/*.json"))):
         return None

@@ -6,7 +6,6 @@ directory) and prefix placeholders are rewritten for where it will live.
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,6 +54,8 @@ def install_conda(
     which rattler's client carries in memory: the package cache and conda-meta
     record the lock's public URL.
     """
+    import asyncio  # lazy: the no-op install path (`mlenv run`) must not pay for it
+
     import rattler  # lazy: as in conda_records
     from rattler.package_cache import PackageCacheLayer, ValidationMode  # lazy: as above
 

@@ -9,15 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from installer import install
-from installer.destinations import SchemeDictionaryDestination
-from installer.sources import WheelFile
-
-from hatch_mlenv.distributions import build_wheel, fetch, is_sdist
 from hatch_mlenv.errors import InstallError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import LockedPackage
-from hatch_mlenv.pip import index_urls
 from hatch_mlenv.progress import step
 from hatch_mlenv.spec import current_platform
 
@@ -36,6 +30,13 @@ def install_wheels(
 
     A wheel is installed as locked; a source release is built into a wheel by the
     prefix's own python first (`distributions.build_wheel`, cached by its sha256)."""
+    # lazy: installing wheels is rare; the no-op install path (`mlenv run`) imports this module
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+
+    from hatch_mlenv.distributions import build_wheel, fetch, is_sdist  # lazy: as above
+
     short = ".".join(python_version.split(".")[:2])
     site = prefix / "lib" / f"python{short}" / "site-packages"
     scheme = {
@@ -70,6 +71,8 @@ def wheel_indexes(spec: Any, lock: Any) -> list[str]:
     """The spec's pip index URLs, with their credentials, when the lock has wheels to fetch."""
     if not any(p.manager == "pip" for p in lock.packages):
         return []
+    from hatch_mlenv.pip import index_urls  # lazy: the pip stage (uv, packaging) only when wheels are fetched
+
     return index_urls(spec)
 
 
