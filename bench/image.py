@@ -162,7 +162,7 @@ from pathlib import Path
 import rattler
 from rattler.package_cache import PackageCacheLayer, ValidationMode
 from hatch_mlenv._compat import settle_rattler_at_exit
-from hatch_mlenv.install import conda_records
+from hatch_mlenv.install.conda import conda_records
 settle_rattler_at_exit()
 mode, lockfile, packages, prefix = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
 records = conda_records(lockfile, "linux-64")

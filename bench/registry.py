@@ -59,7 +59,7 @@ from _harness import (
 sys.pycache_prefix = str(RESULTS_DIR / "pycache")
 
 from fixtures.oci_registry import run_registry  # noqa: E402
-from hatch_mlenv.image import image_reference_for  # noqa: E402
+from hatch_mlenv.reference import image_reference_for  # noqa: E402
 from hatch_mlenv.lockfile import _PARSED, lock_digest, parse_lock  # noqa: E402
 from hatch_mlenv.manifest import lock_manifest  # noqa: E402
 from hatch_mlenv.registry import Reference, provenance  # noqa: E402

@@ -41,7 +41,7 @@ from _harness import RESULTS_DIR, SHARED_DATA, bench_env, footer, header, print_
 
 sys.pycache_prefix = str(RESULTS_DIR / "pycache")
 
-from hatch_mlenv.image import image_reference_for  # noqa: E402
+from hatch_mlenv.reference import image_reference_for  # noqa: E402
 from hatch_mlenv.lockfile import parse_lock  # noqa: E402
 from hatch_mlenv.manifest import lock_manifest  # noqa: E402
 from hatch_mlenv.registry import Reference, provenance, register_lockfile  # noqa: E402

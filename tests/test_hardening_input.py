@@ -130,7 +130,8 @@ def test_1_values_are_written_with_the_dockerfile_s_own_quoting(tmp_path: Path) 
     import docker
 
     from fixtures.docker_base import BASE_IMAGE, ensure_base_image
-    from hatch_mlenv.image import ImagePlan, host_dockerfile
+    from hatch_mlenv.image.dockerfile import host_dockerfile
+    from hatch_mlenv.image.plan import ImagePlan
 
     client = docker.from_env()
     ensure_base_image(client)
@@ -151,7 +152,8 @@ def test_1_values_are_written_with_the_dockerfile_s_own_quoting(tmp_path: Path) 
 
 def test_1_a_line_break_never_reaches_a_dockerfile_or_the_entrypoint(tmp_path: Path) -> None:
     from hatch_mlenv.errors import ImageError
-    from hatch_mlenv.image import ImagePlan, host_dockerfile, micromamba_dockerfile
+    from hatch_mlenv.image.dockerfile import host_dockerfile, micromamba_dockerfile
+    from hatch_mlenv.image.plan import ImagePlan
 
     project = write_project(tmp_path, NO_CHANNEL + 'variables = { X = "a\\nRUN evil" }\n')
     refused(project, "tool.mlenv.variables.X", needle="line break")

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hatch_mlenv.image import ImagePlan, micromamba_dockerfile
+from hatch_mlenv.image.dockerfile import micromamba_dockerfile
+from hatch_mlenv.image.plan import ImagePlan
 from hatch_mlenv.lockfile import read_lock
 from tests.conftest import assert_clean_error, mlenv, write_project
 
@@ -60,7 +61,7 @@ def image_project(tmp_path: Path, channel: Path, pip_index: str, docker_client) 
 
 
 def _tag(project: Path) -> str:
-    from hatch_mlenv.image import image_reference
+    from hatch_mlenv.reference import image_reference
     from hatch_mlenv.spec import load_spec
 
     return image_reference(read_lock(project / "conda-lock.yml").digest(), load_spec(project))

@@ -238,7 +238,7 @@ def test_build_constraints_reach_the_lock_and_the_install(
     """What a source release's isolated build installs can be constrained (pyspark 2.x needs
     `pypandoc<1.8`): the lock's metadata build and the install's wheel build both obey."""
     from hatch_mlenv.errors import InstallError
-    from hatch_mlenv.install import install_wheels
+    from hatch_mlenv.install.wheels import install_wheels
 
     # the index has setuptools 80.9.0 only: a constraint it cannot meet makes the build fail, by name
     refused = project(tmp_path / "r", channels[:1], index,

@@ -16,14 +16,14 @@ import tomllib
 
 from hatch_mlenv.errors import ConfigError, RegistryError, UsageError
 from hatch_mlenv.hashes import TAG_LENGTH
-from hatch_mlenv.image import image_reference
 from hatch_mlenv.lock import POLICIES, REPORT, current_lock, lock_policy
 from hatch_mlenv.lockfile import Lock, atomic_write, lockfile_name, parse_lock, read_lock_text
 from hatch_mlenv.manifest import lock_manifest
 from hatch_mlenv.paths import data_dir
 from hatch_mlenv.provenance import git_state
-from hatch_mlenv.reference import Target, option_reference, parse_target
+from hatch_mlenv.reference import Target, image_reference, option_reference, parse_target
 from hatch_mlenv.registry import open_registry, select_url
+from hatch_mlenv.sbom import cyclonedx
 from hatch_mlenv.spec import PYPROJECT, Spec, check_locked_values, load_spec, parse_spec
 
 
@@ -139,7 +139,7 @@ class Environment:
     def activated(self, prefix: Path | str | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
         """The process environment to run in the installed prefix: `base` (default `os.environ`)
         with conda's activation of the prefix and this environment's variables."""
-        from hatch_mlenv.install import activation  # lazy: as above
+        from hatch_mlenv.install.activation import activation  # lazy: as above
 
         variables, _missing = activation(self, Path(prefix) if prefix is not None else self.default_prefix,
                                          dict(os.environ if base is None else base))
@@ -160,6 +160,11 @@ class Environment:
     @cached_property
     def image(self) -> str:
         return image_reference(self.digest, self.spec)
+
+    @cached_property
+    def sbom(self) -> dict[str, Any]:
+        """The CycloneDX SBOM of the lock (`hatch_mlenv.sbom`): for `mlenv sbom` and a pushed image's referrers."""
+        return cyclonedx(self)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest (`mlenv.json`) shipped in wheels and written next to dist files (a copy);

@@ -45,7 +45,8 @@ from hatch_mlenv._compat import ray_plugin_base
 from hatch_mlenv.environment import Environment, configured_registry
 from hatch_mlenv.errors import MlenvError, RuntimeEnvError
 from hatch_mlenv.hashes import TAG_LENGTH
-from hatch_mlenv.install import activation, install_environment
+from hatch_mlenv.install import install_environment
+from hatch_mlenv.install.activation import activation
 from hatch_mlenv.reference import parse_reference
 from hatch_mlenv.registry import select_url
 from hatch_mlenv.spec import current_platform

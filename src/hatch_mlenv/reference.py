@@ -1,9 +1,11 @@
-"""References to registered versions: `NAME`, `NAME:VERSION`, `NAME@LABEL`, and the name and label rules.
+"""References to registered versions: `NAME`, `NAME:VERSION`, `NAME@LABEL`, and the name and label rules;
+and image references, `[registry/]repository:<digest12>`, computable from the lock alone.
 
 A reference may carry its registry, so that one string names a version on any machine:
 `oci://HOST[:PORT]/NAMESPACE/NAME:VERSION` (or `@LABEL`), `sqlite:///PATH#NAME:VERSION`, and
 `REGISTRY:NAME@LABEL` for a registry named in the user's config file (`mlenv registry add`).
-Low in the package: every command that takes a reference parses it here.
+Low in the package: every command that takes a reference parses it here, and the image stage and
+the registries name images here.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from hatch_mlenv.errors import UsageError
+from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.userconfig import is_registry_name, resolve
 
 LATEST = "latest"
@@ -179,3 +183,54 @@ def parse_target(text: str) -> Target:
             raise UsageError(f"{text}: lockfile not found")
         raise UsageError(f"{text}: no such project directory or lockfile")
     return Target(text, reference=parse_reference(text))
+
+
+# -- image references ------------------------------------------------------------------------
+DOCKER_HUB = "registry-1.docker.io"
+
+
+def repository_name(name: str, repository: str | None = None, registry: str | None = None) -> str:
+    """The image repository: `[tool.mlenv.docker] repository`, else the environment name, lowercased."""
+    repository = repository or re.sub(r"[^a-z0-9._/-]+", "-", name.lower())
+    if registry:
+        repository = f"{registry.rstrip('/')}/{repository}"
+    return repository
+
+
+def image_reference(digest: str, spec: Any) -> str:
+    """`[registry/]repository:<first 12 hex of the digest>`: known before any daemon is asked."""
+    return f"{repository_name(spec.name, spec.docker.repository, spec.docker.registry)}:{digest[:TAG_LENGTH]}"
+
+
+def base_dockerfile_reference(repository: str, sha256: str) -> str:
+    """The base image built from a base Dockerfile: `<repository>-base:<first 12 hex of its sha256>`."""
+    return f"{repository}-base:{sha256[:TAG_LENGTH]}"
+
+
+def image_reference_for(name: str, digest: str) -> str:
+    """The image reference of a lock registered without a project: `name:<digest12>`."""
+    return f"{repository_name(name)}:{digest[:TAG_LENGTH]}"
+
+
+def split_image_reference(reference: str) -> tuple[str, str, str]:
+    """`host[:port]/repo[:tag][@digest]` -> (registry host, repository, tag or digest); Docker Hub for no host."""
+    name, digest = (reference.split("@", 1) + [""])[:2]
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        host, path = first, rest
+    else:
+        host, path = DOCKER_HUB, name if "/" in name else f"library/{name}"
+    tag = ""
+    if ":" in path.rsplit("/", 1)[-1]:
+        path, tag = path.rsplit(":", 1)
+    return host, path, digest or tag or "latest"
+
+
+def require_registry(repository: str) -> None:
+    """Refuse a repository without a registry host: there is nowhere to push it (a setting is
+    missing: exit 2, before anything is built)."""
+    first = repository.split("/")[0]
+    if "/" not in repository or not ("." in first or ":" in first or first == "localhost"):
+        raise UsageError(
+            f"{repository}: no registry to push to; set [tool.mlenv.docker] registry (e.g. \"127.0.0.1:5000\")"
+        )

@@ -16,7 +16,6 @@ from hatch_mlenv.cli._common import (
     selected_registry,
     step_echo,
 )
-from hatch_mlenv.oci_image import build_oci
 
 
 @click.group()
@@ -55,7 +54,7 @@ def image_context(reference: str | None, project: Path | None, env: str | None, 
     """Write a Docker build context: `host` (installed prefix + Dockerfile) or `dockerfile` (micromamba)."""
     env = load_environment(reference, project, env, registry_url)
     images.preflight(env, strategy=strategy)  # before the registry is asked for the version
-    plan = images.write_context(env, output, strategy=strategy, version=_registered_version(env, registry_url))
+    plan = images.context(env, output, strategy=strategy, version=_registered_version(env, registry_url))
     click.echo(f"{display(output.resolve())}: {strategy} context for {plan.reference}")
 
 
@@ -72,29 +71,24 @@ def image_build(reference: str | None, project: Path | None, env: str | None, al
                 output: Path | None, load: bool, as_json: bool, registry_url: str | None) -> None:
     """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
     env = load_environment(reference, project, env, registry_url)
-    images.preflight(env, builder="oci" if builder == "oci" or output is not None or load else "docker")
+    oci = builder == "oci" or output is not None or load
+    images.preflight(env, builder="oci" if oci else "docker")
     version = _registered_version(env, registry_url)  # after the checks: the registry is the first contact
-    echo = step_echo()
-    if builder == "oci" or output is not None or load:
-
-        built = build_oci(env, builder=builder, output=output, push=also_push, load=load, version=version, echo=echo)
+    result = images.build(env, builder, output=output, push=also_push, load=load, version=version, echo=step_echo())
+    if oci:
         if as_json:
-            print_json({"builder": "oci", "reference": built.reference, "status": built.status,
-                         "digest": built.digest, "lines": built.lines})
+            print_json({"builder": "oci", "reference": result.reference, "status": result.status,
+                         "digest": result.digest, "lines": result.lines})
             return
-        click.echo("\n".join(built.lines))
+        click.echo("\n".join(result.lines))
         return
-    if also_push:  # a missing registry setting is found before anything is built
-        images.require_registry(images.plan_for(env, version).repository)
-    result = images.build(env, version=version, echo=echo)
-    if not as_json:
-        click.echo(f"{result.reference} {result.status}")
-    pushed = images.push(env, version=version, echo=echo)[1] if also_push else None
     if as_json:
         print_json({"builder": "docker", "reference": result.reference, "status": result.status,
-                     "image_id": result.image_id, "tags": list(result.tags), "push": pushed})
-    elif pushed is not None:
-        click.echo(f"{result.reference} {pushed}")
+                     "image_id": result.image_id, "tags": list(result.tags), "push": result.pushed})
+        return
+    click.echo(f"{result.reference} {result.status}")
+    if result.pushed is not None:
+        click.echo(f"{result.reference} {result.pushed}")
 
 
 @image.command(name="push")

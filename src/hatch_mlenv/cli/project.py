@@ -34,7 +34,6 @@ from hatch_mlenv.graph import tree_lines, tree_report, why_lines, why_report
 from hatch_mlenv.lockfile import atomic_write
 from hatch_mlenv.reference import parse_target
 from hatch_mlenv.registry import describe
-from hatch_mlenv.sbom import cyclonedx
 from hatch_mlenv.spec import current_platform
 
 
@@ -187,7 +186,7 @@ def export_(reference: str | None, project: Path | None, env: str | None, fmt: s
 def sbom(reference: str | None, project: Path | None, env: str | None, fmt: str, output: Path | None, registry_url: str | None) -> None:
     """A CycloneDX JSON SBOM of the lock: purls, hashes and licenses where the channel gives them."""
     environment = load_environment(reference, project, env, registry_url)
-    text = json.dumps(cyclonedx(environment), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(environment.sbom, indent=2, sort_keys=True) + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -20,7 +20,8 @@ from hatch_mlenv.cli._common import (
     print_json,
 )
 from hatch_mlenv.errors import EXIT_FAILURE, MlenvError
-from hatch_mlenv.install import activation, install_environment, resolve_command
+from hatch_mlenv.install import install_environment
+from hatch_mlenv.install.activation import activation, resolve_command
 from hatch_mlenv.spark import PLATFORM, default_archive, render, settings, verify_pack
 from hatch_mlenv.spark import pack as pack_environment
 from hatch_mlenv.system import doctor as examine

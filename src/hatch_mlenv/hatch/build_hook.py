@@ -140,24 +140,20 @@ class MlenvBuildHook(BuildHookInterface):
         builder = self._option("image-builder", IMAGE_BUILDERS)
         if mode == "none":
             return
-        import hatch_mlenv.image as images
+        import hatch_mlenv.image as images  # lazy: as every stage here (see the module's top)
 
         version = self._registration.version if self._registration is not None else None
-        echo = self.app.display_info
+        output = Path(self.root) / OCI_OUTPUT if builder == "oci" and mode != "push" else None
+        result = images.build(self._environment, builder, output=output, push=mode == "push", version=version,
+                              echo=self.app.display_info)
         if builder == "oci":
-            from hatch_mlenv.oci_image import build_oci
-
-            output = None if mode == "push" else Path(self.root) / OCI_OUTPUT
-            result = build_oci(self._environment, output=output, push=mode == "push", version=version, echo=echo)
             for line in result.lines:
                 self.app.display_info(f"mlenv: image {line}")
             self._image_digest = result.digest
             return
-        result = images.build(self._environment, version=version, echo=echo)
         self.app.display_info(f"mlenv: image {result.reference} {result.status}")
-        if mode == "push":
-            reference, status = images.push(self._environment, version=version, echo=echo)
-            self.app.display_info(f"mlenv: image {reference} {status}")
+        if result.pushed is not None:
+            self.app.display_info(f"mlenv: image {result.reference} {result.pushed}")
 
     def _manifest_text(self) -> str:
         manifest = self._environment.manifest()

@@ -283,7 +283,7 @@ class MlenvEnvironment(EnvironmentInterface):
     def command_context(self) -> Iterator[dict[str, str | None]]:
         """Runs commands in `activation()`'s environment; yields what it changed (None: unset; PATH: the
         entries it added), for `enter_shell`."""
-        from hatch_mlenv.install import activation
+        from hatch_mlenv.install.activation import activation
 
         with self.get_env_vars():
             base = dict(os.environ)
@@ -373,7 +373,8 @@ class MlenvEnvironment(EnvironmentInterface):
         from installer.sources import WheelFile
 
         from hatch_mlenv.errors import InstallError
-        from hatch_mlenv.install import _uninstall_dist, record_addition
+        from hatch_mlenv.install import record_addition
+        from hatch_mlenv.install.wheels import uninstall_dist
 
         env = self._environment()
         python_version = self._python_version(env)
@@ -381,7 +382,7 @@ class MlenvEnvironment(EnvironmentInterface):
         site = self._site_packages(env)
         with tempfile.TemporaryDirectory(prefix="mlenv-project-") as scratch:
             wheel = self._build_wheel(Path(scratch), editable=editable)  # first: a failed build keeps the old install
-            _uninstall_dist(self.prefix, python_version, self.metadata.name)
+            uninstall_dist(self.prefix, python_version, self.metadata.name)
             scheme = {
                 "purelib": str(site),
                 "platlib": str(site),

@@ -17,7 +17,6 @@ from typing import Any
 
 import hatch_mlenv.userconfig as userconfig
 from hatch_mlenv.errors import RegistryError, StaleLockError, UsageError
-from hatch_mlenv.image import image_reference_for
 from hatch_mlenv.lock import staleness, stamped_digest
 from hatch_mlenv.lockfile import read_lock
 from hatch_mlenv.manifest import lock_manifest
@@ -29,6 +28,7 @@ from hatch_mlenv.reference import (
     check_label,
     check_movable_label,
     check_name,
+    image_reference_for,
     parse_reference,
 )
 from hatch_mlenv.registry.base import (

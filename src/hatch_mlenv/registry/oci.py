@@ -202,7 +202,7 @@ class OciRegistry:
             self.upload_blob(repo, digest, data)
         return digest
 
-    # Also what the oci image builder (hatch_mlenv.oci_image) pulls and pushes images with.
+    # Also what the oci image builder (hatch_mlenv.image.oci) pulls and pushes images with.
     def has_blob(self, repo: str, digest: str) -> bool:
         return self._request("HEAD", f"{repo}/blobs/{digest}").status_code == 200
 
