@@ -42,7 +42,8 @@ from hatch_mlenv.errors import ConfigError, ImageError, UsageError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.lockfile import Lock
-from hatch_mlenv.spec import BASE_DOCKERFILE_KEY, REQUIREMENT_KEYS
+from hatch_mlenv.platforms import REQUIREMENT_KEYS
+from hatch_mlenv.spec import BASE_DOCKERFILE_KEY
 
 PLATFORM = "linux-64"
 DEFAULT_BASE_IMAGE = "debian:12-slim"

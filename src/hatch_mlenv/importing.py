@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,12 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from hatch_mlenv.errors import ConfigError
 from hatch_mlenv.lockfile import atomic_write
-from hatch_mlenv.spec import PYPROJECT, merge_specs, parse_spec, tomllib
+from hatch_mlenv.spec import PYPROJECT, merge_specs, parse_spec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 # environment.yml sections we read, and those we know but do not map.
 _ENV_YML_KEYS = ("name", "channels", "dependencies", "variables")

@@ -177,7 +177,7 @@ def install_wheels(
     for package in packages:
         wheel = fetch(package.url, package.sha256, f"{package.name} {package.version}", indexes)
         if is_sdist(package.url):
-            from hatch_mlenv.spec import current_platform
+            from hatch_mlenv.platforms import current_platform
 
             if package.platform != current_platform():  # the prefix's python cannot run here
                 raise InstallError(
@@ -226,7 +226,7 @@ def install_environment(
     `force`.
     """
 
-    from hatch_mlenv.spec import current_platform
+    from hatch_mlenv.platforms import current_platform
 
     if not env.spec.managed:
         # User-managed: nothing is installed; "the prefix" is the interpreter's own.
@@ -589,7 +589,7 @@ def resolve_command(env: Any, prefix: Path, command: str, path: str) -> str:
     if found and Path(found).parent.resolve() == bin_dir.resolve():
         return found
     if env.spec.managed and _INTERPRETER.fullmatch(command):
-        from hatch_mlenv.spec import current_platform
+        from hatch_mlenv.platforms import current_platform
 
         locked = {p.name for p in env.lock.for_platform(current_platform()) if p.manager == "conda"}
         if "python" in locked:

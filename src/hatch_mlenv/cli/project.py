@@ -33,10 +33,11 @@ from hatch_mlenv.export import FORMATS as EXPORT_FORMATS
 from hatch_mlenv.export import export
 from hatch_mlenv.graph import tree_lines, tree_report, why_lines, why_report
 from hatch_mlenv.lockfile import atomic_write
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.reference import parse_target
 from hatch_mlenv.registry import describe
 from hatch_mlenv.sbom import cyclonedx
-from hatch_mlenv.spec import current_platform, load_spec
+from hatch_mlenv.spec import load_spec
 
 
 @click.command()
