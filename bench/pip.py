@@ -419,7 +419,7 @@ def child_resolve(project: str, lockfile: str, report: str) -> None:
     from hatch_mlenv.pip import resolve_pip
     from hatch_mlenv.spec import load_spec
 
-    import hatch_mlenv.pip as pip_step
+    import hatch_mlenv.pip._resolve as pip_step  # where resolve_pip looks _compile and _requirements up
 
     spans: dict[str, float] = {}
 
@@ -432,7 +432,7 @@ def child_resolve(project: str, lockfile: str, report: str) -> None:
                 spans[name] = spans.get(name, 0.0) + time.perf_counter() - begin
         return wrapper
 
-    # The call's two parts, when hatch_mlenv.pip still has them: uv, then the PEP 658 fetch.
+    # The call's two parts, when hatch_mlenv.pip._resolve still has them: uv, then the PEP 658 fetch.
     for name in ("_compile", "_requirements"):
         if hasattr(pip_step, name):
             setattr(pip_step, name, timed(name, getattr(pip_step, name)))
@@ -542,7 +542,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], report: Path | None = Non
 
 def capture_uv(project: Path, lockfile: Path, keep: Path) -> tuple[list[str], int]:
     """Run resolve_pip once here, keeping the exact `uv pip compile` command and its input files."""
-    import hatch_mlenv.pip as pip_step
+    import hatch_mlenv.pip._resolve as pip_step
     from hatch_mlenv.spec import load_spec
 
     captured: list[list[str]] = []

@@ -93,7 +93,7 @@ def test_two_machines_pack_one_version_to_the_same_bytes_and_verify_checks_a_pac
     third = tmp_path / "third"
     checked = _ok(_mlenv("verify", "demo:1", "--pack", str(archives["first"]), home=third, cwd=tmp_path,
                          registry=registry))
-    assert f"is the pack of demo sha256:" in checked.stdout and hashlib.sha256(first).hexdigest() in checked.stdout
+    assert "is the pack of demo sha256:" in checked.stdout and hashlib.sha256(first).hexdigest() in checked.stdout
     report = json.loads(_ok(_mlenv("verify", "demo:1", "--pack", str(archives["second"]), "--json", home=third,
                                    cwd=tmp_path, registry=registry)).stdout)
     assert report["ok"] and report["sha256"] == report["expected"] and not report["same_content"]

@@ -28,6 +28,7 @@ import pytest
 import ray
 
 from tests.conftest import write_project
+
   # the [test] extra installs it: a missing Ray fails these tests, never skips them
 
 PLUGINS = json.dumps([{"class": "hatch_mlenv.ray.MlenvPlugin"}])

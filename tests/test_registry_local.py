@@ -16,7 +16,6 @@ import pytest
 
 from hatch_mlenv.lockfile import read_lock
 from tests.conftest import LOCK_SAMPLES, assert_clean_error, mlenv, tree_hashes, write_project
-from tests.registry_helpers import small_lock
 
 NUMPY_SAMPLE = LOCK_SAMPLES / "numpy-conda-lock.yml"
 ROBOSTACK_SAMPLE = LOCK_SAMPLES / "robostack-turtlesim-conda-lock.yml"

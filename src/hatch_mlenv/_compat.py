@@ -8,8 +8,17 @@ so an upgrade shows up as a failing test, not as a hang or a crash.
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from typing import Any
+
+# -- Python 3.10: the standard library's TOML reader is tomli before 3.11 ------------
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = ["tomllib"]
 
 # The versions each patch below was checked against.
 CHECKED = {"conda-lock": "2.5.8", "oras": "0.2.43", "py-rattler": "0.28.0", "ray": "2.60.0"}

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
-import tomllib
 from tomlkit.items import Array, Table
 
 import hatch_mlenv.importing as importing
 import hatch_mlenv.lock as locking
+from hatch_mlenv._compat import tomllib
+from hatch_mlenv.definition._extends import spec_name
 from hatch_mlenv.errors import ConfigError, UsageError
 from hatch_mlenv.lockfile import atomic_write
-from hatch_mlenv.spec import PYPROJECT, Spec, current_platform, parse_spec
-from hatch_mlenv.spec import _spec_name as spec_name
+from hatch_mlenv.platforms import current_platform
+from hatch_mlenv.spec import PYPROJECT, Spec, parse_spec
 
 DEFAULT_CHANNELS = ("conda-forge",)
 

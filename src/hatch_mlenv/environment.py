@@ -12,8 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
-import tomllib
-
+from hatch_mlenv._compat import tomllib
 from hatch_mlenv.errors import ConfigError, RegistryError, UsageError
 from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.lock import POLICIES, REPORT, current_lock, lock_policy

@@ -29,8 +29,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from hatch_mlenv.errors import NotInLockError, UsageError, did_you_mean
 from hatch_mlenv.lockfile import Lock, LockedPackage
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.pypi_names import canonical, provided_distributions
-from hatch_mlenv.spec import current_platform
 
 # A conda match spec's name: after an optional `channel::`, up to the first space, operator or bracket.
 _MATCH_SPEC_NAME = re.compile(r"^\s*(?:[^\s:]+::)?([A-Za-z0-9_][A-Za-z0-9_.+\-]*)")

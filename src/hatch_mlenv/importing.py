@@ -17,9 +17,10 @@ import tomlkit
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
+from hatch_mlenv._compat import tomllib
 from hatch_mlenv.errors import ConfigError
 from hatch_mlenv.lockfile import atomic_write, source_of
-from hatch_mlenv.spec import PYPROJECT, merge_specs, parse_spec, tomllib
+from hatch_mlenv.spec import PYPROJECT, merge_specs, parse_spec
 
 # environment.yml sections we read, and those we know but do not map.
 _ENV_YML_KEYS = ("name", "channels", "dependencies", "variables")

@@ -41,16 +41,9 @@ from hatch_mlenv.lockfile import (
     render_lockfile,
 )
 from hatch_mlenv.paths import cache_dir
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.pypi_names import canonical
-from hatch_mlenv.spec import (
-    LOCK_POLICIES,
-    PYPROJECT,
-    Spec,
-    current_platform,
-    environment_names,
-    load_spec,
-    public_variables,
-)
+from hatch_mlenv.spec import LOCK_POLICIES, PYPROJECT, Spec, environment_names, load_spec, public_variables
 
 
 @dataclass(frozen=True)
@@ -463,8 +456,6 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
     sdists = sorted({p.name for p in packages if p.manager == "pip" and is_sdist(p.url)})
     if sdists:  # built from source at install time, for whoever reads the lock before installing it
         custom[META_SDISTS] = json.dumps(sdists, separators=(",", ":"))
-    from hatch_mlenv.spec import current_platform
-
     return render_lockfile(
         packages,
         platforms=spec.platforms if spec.managed else (current_platform(),),

@@ -47,9 +47,9 @@ from hatch_mlenv.errors import MlenvError, RuntimeEnvError
 from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.install import install_environment
 from hatch_mlenv.install.activation import activation
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.reference import parse_reference
 from hatch_mlenv.registry import select_url
-from hatch_mlenv.spec import current_platform
 from hatch_mlenv.system import BYPASS_VARIABLE, ignored_by_environment, require_host
 
 FIELD = "mlenv"

@@ -26,6 +26,7 @@ from hatch_mlenv.credentials import channel_client, public, redact
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.hookspecs import Solver, SolveRequest, hookimpl  # the interface lives with the hooks
 from hatch_mlenv.lockfile import LockedPackage, split_dependency
+from hatch_mlenv.platforms import REQUIREMENT_KEYS
 
 if TYPE_CHECKING:
     import rattler
@@ -437,8 +438,6 @@ def _dependency(requirement: str, root: str, context: _Context) -> tuple[str | N
     if name.startswith("__"):
         declared = context.virtual.get(name)
         if declared is None:
-            from hatch_mlenv.spec import REQUIREMENT_KEYS  # loaded already by whoever built the request
-
             key = REQUIREMENT_KEYS.get(name)
             hint = f": set [tool.mlenv.system-requirements] {key}" if key else ""
             return None, f"{shown} ({context.platform} declares no {name}{hint})"

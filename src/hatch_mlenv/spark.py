@@ -32,7 +32,7 @@ from typing import Any
 
 from hatch_mlenv.environment import Environment
 from hatch_mlenv.errors import PackError, UsageError
-from hatch_mlenv.spec import current_platform
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.verify import STATE_FILE
 
 PLATFORM = "linux-64"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping
 
 from hatch_mlenv.errors import HostError, UsageError
 from hatch_mlenv.lockfile import META_NEEDS
-from hatch_mlenv.spec import REQUIREMENT_KEYS, current_platform, system_virtual_packages
+from hatch_mlenv.platforms import REQUIREMENT_KEYS, current_platform, system_virtual_packages
 
 if TYPE_CHECKING:
     from hatch_mlenv.lockfile import Lock, LockedPackage

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import tomllib
-
+from hatch_mlenv._compat import tomllib
 from hatch_mlenv.errors import ConfigError, UsageError
 from hatch_mlenv.lockfile import atomic_write
 from hatch_mlenv.paths import config_file

@@ -16,8 +16,8 @@ from typing import Any
 
 from hatch_mlenv.errors import NotInstalledError
 from hatch_mlenv.hashes import file_sha256
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.pypi_names import canonical
-from hatch_mlenv.spec import current_platform
 
 # A prefix's install record, written by `hatch_mlenv.install`; outside conda-meta/, where conda and
 # rattler read every *.json as a package record. Verify reads what it says was added on purpose.

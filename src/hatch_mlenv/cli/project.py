@@ -32,9 +32,9 @@ from hatch_mlenv.export import FORMATS as EXPORT_FORMATS
 from hatch_mlenv.export import export
 from hatch_mlenv.graph import tree_lines, tree_report, why_lines, why_report
 from hatch_mlenv.lockfile import atomic_write
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.reference import parse_target
 from hatch_mlenv.registry import describe
-from hatch_mlenv.spec import current_platform
 
 
 @click.command()

@@ -10,12 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hatch_mlenv._compat import tomllib
 from hatch_mlenv.errors import ConfigError, did_you_mean
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 HERE = Path(__file__).parent
 

@@ -338,7 +338,7 @@ class MlenvEnvironment(EnvironmentInterface):
 
     def _python_version(self, env: Environment) -> str:
         from hatch_mlenv.errors import InstallError
-        from hatch_mlenv.spec import current_platform
+        from hatch_mlenv.platforms import current_platform
 
         platform = current_platform()
         for package in env.lock.for_platform(platform):

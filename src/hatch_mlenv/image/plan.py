@@ -28,10 +28,10 @@ from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.install.conda import check_lock_integrity
 from hatch_mlenv.install.wheels import wheel_indexes
 from hatch_mlenv.lockfile import Lock, LockedPackage
+from hatch_mlenv.platforms import REQUIREMENT_KEYS
 from hatch_mlenv.reference import base_dockerfile_reference, repository_name, split_image_reference
 from hatch_mlenv.spec import (
     BASE_DOCKERFILE_KEY,
-    REQUIREMENT_KEYS,
     check_locked_values,
     prefix_problem,
     registry_problem,

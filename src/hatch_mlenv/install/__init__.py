@@ -22,9 +22,9 @@ from hatch_mlenv.errors import InstallError
 from hatch_mlenv.install.conda import check_lock_integrity, install_conda
 from hatch_mlenv.install.wheels import sync_wheels, wheel_indexes
 from hatch_mlenv.lockfile import exchange, remove_dead_leftovers
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.progress import note, step
 from hatch_mlenv.pypi_names import canonical
-from hatch_mlenv.spec import current_platform
 from hatch_mlenv.usage import record_use
 from hatch_mlenv.verify import (
     STATE_FILE,  # the prefix's install record, which verify also reads

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv.errors import MlenvError
-from hatch_mlenv.spec import current_platform
+from hatch_mlenv.platforms import current_platform
 
 
 def activation(env: Any, prefix: Path, base: dict[str, str]) -> tuple[dict[str, str], list[str]]:

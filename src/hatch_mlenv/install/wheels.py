@@ -12,8 +12,8 @@ from typing import Any, Sequence
 from hatch_mlenv.errors import InstallError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.lockfile import LockedPackage
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.progress import step
-from hatch_mlenv.spec import current_platform
 
 
 def install_wheels(

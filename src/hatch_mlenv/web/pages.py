@@ -19,11 +19,11 @@ from hatch_mlenv.diff import diff_environments
 from hatch_mlenv.environment import from_version
 from hatch_mlenv.errors import NotFoundError, UsageError
 from hatch_mlenv.graph import dependency_graph, platform_of
+from hatch_mlenv.platforms import current_platform
 from hatch_mlenv.reference import MAX_VERSION, Reference, check_name
 from hatch_mlenv.registry import describe
 from hatch_mlenv.registry.base import history_page
 from hatch_mlenv.repodata import local_records
-from hatch_mlenv.spec import current_platform
 from hatch_mlenv.web.picture import layout
 
 PER_PAGE = 50

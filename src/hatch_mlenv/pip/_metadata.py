@@ -1,0 +1,169 @@
+"""The dependencies a lock records for each pip package: its `Requires-Dist` for the target,
+read from the index's PEP 658 metadata, the wheel itself, or a source release's archive."""
+
+from __future__ import annotations
+
+import email.parser
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import unquote, urlsplit
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from hatch_mlenv import credentials
+from hatch_mlenv.distributions import fetch, is_sdist, sdist_metadata
+from hatch_mlenv.paths import cache_dir
+from hatch_mlenv.progress import step
+from hatch_mlenv.pypi_names import canonical
+
+
+def _requirements(
+    entries: list[dict[str, str]], environment: dict[str, str], known: list[str]
+) -> list[dict[str, str]]:
+    """Each wheel's `Requires-Dist` for the target, as conda-lock records dependencies: {name: specifier}.
+
+    Read from the core metadata that indexes serve next to wheels (PEP 658), or
+    from the wheel itself for a local file, or from a source release's archive
+    (downloaded into the cache the install takes it from); fetched in parallel,
+    and kept in the user cache by the file's sha256 (its metadata never changes),
+    so a relock or another platform with the same files asks the index nothing.
+    """
+    if not entries:
+        return []
+    cache = cache_dir() / "wheel-metadata"
+
+    def metadata(entry: dict[str, str]) -> str | None:
+        cached = cache / f"{entry['sha256']}.METADATA"
+        try:
+            return cached.read_text(encoding="utf-8")
+        except OSError:
+            pass
+        if is_sdist(entry["url"]):
+            # "" when the archive declares nothing (termcolor 1.1.0): cached too, never read again
+            text = sdist_metadata(fetch(entry["url"], entry["sha256"], f"{entry['name']} {entry['version']}",
+                                        known)) or ""
+        else:
+            text = _core_metadata(entry["url"], known)
+        if text is not None:
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+                partial = cached.with_suffix(f".{os.getpid()}.part")
+                partial.write_text(text, encoding="utf-8")
+                os.replace(partial, cached)
+            except OSError:  # a cache: never worth failing a lock for
+                pass
+        return text
+
+    sources = [e for e in entries if is_sdist(e["url"]) and not (cache / f"{e['sha256']}.METADATA").is_file()]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        if sources:  # a source release has no metadata beside it: the archive itself is read
+            names = ", ".join(f"{e['name']} {e['version']}" for e in sources)
+            with step(f"reading the metadata of {len(sources)} source release{'s' if len(sources) != 1 else ''} ({names})"):
+                texts = list(pool.map(metadata, entries))
+        else:
+            texts = list(pool.map(metadata, entries))
+    return [_dependencies(text, environment) for text in texts]
+
+
+def _core_metadata(url: str, known: list[str]) -> str | None:
+    """A wheel's METADATA: the PEP 658 file beside it, else (indexes serve none for many older
+    wheels, as PyPI for aiohttp 3.8.6) read out of the remote wheel with HTTP range requests, as
+    uv and pip do: the zip's end, its central directory, then only the METADATA member."""
+    if url.startswith("file://"):
+        with zipfile.ZipFile(unquote(urlsplit(url).path)) as wheel:
+            return _metadata_member(wheel)
+    public = credentials.strip(url)
+    header = credentials.authorization(url, known)
+    request = urllib.request.Request(public + ".metadata")
+    if header:
+        request.add_header("Authorization", header)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            return None
+    except (OSError, urllib.error.URLError):
+        return None
+    try:
+        with zipfile.ZipFile(_RemoteFile(public, header)) as wheel:
+            return _metadata_member(wheel)
+    except (OSError, urllib.error.URLError, zipfile.BadZipFile, StopIteration, ValueError):
+        return None  # no metadata to be had: the lock records no dependencies for it
+
+
+def _metadata_member(wheel) -> str:  # noqa: ANN001 - a zipfile.ZipFile
+    name = next(n for n in wheel.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+    return wheel.read(name).decode("utf-8", "replace")
+
+
+class _RemoteFile:
+    """A read-only, seekable view of a file on an HTTP server that honours `Range`, for zipfile:
+    each read the cache cannot serve fetches at least 64 KiB from where it starts."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, url: str, authorization: str | None) -> None:
+        self.url, self.authorization = url, authorization
+        self.position = 0
+        self.chunks: dict[int, bytes] = {}  # start offset -> bytes
+        tail = self._get(f"bytes=-{self.CHUNK}")
+        self.size = self._total
+        self.chunks[self.size - len(tail)] = tail
+
+    def _get(self, byte_range: str) -> bytes:
+        request = urllib.request.Request(self.url, headers={"Range": byte_range})
+        if self.authorization:
+            request.add_header("Authorization", self.authorization)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            content_range = response.headers.get("Content-Range", "")
+            if response.status != 206 or "/" not in content_range:
+                raise OSError(f"{self.url}: the server does not serve byte ranges")
+            self._total = int(content_range.rsplit("/", 1)[1])
+            return response.read()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def read(self, count: int = -1) -> bytes:
+        end = self.size if count is None or count < 0 else min(self.size, self.position + count)
+        if end <= self.position:
+            return b""
+        for start, data in self.chunks.items():
+            if start <= self.position and end <= start + len(data):
+                found = data[self.position - start:end - start]
+                self.position = end
+                return found
+        stop = max(end, min(self.size, self.position + self.CHUNK))
+        data = self._get(f"bytes={self.position}-{stop - 1}")
+        self.chunks[self.position] = data
+        found = data[:end - self.position]
+        self.position = end
+        return found
+
+
+def _dependencies(metadata: str | None, environment: dict[str, str]) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    dependencies = {}
+    for text in email.parser.HeaderParser().parsestr(metadata).get_all("Requires-Dist") or []:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        # No specifier is "", not conda's "*": rattler reads a pip entry's dependencies as PEP 508.
+        dependencies[canonical(requirement.name)] = str(requirement.specifier)
+    return dict(sorted(dependencies.items()))
