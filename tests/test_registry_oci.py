@@ -193,7 +193,7 @@ def test_a_renumbered_version_is_refused(oci: str, tmp_path: Path) -> None:
     registry = open_registry(oci)
     repo = registry.target.repository("renum")
     body, _ = registry._manifest(repo, "v1")  # what a user with push rights could do by hand
-    registry._put_manifest(repo, "v2", body)
+    registry.put_manifest(repo, "v2", body, "application/vnd.oci.image.manifest.v1+json")
     assert_clean_error(mlenv("get", "renum:2", "-o", str(tmp_path / "out")), 1, "registry entry renum:2 is corrupted")
     assert mlenv("get", "renum:1", "-o", str(tmp_path / "one")).returncode == 0
 

@@ -207,7 +207,7 @@ class OciRegistry:
         return self._request("HEAD", f"{repo}/blobs/{digest}").status_code == 200
 
     def blob(self, repo: str, digest: str) -> bytes:
-        return self._blob(repo, digest)
+        return self._check(self._request("GET", f"{repo}/blobs/{digest}"), f"reading blob {digest}").content
 
     def fetch_manifest(self, repo: str, reference: str, accept: tuple[str, ...]) -> tuple[bytes, str] | None:
         """A manifest or index by tag or digest and its media type; None when the registry has none."""
@@ -254,16 +254,6 @@ class OciRegistry:
             ),
             "uploading a blob",
         )
-
-    def _blob(self, repo: str, digest: str) -> bytes:
-        return self._check(self._request("GET", f"{repo}/blobs/{digest}"), f"reading blob {digest}").content
-
-    def _put_manifest(self, repo: str, tag: str, manifest: bytes) -> str:
-        self._check(
-            self._request("PUT", f"{repo}/manifests/{tag}", data=manifest, headers={"Content-Type": OCI_MANIFEST}),
-            f"tagging {repo}:{tag}",
-        )
-        return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
     def _manifest(self, repo: str, reference: str) -> tuple[bytes, dict[str, Any]] | None:
         response = self._request("GET", f"{repo}/manifests/{reference}", headers={"Accept": OCI_MANIFEST})
@@ -318,7 +308,8 @@ class OciRegistry:
             holder = self._lease(repo)
             if holder is None or holder["expires"] < time.time() or holder.get("released"):
                 body = json.dumps({"token": token, "expires": time.time() + _lease_seconds()}).encode()
-                self._put_manifest(repo, LEASE_TAG, self._artifact(repo, LEASE_ARTIFACT_TYPE, LEASE_MEDIA_TYPE, body, [], {}))
+                self.put_manifest(repo, LEASE_TAG, self._artifact(repo, LEASE_ARTIFACT_TYPE, LEASE_MEDIA_TYPE, body, [], {}),
+                          OCI_MANIFEST)
                 time.sleep(_settle_seconds())
                 holder = self._lease(repo)
                 if holder is not None and holder["token"] == token:
@@ -330,24 +321,26 @@ class OciRegistry:
 
     def _release(self, repo: str) -> None:
         body = json.dumps({"token": self._lease_token, "expires": 0, "released": True}).encode()
-        self._put_manifest(repo, LEASE_TAG, self._artifact(repo, LEASE_ARTIFACT_TYPE, LEASE_MEDIA_TYPE, body, [], {}))
+        self.put_manifest(repo, LEASE_TAG, self._artifact(repo, LEASE_ARTIFACT_TYPE, LEASE_MEDIA_TYPE, body, [], {}),
+                          OCI_MANIFEST)
 
     def _lease(self, repo: str) -> dict[str, Any] | None:
         found = self._manifest(repo, LEASE_TAG)
         if found is None:
             return None
-        return json.loads(self._blob(repo, found[1]["config"]["digest"]))
+        return json.loads(self.blob(repo, found[1]["config"]["digest"]))
 
     # -- the index: description and archived versions --------------------------------------
     def _index(self, repo: str) -> dict[str, Any]:
         found = self._manifest(repo, INDEX_TAG)
         if found is None:
             return {"description": None, "archived": []}
-        return json.loads(self._blob(repo, found[1]["config"]["digest"]))
+        return json.loads(self.blob(repo, found[1]["config"]["digest"]))
 
     def _write_index(self, repo: str, index: dict[str, Any]) -> None:
         body = json.dumps(index, sort_keys=True).encode()
-        self._put_manifest(repo, INDEX_TAG, self._artifact(repo, INDEX_ARTIFACT_TYPE, INDEX_MEDIA_TYPE, body, [], {}))
+        self.put_manifest(repo, INDEX_TAG, self._artifact(repo, INDEX_ARTIFACT_TYPE, INDEX_MEDIA_TYPE, body, [], {}),
+                          OCI_MANIFEST)
 
     # -- the Registry protocol -------------------------------------------------------------
     def register(
@@ -394,14 +387,14 @@ class OciRegistry:
                         "org.opencontainers.image.created": str(provenance.get("time") or ""),
                     },
                 )
-                self._put_manifest(repo, f"v{number}", body)
-                self._put_manifest(repo, f"digest-{digest}", body)
+                self.put_manifest(repo, f"v{number}", body, OCI_MANIFEST)
+                self.put_manifest(repo, f"digest-{digest}", body, OCI_MANIFEST)
                 current = self._manifest(repo, LATEST) if LATEST in tags else None
                 if takes_latest(provenance, self._provenance(repo, current[1]) if current else None):
-                    self._put_manifest(repo, LATEST, body)
+                    self.put_manifest(repo, LATEST, body, OCI_MANIFEST)
                 created = True
             for label in labels:
-                self._put_manifest(repo, label, body)
+                self.put_manifest(repo, label, body, OCI_MANIFEST)
             if description is not None:
                 index = self._index(repo)
                 if index.get("description") != description:
@@ -424,10 +417,10 @@ class OciRegistry:
             raise NotFoundError(f"{name} has no version {number}")
         body, manifest = found
         try:
-            config = json.loads(self._blob(repo, manifest["config"]["digest"]))
+            config = json.loads(self.blob(repo, manifest["config"]["digest"]))
             layers = {layer["annotations"]["org.opencontainers.image.title"]: layer for layer in manifest["layers"]}
-            lockfile = self._blob(repo, layers["conda-lock.yml"]["digest"]).decode()
-            env_manifest = json.loads(self._blob(repo, layers["mlenv.json"]["digest"]))
+            lockfile = self.blob(repo, layers["conda-lock.yml"]["digest"]).decode()
+            env_manifest = json.loads(self.blob(repo, layers["mlenv.json"]["digest"]))
         except (KeyError, ValueError, UnicodeDecodeError):
             raise RegistryError(f"registry entry {name}:{number} is corrupted: not an mlenv artifact") from None
         if labels is None:
@@ -440,7 +433,7 @@ class OciRegistry:
 
     def _provenance(self, repo: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            return json.loads(self._blob(repo, manifest["config"]["digest"])).get("provenance") or {}
+            return json.loads(self.blob(repo, manifest["config"]["digest"])).get("provenance") or {}
         except (KeyError, ValueError, TypeError):
             return None  # not a version (a damaged tag): the new version takes `latest`
 
@@ -553,7 +546,7 @@ class OciRegistry:
         if found is None:
             self._require(name)
             raise NotFoundError(f"{name} has no version {version}")
-        self._put_manifest(repo, label, found[0])
+        self.put_manifest(repo, label, found[0], OCI_MANIFEST)
         return self._version(name, version)
 
     def unlabel(self, name: str, label: str) -> int:
@@ -570,7 +563,7 @@ class OciRegistry:
         body = self._artifact(repo, DELETED_LABEL_ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, b"{}",
                               [("deleted", "application/vnd.mlenv.deleted-label.v1", label.encode())],
                               {"io.mlenv.deleted-label": label})
-        self._put_manifest(repo, label, body)
+        self.put_manifest(repo, label, body, OCI_MANIFEST)
         return number
 
     def set_archived(self, name: str, version: int, archived: bool) -> Version:
