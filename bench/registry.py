@@ -132,7 +132,7 @@ def tag_of(name: str, version: int) -> str:
 def local_benchmark(root: Path, ops: int, big_ops: int) -> tuple[Path, dict[int, dict[str, list[float]]]]:
     path = root / "registry.sqlite3"
     registry = LocalRegistry(path)
-    raw = sqlite3.connect(path)
+    raw: Any = None  # a plain sqlite3 connection, once the registry has made the database (it refuses an empty file)
     small = small_locks()
     check_digests(small, "env-000-v1")
     prov = provenance(None, spec_hash=None, project=None)
@@ -159,6 +159,7 @@ def local_benchmark(root: Path, ops: int, big_ops: int) -> tuple[Path, dict[int,
             done += 1
             build_round(done)
         build_time += time.perf_counter() - build_start
+        raw = raw or sqlite3.connect(path)
         total = per_name * NAMES
         picks = [(rng.choice(names), rng.randint(1, per_name)) for _ in range(ops + 1)]
         idem = [small.entry(n, tag_of(n, v)) for n, v in picks]
