@@ -44,7 +44,7 @@ def _amount(value: float | None, unit: str) -> str:
     if unit == "x":
         return f"{value:.2f}×"
     if unit == "s":
-        return f"{value:.3f} s"
+        return f"{value:.3f} s" if value >= 0.01 else f"{value * 1000:.3f} ms"
     return f"{value:.3g} {unit}" if unit == "%" else f"{value:.1f} {unit}"
 
 
