@@ -24,11 +24,11 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 COLUMNS = ["benchmark", "case", "subject", "baseline", "figure", "target", "met", "measured"]
 
 
-def discover() -> dict[str, str]:
-    """Import every case file (each registers its benchmark); the ones that fail, and why."""
+def discover(names: list[str]) -> dict[str, str]:
+    """Import the case files named, or all (each registers its benchmark); the ones that fail, and why."""
     failed = {}
     for path in sorted(BENCH_DIR.glob("*.py")):
-        if not path.name.startswith("_"):
+        if not path.name.startswith("_") and (not names or path.stem in names):
             try:
                 importlib.import_module(f"bench.{path.stem}")
             except Exception as exc:  # noqa: BLE001 - a case whose imports moved must not stop the others
@@ -80,12 +80,12 @@ def main() -> None:
     parser.add_argument("--real-pypi", action="store_true", help="also run the cases that use pypi.org (network)")
     args = parser.parse_args()
     sys.pycache_prefix = str(RESULTS_DIR / "pycache")  # in-process imports of hatch_mlenv too
-    failed = discover()
-    known = sorted({*BENCHMARKS, *failed})
-    unknown = [n for n in args.names if n not in known]
+    cases = sorted(p.stem for p in BENCH_DIR.glob("*.py") if not p.name.startswith("_"))
+    unknown = [n for n in args.names if n not in cases]
     if unknown:
-        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    names = args.names or known
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(cases)}")
+    failed = discover(args.names)
+    names = args.names or sorted({*BENCHMARKS, *failed})
     options = Options(args.runs, args.quick, args.real_pypi)
     print(f"# python -m bench {' '.join(sys.argv[1:])}\n  python {sys.version.split()[0]}, {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.2f}")

@@ -18,11 +18,11 @@ that runtime_env (creation of the environment, a worker started in it, the task)
 no runtime_env is the floor. Variants run round-robin. This benchmark measures inside a Ray
 driver rather than as a command through `_harness.measure`: the thing timed is a Ray task.
 
-Warm: on one cluster (two CPUs, so that an idle worker of each runtime_env is kept), after a first task of each, `--tasks` tasks one after another with the
-`mlenv` field and with none (alternating), each `ray.get` timed; the overhead is the difference
-of the medians (Ray reuses a started worker per runtime_env, so a task pays the field only when a
-new worker starts: also reported, as the first task on a second worker).
-
+Warm: on one cluster (two CPUs, so that an idle worker of each runtime_env is kept), after a
+first task of each, 60 tasks one after another with the `mlenv` field and with none
+(alternating), each `ray.get` timed; the overhead is the difference of the medians (Ray reuses a
+started worker per runtime_env, so a task pays the field only when a new worker starts: also
+reported, as the first task on a second worker).
 """
 
 from __future__ import annotations
