@@ -1,5 +1,6 @@
-"""The one harness every benchmark uses: timed child processes, round-robin runs, medians,
-tables, projects, and the generated file content of the synthetic channels.
+"""The one harness of bench/: timed child processes, round-robin runs, figures with their
+targets, the tables, and the deterministic content of the generated channels. The runner
+(`python -m bench`, bench/__main__.py) finds the benchmarks registered here with @benchmark.
 
 Every measurement is a fresh child process started through this very file run as a
 script (`python -S bench/_harness.py OUT ARGV...`): it fork()s and exec()s the command
@@ -54,6 +55,65 @@ PYTHON = sys.executable
 sys.path.insert(0, str(REPO))  # fixtures/, tests/
 
 
+# -- benchmarks, options, figures -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the runner was asked: `--runs N` overrides every benchmark's own default,
+    `--quick` takes the fewest runs that still give a figure, `--real-pypi` allows the network."""
+
+    runs: int | None = None
+    quick: bool = False
+    real_pypi: bool = False
+
+    def n(self, default: int, quick: int = 1) -> int:
+        return self.runs if self.runs is not None else quick if self.quick else default
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One row of the summary: `value` is subject / baseline (unit "x") or an absolute figure
+    in `unit`; met when value <= target."""
+
+    case: str
+    value: float
+    unit: str = "x"
+    target: float | None = None
+    subject: float | None = None  # seconds, when the figure is a ratio of two medians
+    baseline: float | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.target is None:
+            return "-"
+        if self.value != self.value:  # nan: nothing measured
+            return "no figure"
+        return "met" if self.value <= self.target else "MISSED"
+
+
+def versus(case: str, subject: Sequence[Sample] | float, baseline: Sequence[Sample] | float,
+           target: float | None = None) -> Figure:
+    """subject / baseline, each a median of samples or seconds."""
+    s = subject if isinstance(subject, (int, float)) else median_seconds(subject)
+    b = baseline if isinstance(baseline, (int, float)) else median_seconds(baseline)
+    return Figure(case, s / b, "x", target, s, b)
+
+
+Benchmark = Callable[[Options], list[Figure]]
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def benchmark(function: Benchmark) -> Benchmark:
+    """Register a case file's benchmark under its module's name (`python -m bench NAME`)."""
+    BENCHMARKS[function.__module__.rpartition(".")[2]] = function
+    return function
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 # -- one measured process ---------------------------------------------------------------------
 
 
@@ -76,14 +136,8 @@ class CommandFailed(RuntimeError):
     """A measured command exited non-zero: its timing would mean nothing."""
 
 
-def measure(
-    argv: Sequence[str],
-    *,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = None,
-    allow_failure: bool = False,
-) -> Sample:
+def measure(argv: Sequence[str | Path], *, cwd: Path | None = None, env: Mapping[str, str] | None = None,
+            timeout: float | None = None, allow_failure: bool = False) -> Sample:
     """Run `argv` once in a fresh process; its wall time, peak RSS and output.
 
     A non-zero exit raises CommandFailed unless `allow_failure`; past `timeout` the
@@ -123,7 +177,7 @@ class Command:
 
     argv: Argv
     env: Env = None
-    before: Callable[[], None] | None = None
+    before: Callable[[], object] | None = None
     cwd: Path | None = None
     check: Callable[[Sample, int], None] | None = None
     optional: bool = False
@@ -173,15 +227,21 @@ def bench_env(**extra: str) -> dict[str, str]:
     return env
 
 
-# -- figures ----------------------------------------------------------------------------------
+def child_env(**extra: str) -> dict[str, str]:
+    """bench_env() for a child that imports bench/ or fixtures/ (`python -m bench.NAME ...`)."""
+    path = os.pathsep.join(p for p in (str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return bench_env(PYTHONPATH=path, **extra)
+
+
+# -- figures and tables -----------------------------------------------------------------------
 
 
 def median_seconds(samples: Sequence[Sample]) -> float:
-    return statistics.median(s.seconds for s in samples)
+    return statistics.median(s.seconds for s in samples) if samples else float("nan")
 
 
 def median_rss(samples: Sequence[Sample]) -> float:
-    return statistics.median(s.peak_rss_mib for s in samples)
+    return statistics.median(s.peak_rss_mib for s in samples) if samples else float("nan")
 
 
 def medians(dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -189,8 +249,35 @@ def medians(dicts: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {key: statistics.median(d.get(key, 0.0) for d in dicts) for key in dicts[0]}
 
 
-def verdict(ratio: float, limit: float) -> str:
-    return f"met (≤ {limit:g}x)" if ratio <= limit else f"MISSED (> {limit:g}x)"
+def p95(values: Sequence[float]) -> float:
+    """Nearest-rank 95th percentile (with 10 samples: the largest)."""
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * 95 // 100) - 1)]
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> None:
+    """A plain aligned table (the first `left` columns flush left): for terminals and CI logs alike."""
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    print(f"\n{title}")
+    for index, row in enumerate(cells):
+        print("  " + "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if index == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def _cell(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_samples(title: str, samples: Mapping[str, Sequence[Sample]], base: str) -> None:
+    """The usual table: each command's median, min, max and peak RSS, and its ratio to `base`."""
+    b = median_seconds(samples[base])
+    rows = [[label, median_seconds(s), min(x.seconds for x in s), max(x.seconds for x in s), f"{median_rss(s):.0f}",
+             f"{median_seconds(s) / b:.2f}"] for label, s in samples.items() if s]
+    runs = max(len(s) for s in samples.values())
+    print_table(f"{title}: {runs} run(s) each, round-robin, medians (fresh processes)",
+                ["command", "wall s", "min s", "max s", "peak RSS MiB", f"x {base}"], rows)
 
 
 _IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)\s*$")
@@ -215,49 +302,19 @@ def top_level_imports(stderr: str) -> dict[str, float]:
     return totals
 
 
-def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """A plain aligned table: benchmarks print to terminals and CI logs alike."""
-    cells = [[str(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    print(f"\n{title}")
-    for index, row in enumerate(cells):
-        print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if index == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def header(title: str) -> None:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"# {title}")
-    print(f"  python {sys.version.split()[0]}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}, load average {load}")
-    print(f"  bytecode cache: {RESULTS_DIR / 'pycache'} (PYTHONPYCACHEPREFIX)")
-
-
-def footer() -> None:
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\n  load average at the end: {load} (above ~0.5 on this machine, other work shared the cores)")
-
-
-def run(main: Callable[[], None]) -> None:
-    """Run a benchmark's main; a command that fails is reported in a few lines, not a traceback."""
-    try:
-        main()
-    except CommandFailed as exc:
-        print(f"\nbenchmark aborted, a measured command failed: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+def print_imports(title: str, argv: Sequence[str | Path], top: int = 8, **env: str) -> None:
+    """The top-level imports of one run of a python command, by cumulative seconds (-X importtime)."""
+    result = subprocess.run([PYTHON, "-X", "importtime", *map(str, argv)], capture_output=True, text=True, check=True,
+                            env=bench_env(**env))
+    found = sorted(top_level_imports(result.stderr).items(), key=lambda r: r[1], reverse=True)
+    print_table(f"top-level imports of {title} (-X importtime)", ["module", "cumulative s"], found[:top])
 
 
 # -- commands, projects, scratch --------------------------------------------------------------
 
 
 def console_script(name: str) -> Path:
-    """The real console script in this interpreter's scripts dir (not a pyenv shim)."""
+    """The real console script in this interpreter's scripts dir (not a pyenv shim: ~45 ms a call)."""
     script = Path(sysconfig.get_path("scripts")) / name
     if script.is_file():
         return script
@@ -267,33 +324,27 @@ def console_script(name: str) -> Path:
     return Path(found)
 
 
-def which(name: str) -> Path:
-    """What a user's shell runs for `name` (may be a pyenv shim)."""
-    found = shutil.which(name)
-    return Path(found) if found else console_script(name)
+MLENV = str(console_script("mlenv"))
 
 
-def write_project(root: Path, channel: Path, conda: Sequence[str], *, python: str = "3.6", extra: str = "",
-                  mlenv: str = "") -> Path:
-    """A project whose `[tool.mlenv]` locks `conda` from `channel` for linux-64 (`mlenv`: more keys)."""
+def write_project(root: Path, channel: Path | Sequence[Path], conda: Sequence[str], *, python: str = "3.6",
+                  extra: str = "", mlenv: str = "", platforms: Sequence[str] = ("linux-64",)) -> Path:
+    """A project whose `[tool.mlenv]` locks `conda` from `channel` (`extra`: more top-level
+    tables before it, `mlenv`: more keys of it), __glibc 2.17 on every platform."""
     root.mkdir(parents=True, exist_ok=True)
-    specs = ", ".join(f'"{s}"' for s in conda)
-    text = textwrap.dedent(
-        f"""\
+    channels = ", ".join(f'"{c}"' for c in ([channel] if isinstance(channel, Path) else channel))
+    glibc = "".join(f'[tool.mlenv.virtual-packages.{p}]\n__glibc = "2.17"\n' for p in platforms)
+    text = textwrap.dedent(extra) + textwrap.dedent(f"""\
         [project]
         name = "bench"
         version = "0.1"
-        {{extra}}
+
         [tool.mlenv]
-        channels = ["{channel}"]
-        platforms = ["linux-64"]
+        channels = [{channels}]
+        platforms = {json.dumps(list(platforms))}
         python = "{python}"
-        conda = [{specs}]
-        {{mlenv}}
-        [tool.mlenv.virtual-packages.linux-64]
-        __glibc = "2.17"
-        """
-    ).replace("{extra}", textwrap.dedent(extra)).replace("{mlenv}", textwrap.dedent(mlenv))
+        conda = {json.dumps(list(conda))}
+        """) + textwrap.dedent(mlenv) + "\n" + glibc
     (root / "pyproject.toml").write_text(text, encoding="utf-8")
     return root
 
@@ -304,6 +355,14 @@ def scratch_dir(name: str) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
+
+
+def rmtree(*paths: Path) -> Callable[[], None]:
+    """A `before` that removes `paths`."""
+    def remove() -> None:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+    return remove
 
 
 # -- content of the generated channels (deterministic) ----------------------------------------

@@ -18,28 +18,33 @@ that runtime_env (creation of the environment, a worker started in it, the task)
 no runtime_env is the floor. Variants run round-robin. This benchmark measures inside a Ray
 driver rather than as a command through `_harness.measure`: the thing timed is a Ray task.
 
-Warm: on one cluster (two CPUs, so that an idle worker of each runtime_env is kept), after a first task of each, `--tasks` tasks one after another with the
-`mlenv` field and with none (alternating), each `ray.get` timed; the overhead is the difference
-of the medians (Ray reuses a started worker per runtime_env, so a task pays the field only when a
-new worker starts: also reported, as the first task on a second worker).
-
-Usage: PYTHONPATH=$PWD/src python bench/ray_env.py [--runs 3] [--tasks 60]
+Warm: on one cluster (two CPUs, so that an idle worker of each runtime_env is kept), after a
+first task of each, 60 tasks one after another with the `mlenv` field and with none
+(alternating), each `ray.get` timed; the overhead is the difference of the medians (Ray reuses a
+started worker per runtime_env, so a task pays the field only when a new worker starts: also
+reported, as the first task on a second worker).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _harness import PYTHON, footer, header, print_table, run, scratch_dir, verdict
+import ray
+from ray._private import ray_constants
+from ray.cluster_utils import Cluster
+
+from bench._harness import PYTHON, Figure, Options, benchmark, print_table, progress, scratch_dir
+from fixtures.host_python import host_python_minor, make_host_python_channel
+from fixtures.installed_wheels import installed_closure_wheels
+from fixtures.pip_index import Wheel, build_index, serve
+from hatch_mlenv.lockfile import read_lock
 
 FIRST_LIMIT = 0.5
 WARM_LIMIT_MS = 20.0
@@ -48,25 +53,17 @@ WHEEL_KIB = 1500
 
 
 def _wheels(root: Path) -> list:
-    from fixtures.pip_index import Wheel
-
     wheels = []
     for index in range(BENCH_WHEELS):
         name = f"bench-pkg-{index:02d}"
         stem = name.replace("-", "_")
         body = "".join(f"def f{n}(x):\n    return x * {n} + {index}\n\n" for n in range(WHEEL_KIB * 1024 // 40 // 8))
-        modules = {f"{stem}/__init__.py": f'__version__ = "1.0"\n', **{f"{stem}/m{k}.py": body for k in range(8)}}
+        modules = {f"{stem}/__init__.py": '__version__ = "1.0"\n', **{f"{stem}/m{k}.py": body for k in range(8)}}
         wheels.append(Wheel(name, "1.0", modules=modules))
     return wheels
 
 
 def _prepare(root: Path):  # -> (registry, field, pins, index_url, stop)
-    import ray
-
-    from fixtures.host_python import host_python_minor, make_host_python_channel
-    from fixtures.installed_wheels import installed_closure_wheels
-    from fixtures.pip_index import build_index, serve
-
     channel = make_host_python_channel(root / "channel")
     real = installed_closure_wheels("ray", root / "pypi" / "files")
     index = build_index(root / "pypi", [*real, *_wheels(root)])
@@ -83,8 +80,6 @@ def _prepare(root: Path):  # -> (registry, field, pins, index_url, stop)
     env = {**os.environ, "MLENV_HOME": str(root / "laptop"), "MLENV_REGISTRY": registry}
     for args in (["lock", "--project", str(project)], ["register", "--project", str(project)]):
         subprocess.run([PYTHON, "-m", "hatch_mlenv", *args], env=env, check=True, stdout=subprocess.DEVNULL)
-    from hatch_mlenv.lockfile import read_lock
-
     lock = read_lock(project / "conda-lock.yml")
     pins = sorted(f"{p.name}=={p.version}" for p in lock.packages if p.manager == "pip")
     field = {"ref": "bench:1", "registry": registry, "digest": f"sha256:{lock.digest()}"}
@@ -95,10 +90,6 @@ class _Cluster:
     """A one-node cluster with its own temp dir and homes, on loopback."""
 
     def __init__(self, root: Path, cpus: int = 1) -> None:
-        import ray
-        from ray._private import ray_constants
-        from ray.cluster_utils import Cluster
-
         self.temp = Path(tempfile.mkdtemp(prefix="rayb", dir="/tmp"))
         os.environ["RAY_TMPDIR"] = str(self.temp)
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -114,16 +105,12 @@ class _Cluster:
                  log_to_driver=False)
 
     def close(self) -> None:
-        import ray
-
         ray.shutdown()
         self.cluster.shutdown()
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def _task():
-    import ray
-
     @ray.remote(num_cpus=0.01)
     def task() -> str:
         import sys
@@ -134,8 +121,6 @@ def _task():
 
 
 def _first(root: Path, runtime_env: dict | None) -> float:
-    import ray
-
     cluster = _Cluster(root)
     try:
         task = _task()
@@ -146,14 +131,9 @@ def _first(root: Path, runtime_env: dict | None) -> float:
         cluster.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tasks", type=int, default=60)
-    args = parser.parse_args()
-    header("ray: first task on a fresh node, and per-task overhead when warm")
-    import ray
-
+@benchmark
+def ray_env(options: Options) -> list[Figure]:
+    runs, tasks = options.n(3, quick=1), options.n(60, quick=20)
     root = scratch_dir("ray")
     # bytecode cached as on a user's machine (see _harness.bench_env): the nodes inherit this environment
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -166,16 +146,15 @@ def main() -> None:
             '{"pip": pins}': {"pip": {"packages": pins, "pip_install_options": ["--index-url", url]}},
         }
         samples: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.runs):
+        for run in range(runs):
             for name, runtime_env in variants.items():
+                progress(f"ray_env: first task, {name}, run {run + 1} of {runs}")
                 samples[name].append(_first(root, runtime_env))
         first = {name: statistics.median(values) for name, values in samples.items()}
-        print_table(f"first task on a fresh node, median of {args.runs} (ray {ray.__version__}, {len(pins)} pins)",
+        print_table(f"first task on a fresh node, median of {runs} (ray {ray.__version__}, {len(pins)} pins)",
                     ("runtime_env", "seconds", "runs", "x uv"),
                     [(name, first[name], " ".join(f"{v:.1f}" for v in samples[name]),
                       first[name] / first['{"uv": pins}']) for name in variants])
-        ratio = first['{"mlenv": ref}'] / first['{"uv": pins}']
-        print(f"\n  mlenv / uv = {ratio:.2f}x: {verdict(ratio, FIRST_LIMIT)}")
 
         # two CPUs: Ray keeps an idle worker per CPU, so the worker of each runtime_env stays (on one
         # CPU, alternating runtime_envs would replace the worker at every task)
@@ -185,7 +164,7 @@ def main() -> None:
             mlenv = task.options(runtime_env={"mlenv": field})
             ray.get([mlenv.remote(), task.remote()], timeout=1800)  # installed, a worker started for each
             times: dict[str, list[float]] = {"none": [], "mlenv": []}
-            for _ in range(args.tasks):
+            for _ in range(tasks):
                 for name, handle in (("none", task), ("mlenv", mlenv)):
                     start = time.perf_counter()
                     ray.get(handle.remote())
@@ -198,16 +177,12 @@ def main() -> None:
         finally:
             cluster.close()
         overhead = warm["mlenv"] - warm["none"]
-        print_table(f"warm node, {args.tasks} tasks each, alternating", ("runtime_env", "median ms"),
+        print_table(f"warm node, {tasks} tasks each, alternating", ("runtime_env", "median ms"),
                     [("no runtime_env", warm["none"]), ('{"mlenv": ref}', warm["mlenv"]), ("overhead", overhead)])
-        print(f"\n  warm overhead {overhead:.1f} ms a task: {'met' if overhead <= WARM_LIMIT_MS else 'MISSED'} "
-              f"(<= {WARM_LIMIT_MS:g} ms)")
         print(f"  a new worker in the installed environment (another runtime_env of the same digest): {second:.2f} s")
     finally:
         stop()
-    footer()
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    run(main)
+    return [Figure('first task on a fresh node: {"mlenv": ref} vs Ray\'s {"uv": pins}',
+                   first['{"mlenv": ref}'] / first['{"uv": pins}'], "x", FIRST_LIMIT, first['{"mlenv": ref}'],
+                   first['{"uv": pins}']),
+            Figure("warm task: overhead of the mlenv field", overhead, "ms", WARM_LIMIT_MS)]

@@ -1,109 +1,68 @@
 """Using a registered version by reference: what resolving `NAME:VERSION` costs.
 
-Targets (issue 14): resolving a reference against the local registry adds <= 20 ms to a
-command; `mlenv install NAME:VERSION` of an already-installed digest is the same no-op as
-today's project install (<= 0.1 s).
-
-Baseline, in the same run: the same environment loaded / installed from its project.
-- in-process: `Environment.load(project)` vs `Environment.load("NAME:1")` (registry opened,
-  entry and digest verified, the version's directory found up to date), after imports;
-- whole command: `mlenv install --project DIR` vs `mlenv install NAME:1` vs `NAME@latest`,
-  both no-ops on an installed prefix.
-
-The environment is the README's quickstart (its bundled channel), so it runs offline.
-
-Usage: python bench/references.py [--runs N]
+The README's quickstart (its bundled channel, offline) is locked, registered and installed;
+then, from an empty directory:
+- in one process, imports paid: `Environment.load(project)` (baseline) vs
+  `Environment.load("quickstart-train:1")` and `"quickstart-train@latest"` (registry opened,
+  entry and digest verified, the version's directory found up to date), 40 each;
+- fresh processes: the no-op `mlenv install --project DIR` vs `mlenv install quickstart-train:1`
+  and `@latest`.
+Targets: resolving adds <= 20 ms; a no-op `mlenv install NAME:VERSION` <= 0.1 s.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+import json
 import shutil
-import statistics
 import subprocess
-import time
-from pathlib import Path
 
-from _harness import (
-    PYTHON,
-    Command,
-    bench_env,
-    console_script,
-    footer,
-    header,
-    round_robin,
-    median_seconds,
-    print_table,
-    run,
-    scratch_dir,
-    verdict,
-)
+from bench._harness import (MLENV, PYTHON, REPO, Command, Figure, Options, bench_env, benchmark, median_seconds,
+                            print_samples, print_table, round_robin, scratch_dir)
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
-ADDED_LIMIT_MS = 20.0
-NOOP_LIMIT_S = 0.1
+LOADS = """\
+import json, statistics, sys, time
+from hatch_mlenv import Environment
+project, runs = sys.argv[1], int(sys.argv[2])
+def timed(ref):
+    Environment.load(ref)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter(); Environment.load(ref); samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+print(json.dumps({"project": timed(project), "number": timed("quickstart-train:1"),
+                  "label": timed("quickstart-train@latest")}))
+"""
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    args = parser.parse_args()
-    header("references: NAME:VERSION vs the project")
-
+@benchmark
+def references(options: Options) -> list[Figure]:
     root = scratch_dir("references")
-    project = root / "quickstart"
-    shutil.copytree(QUICKSTART, project, ignore=shutil.ignore_patterns(".mlenv", "dist", "wheels", "conda-lock.yml"))
-    empty = root / "empty"
+    project, empty = root / "quickstart", root / "empty"
+    shutil.copytree(REPO / "examples" / "quickstart", project,
+                    ignore=shutil.ignore_patterns(".mlenv", "dist", "wheels", "conda-lock.yml"))
     empty.mkdir()
     env = bench_env(MLENV_HOME=str(root / "home"))
-    mlenv = str(console_script("mlenv"))
-    for argv in ([mlenv, "lock", "--project", str(project)], [mlenv, "register", "--project", str(project)],
-                 [mlenv, "install", "--project", str(project)], [mlenv, "install", "quickstart-train:1"]):
-        subprocess.run(argv, cwd=empty, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for argv in (["lock", "--project", project], ["register", "--project", project],
+                 ["install", "--project", project], ["install", "quickstart-train:1"]):
+        subprocess.run([MLENV, *map(str, argv)], cwd=empty, env=env, check=True, capture_output=True)
 
-    # in-process: the resolver alone, imports already paid
-    code = (
-        "import json, time, statistics\n"
-        "from hatch_mlenv.environment import Environment\n"
-        f"project = {str(project)!r}\n"
-        "Environment.load(project); Environment.load('quickstart-train:1')\n"
-        "def timed(ref):\n"
-        "    samples = []\n"
-        "    for _ in range(40):\n"
-        "        start = time.perf_counter(); Environment.load(ref); samples.append(time.perf_counter() - start)\n"
-        "    return statistics.median(samples)\n"
-        "print(json.dumps({'project': timed(project), 'number': timed('quickstart-train:1'),\n"
-        "                  'label': timed('quickstart-train@latest')}))\n"
-    )
-    import json
-
-    loads = json.loads(subprocess.run([PYTHON, "-c", code], cwd=empty, env=env, check=True,
+    loads = json.loads(subprocess.run([PYTHON, "-c", LOADS, str(project), "40"], cwd=empty, env=env, check=True,
                                       capture_output=True, text=True).stdout)
-    print_table("in-process Environment.load, median of 40 (ms)", ["reference", "ms", "added ms"], [
-        ("project directory (baseline)", loads["project"] * 1000, 0.0),
-        ("quickstart-train:1", loads["number"] * 1000, (loads["number"] - loads["project"]) * 1000),
-        ("quickstart-train@latest", loads["label"] * 1000, (loads["label"] - loads["project"]) * 1000),
-    ])
-
-    samples = round_robin(args.runs, {
-        "project": Command([mlenv, "install", "--project", str(project)], cwd=empty, env=env),
-        "number": Command([mlenv, "install", "quickstart-train:1"], cwd=empty, env=env),
-        "label": Command([mlenv, "install", "quickstart-train@latest"], cwd=empty, env=env),
+    print_table("in-process Environment.load, median of 40, ms", ["reference", "ms", "added ms"],
+                [(label, loads[key] * 1000, (loads[key] - loads["project"]) * 1000) for key, label in
+                 (("project", "project directory (baseline)"), ("number", "quickstart-train:1"),
+                  ("label", "quickstart-train@latest"))])
+    install = "install --project DIR (baseline)"
+    samples = round_robin(options.n(15, quick=5), {
+        install: Command([MLENV, "install", "--project", str(project)], cwd=empty, env=env),
+        "install quickstart-train:1": Command([MLENV, "install", "quickstart-train:1"], cwd=empty, env=env),
+        "install quickstart-train@latest": Command([MLENV, "install", "quickstart-train@latest"], cwd=empty, env=env),
     })
-    base = median_seconds(samples["project"])
-    rows = []
-    for label, text in (("project", "install --project DIR (baseline)"), ("number", "install quickstart-train:1"),
-                        ("label", "install quickstart-train@latest")):
-        seconds = median_seconds(samples[label])
-        added = (seconds - base) * 1000
-        rows.append((text, seconds, added, f"{seconds / base:.2f}x",
-                     "-" if label == "project" else verdict(added / ADDED_LIMIT_MS, 1.0).replace("1x", f"{ADDED_LIMIT_MS:g} ms")
-                     + (", no-op " + ("met" if seconds <= NOOP_LIMIT_S else "MISSED") + f" (≤ {NOOP_LIMIT_S} s)")))
-    print_table(f"no-op install, whole command, median of {args.runs} (s)",
-                ["command", "s", "added ms", "ratio", "target"], rows)
-    footer()
-
-
-if __name__ == "__main__":
-    run(main)
+    print_samples("no-op install", samples, install)
+    by_number = median_seconds(samples["install quickstart-train:1"])
+    added = (by_number - median_seconds(samples[install])) * 1000
+    return [Figure("`Environment.load(NAME:1)` vs the project's, added", (loads["number"] - loads["project"]) * 1000,
+                   "ms", 20.0),
+            Figure("no-op `mlenv install NAME:1` vs `--project DIR`, added", added, "ms", 20.0, by_number,
+                   median_seconds(samples[install])),
+            Figure("no-op `mlenv install NAME:1`", by_number, "s", 0.1)]

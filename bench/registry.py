@@ -5,66 +5,47 @@ version of every name per round, up to 100 versions each (10,000 versions).
 At 100 (100 names x 1), 1,000 (x 10) and 10,000 (x 100) versions it times
 `get(NAME:V)`, `register` of an existing lock (idempotent), `history(NAME)` and
 `list()` against a raw `sqlite3` SELECT of one lockfile by primary key on the
-same database (the baseline), round-robin, `--ops` times each. "register new"
+same database (the baseline), round-robin, 200 times each. "register new"
 at a size is the next two rounds of the build (200 new versions, the registry
 growing from N to N+200). Then a ~430 KB lock (the numpy conda-lock sample,
-one variable changed per version) is registered and read `--big-ops` times,
+one variable changed per version) is registered and read 20 times each,
 against `parse_lock` of the same text; then fresh `mlenv get` / `mlenv list
 --json` / `mlenv history` processes with MLENV_REGISTRY=sqlite:///PATH against
 `mlenv --version`.
 
 OCI: Debian's docker-registry on 127.0.0.1 with htpasswd auth (the test
 fixture). Push (register of one new version), idempotent push, pull (get of a
-version) `--oci-runs` times each, round-robin with an authenticated
+version) 10 times each, round-robin with an authenticated
 `requests.get` of /v2/ (the baseline); HTTP requests per operation are counted;
 `history` is timed and counted at 1 and at 2 x (runs + 1) versions, `list` at 2
 names and at 102 (distribution's catalog endpoint pages at 100 repositories).
 
-Nothing is asserted; figures are printed. Everything is written under
-bench/results/registry/.
-
-Usage: python bench/registry.py [--ops N] [--big-ops N] [--cli-runs N] [--oci-runs N]
+No targets: growth with the registry's size, and ratios to the raw reads.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sqlite3
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from _harness import (
-    RESULTS_DIR,
-    SHARED_DATA,
-    Command,
-    bench_env,
-    console_script,
-    footer,
-    header,
-    median_rss,
-    median_seconds,
-    print_table,
-    round_robin,
-    run,
-    scratch_dir,
-)
+import requests
 
-# In-process imports of hatch_mlenv keep their bytecode out of the source tree too.
-sys.pycache_prefix = str(RESULTS_DIR / "pycache")
-
-from fixtures.oci_registry import run_registry  # noqa: E402
-from hatch_mlenv.reference import image_reference_for  # noqa: E402
-from hatch_mlenv.lockfile import _PARSED, lock_digest, parse_lock  # noqa: E402
-from hatch_mlenv.manifest import lock_manifest  # noqa: E402
-from hatch_mlenv.registry import Reference, provenance  # noqa: E402
-from hatch_mlenv.registry.local import LocalRegistry  # noqa: E402
-from tests.registry_helpers import small_lock  # noqa: E402
+from bench._harness import (MLENV, SHARED_DATA, Command, Figure, Options, bench_env, benchmark, median_rss,
+                            median_seconds, p95, print_table, progress, round_robin, scratch_dir)
+from fixtures.oci_registry import run_registry
+from hatch_mlenv.reference import image_reference_for
+from hatch_mlenv.lockfile import _PARSED, lock_digest, parse_lock
+from hatch_mlenv.manifest import lock_manifest
+from hatch_mlenv.registry import Reference, provenance
+from hatch_mlenv.registry.local import LocalRegistry
+from hatch_mlenv.registry.oci import OciRegistry
+from tests.registry_helpers import small_lock
 
 BIG_SAMPLE = SHARED_DATA / "conda-lock-samples" / "numpy-conda-lock.yml"
 NAMES = 100
@@ -75,12 +56,6 @@ MARK = "@@TAG@@"
 
 
 # -- timing ---------------------------------------------------------------------------------
-def p95(values: list[float]) -> float:
-    """Nearest-rank 95th percentile (with 10 samples: the largest)."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * 95 // 100) - 1)]
-
-
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}" if seconds < 0.1 else f"{seconds * 1000:.1f}"
 
@@ -154,10 +129,10 @@ def tag_of(name: str, version: int) -> str:
     return f"{name}-v{version}"
 
 
-def local_benchmark(root: Path, ops: int, big_ops: int) -> Path:
+def local_benchmark(root: Path, ops: int, big_ops: int) -> tuple[Path, dict[int, dict[str, list[float]]]]:
     path = root / "registry.sqlite3"
     registry = LocalRegistry(path)
-    raw = sqlite3.connect(path)
+    raw: Any = None  # a plain sqlite3 connection, once the registry has made the database (it refuses an empty file)
     small = small_locks()
     check_digests(small, "env-000-v1")
     prov = provenance(None, spec_hash=None, project=None)
@@ -184,6 +159,7 @@ def local_benchmark(root: Path, ops: int, big_ops: int) -> Path:
             done += 1
             build_round(done)
         build_time += time.perf_counter() - build_start
+        raw = raw or sqlite3.connect(path)
         total = per_name * NAMES
         picks = [(rng.choice(names), rng.randint(1, per_name)) for _ in range(ops + 1)]
         idem = [small.entry(n, tag_of(n, v)) for n, v in picks]
@@ -309,11 +285,11 @@ def local_benchmark(root: Path, ops: int, big_ops: int) -> Path:
     )
     registry.close()
     raw.close()
-    return path
+    return path, results
 
 
-def cli_benchmark(path: Path, root: Path, runs: int) -> None:
-    script = str(console_script("mlenv"))
+def cli_benchmark(path: Path, root: Path, runs: int) -> Figure:
+    script = MLENV
     env = bench_env(MLENV_REGISTRY=f"sqlite://{path}")
     out = root / "get-out"
     commands = {
@@ -332,6 +308,9 @@ def cli_benchmark(path: Path, root: Path, runs: int) -> None:
         [[label, ms(median_seconds(s)), ms(p95([x.seconds for x in s])), f"{median_rss(s):.0f}",
           f"{median_seconds(s) / base:.2f}"] for label, s in samples.items()],
     )
+    return Figure("`mlenv get NAME:V` (small lock, 10k versions) vs `mlenv --version`",
+                  median_seconds(samples["mlenv get env-042:50 -o DIR (small lock)"]) / base, "x", None,
+                  median_seconds(samples["mlenv get env-042:50 -o DIR (small lock)"]), base)
 
 
 # -- OCI ------------------------------------------------------------------------------------
@@ -349,11 +328,7 @@ class Counted:
         registry._request = request
 
 
-def oci_benchmark(root: Path, runs: int) -> None:
-    import requests
-
-    from hatch_mlenv.registry.oci import OciRegistry
-
+def oci_benchmark(root: Path, runs: int) -> Figure:
     small = small_locks()
     prov = provenance(None, spec_hash=None, project=None)
     with run_registry(root / "oci") as server:
@@ -443,8 +418,10 @@ def oci_benchmark(root: Path, runs: int) -> None:
         print(f"  list with 102 names registered returned {len(names)} "
               f"(GET /v2/_catalog without ?n= returned {len(page)} repositories, "
               f"Link header: {'yes' if catalog.headers.get('Link') else 'no'})")
-        print(f"  push waits MLENV_OCI_SETTLE_MS (default 250 ms) once for the lease; pull = get NAME:V "
-              f"(manifest, config, lock and manifest blobs, then labels: tags/list + HEAD per label tag, index)")
+        print("  push waits MLENV_OCI_SETTLE_MS (default 250 ms) once for the lease; pull = get NAME:V "
+              "(manifest, config, lock and manifest blobs, then labels: tags/list + HEAD per label tag, index)")
+        pull = statistics.median(samples["pull (get NAME:V)"])
+        return Figure("OCI pull (`get NAME:V`) vs an authenticated GET /v2/", pull / base, "x", None, pull, base)
 
 
 def _count(values: list[int]) -> str:
@@ -454,22 +431,16 @@ def _count(values: list[int]) -> str:
     return str(low) if low == high else f"{low}-{high}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=200, help="timed operations per kind and size (local)")
-    parser.add_argument("--big-ops", type=int, default=20, help="timed operations per kind with the ~430 KB lock")
-    parser.add_argument("--cli-runs", type=int, default=10)
-    parser.add_argument("--oci-runs", type=int, default=10)
-    args = parser.parse_args()
-    header("registry: local SQLite registry at 100 -> 10,000 versions; loopback OCI push/pull")
-    started = time.perf_counter()
+@benchmark
+def registry(options: Options) -> list[Figure]:
     root = scratch_dir("registry")
-    path = local_benchmark(root, args.ops, args.big_ops)
-    cli_benchmark(path, root, args.cli_runs)
-    oci_benchmark(root, args.oci_runs)
-    print(f"\n  total {time.perf_counter() - started:.0f} s")
-    footer()
-
-
-if __name__ == "__main__":
-    run(main)
+    progress("registry: local, 100 -> 10,000 versions")
+    path, local = local_benchmark(root, options.n(200, quick=20), options.n(20, quick=3))
+    figures = []
+    for label in ("get NAME:V", "register, idempotent"):
+        small, big = (statistics.median(local[n][label]) for n in (100, 10_000))
+        figures.append(Figure(f"local `{label}` at 10,000 versions vs at 100", big / small, "x", None, big, small))
+    figures.append(cli_benchmark(path, root, options.n(10, quick=3)))
+    progress("registry: OCI on loopback")
+    figures.append(oci_benchmark(root, options.n(10, quick=3)))
+    return figures

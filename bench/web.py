@@ -16,16 +16,11 @@ from the request to its first byte); "wall" is the client's request-to-last-byte
 Then, when `chromium` and `chromedriver` are installed, the robostack page in headless Chromium:
 from navigation to the first frame painted after `load`, and from the last byte to it.
 
-Nothing is asserted: figures are printed, with whether each target is met.
-
-Usage: python bench/web.py [--requests N] [--browser-runs N]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -37,16 +32,16 @@ import threading
 import time
 from pathlib import Path
 
-from _harness import RESULTS_DIR, SHARED_DATA, bench_env, footer, header, print_table, run, scratch_dir
+import requests
 
-sys.pycache_prefix = str(RESULTS_DIR / "pycache")
-
-from hatch_mlenv.reference import image_reference_for  # noqa: E402
-from hatch_mlenv.lockfile import parse_lock  # noqa: E402
-from hatch_mlenv.manifest import lock_manifest  # noqa: E402
-from hatch_mlenv.registry import Reference, provenance, register_lockfile  # noqa: E402
-from hatch_mlenv.registry.local import LocalRegistry  # noqa: E402
-from tests.registry_helpers import small_lock  # noqa: E402
+from bench._harness import SHARED_DATA, Figure, Options, bench_env, benchmark, p95, print_table, progress, scratch_dir
+from hatch_mlenv import sealed
+from hatch_mlenv.reference import image_reference_for
+from hatch_mlenv.lockfile import lock_digest, parse_lock
+from hatch_mlenv.manifest import lock_manifest
+from hatch_mlenv.registry import Reference, provenance, register_lockfile
+from hatch_mlenv.registry.local import LocalRegistry
+from tests.registry_helpers import small_lock
 
 SAMPLES = SHARED_DATA / "conda-lock-samples"
 LONG_HISTORY = 9_901
@@ -56,19 +51,11 @@ BROWSER_TARGET_MS = 1000.0
 MARK = "@@TAG@@"
 
 
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * 95 // 100) - 1)]
-
-
 def build(path: Path) -> tuple[float, int]:
     """10,000 versions through the registry API, then the two large locks; (seconds, versions).
     Each version is small_lock's text with its own TAG; `register` parses and hashes each text
     itself, as for any registration. The caches are left alone (`sealed.read_only`): 10,000 parsed
     locks have no business in the user's cache."""
-    from hatch_mlenv import sealed
-    from hatch_mlenv.lockfile import lock_digest
-
     sealed.read_only()
     registry = LocalRegistry(path)
     prov = provenance(None, spec_hash=None, project=None)
@@ -124,8 +111,6 @@ class Served:
 
 def ask(url: str) -> tuple[float, float, int]:
     """(server ms, wall ms, bytes) of one GET."""
-    import requests
-
     start = time.perf_counter()
     response = requests.get(url, timeout=60)
     wall = (time.perf_counter() - start) * 1000
@@ -172,12 +157,10 @@ def browser(url: str, runs: int) -> list[tuple[float, float]] | None:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=100, help="requests per page (after one warm-up round)")
-    parser.add_argument("--browser-runs", type=int, default=5)
-    args = parser.parse_args()
-    header("mlenv serve at 10,000 registered versions")
+@benchmark
+def web(options: Options) -> list[Figure]:
+    requests_each, browser_runs = options.n(100, quick=10), options.n(5, quick=2)
+    progress("web: registering 10,000 versions")
     root = scratch_dir("web")
     database = root / "registry.sqlite3"
     seconds, count = build(database)
@@ -202,7 +185,7 @@ def main() -> None:
     try:
         first = {label: ask(served.url + path) for label, path in pages.items()}  # cold: first request of each
         samples: dict[str, list[tuple[float, float, int]]] = {label: [] for label in pages}
-        for _ in range(args.requests):
+        for _ in range(requests_each):
             for label, path in pages.items():
                 samples[label].append(ask(served.url + path))
         rows = []
@@ -212,9 +195,9 @@ def main() -> None:
             target = "≤ 50 met" if p95(server) <= TARGET_MS else "> 50 MISSED"
             rows.append([label, first[label][0], statistics.median(server), p95(server), statistics.median(wall),
                          f"{values[0][2] / 1024:.0f}", target])
-        print_table(f"server time, ms ({args.requests} requests each, round-robin, after one cold request)",
+        print_table(f"server time, ms ({requests_each} requests each, round-robin, after one cold request)",
                     ["page", "cold", "median", "p95", "wall med", "KiB", "p95 target"], rows)
-        drawn = browser(served.url + pages["version page robostack:1 (593 packages)"], args.browser_runs)
+        drawn = browser(served.url + pages["version page robostack:1 (593 packages)"], browser_runs)
     finally:
         served.stop()
     if drawn is None:
@@ -230,9 +213,7 @@ def main() -> None:
         print(f"  under a second from navigation: {verdict}")
     written = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
     print(f"\nMLENV_HOME of the server after the run: {json.dumps(written)} (it writes nothing)")
-    footer()
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(RESULTS_DIR / "pycache"))
-    run(main)
+    return [*(Figure(f"`mlenv serve` at 10,000 versions: {label}, p95 server time", p95([v[0] for v in samples[label]]),
+                     "ms", TARGET_MS) for label in pages if not label.startswith(("API", "diff", "versions"))),
+            Figure("Chromium: robostack:1 graph, navigation -> painted",
+                   statistics.median(n for n, _ in drawn) if drawn else float("nan"), "ms", BROWSER_TARGET_MS)]

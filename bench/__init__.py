@@ -1,0 +1,1 @@
+"""hatch-mlenv's benchmarks: `python -m bench` runs them (see bench/README.md)."""
