@@ -81,13 +81,27 @@ def init(project: Path, *, channels: Sequence[str] = (), platforms: Sequence[str
 
 
 def add(project: Path, specs: Sequence[str], *, pip: bool = False, env: str | None = None,
-        lock: bool = True) -> Edit:
-    """Add (or replace, by package name) `specs` in the conda or pip list, then lock."""
+        platform: str | None = None, lock: bool = True) -> Edit:
+    """Add (or replace, by package name) `specs` in the conda or pip list (of
+    `[tool.mlenv.target.PLATFORM]` with `platform`), then lock."""
     key = "pip" if pip else "conda"
     pyproject, document, table = _table(project, env)
-    entries = table.get(key)
+    if platform is not None:
+        target = table.get("target")
+        if target is None:
+            target = table["target"] = tomlkit.table(is_super_table=True)
+        if not isinstance(target, Table | dict):
+            raise ConfigError(pyproject, _path(env, "target"), "must be a table")
+        if platform not in target:
+            target[platform] = tomlkit.table()
+        table = target[platform]
+        key = f"target.{platform}.{key}"
+    name = key.rsplit(".", 1)[-1]
+    entries = table.get(name)
     if entries is None:
-        entries = table[key] = tomlkit.array()
+        entries = table[name] = tomlkit.array()
+        if platform is not None and len(table) == 1:  # a new table: a blank line before what follows it
+            table.add(tomlkit.nl())
     elif not isinstance(entries, Array):
         raise ConfigError(pyproject, _path(env, key), "must be a list of strings")
     for text in specs:

@@ -31,6 +31,11 @@ class SolveRequest:
     virtual_packages: dict[str, dict[str, tuple[str, str]]] = field(hash=False)
     # Packages to keep at their locked version where the specs allow (`lock --update`).
     preferred: tuple[LockedPackage, ...] = ()
+    # The specs of a platform that has its own (`[tool.mlenv.target.PLATFORM]`); others take `specs`.
+    platform_specs: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+
+    def specs_for(self, platform: str) -> tuple[str, ...]:
+        return self.platform_specs.get(platform, self.specs)
 
 
 class Solver(Protocol):

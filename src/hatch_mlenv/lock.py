@@ -132,7 +132,7 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
         if not packages:
             return f"{_rel(spec, spec.lockfile)} has no packages for {platform}"
         conda = {p.name: p for p in packages if p.manager == "conda"}
-        for text in spec.conda_specs:
+        for text in spec.conda_specs_for(platform):
             match_spec = rattler.MatchSpec(text, strict=False)
             name = match_spec.name.normalized if hasattr(match_spec.name, "normalized") else str(match_spec.name)
             locked = conda.get(name)
@@ -152,7 +152,7 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
                 provided.update((canonical(n), conda[conda_name].version) for n in pypi_names)
         python = conda.get("python")
         environment = marker_environment(platform, python.version) if python else None
-        for text in spec.pip:
+        for text in spec.pip_for(platform):
             requirement = Requirement(text)
             if requirement.marker is not None and environment and not requirement.marker.evaluate(environment):
                 continue
@@ -391,6 +391,7 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
     request = SolveRequest(
         channels=tuple(spec.channel_fetch_urls()),
         specs=tuple(spec.conda_specs),
+        platform_specs={p: tuple(spec.conda_specs_for(p)) for p in spec.platforms if p in spec.targets},
         platforms=spec.platforms,
         virtual_packages=spec.virtual_packages,
         preferred=preferred,
@@ -403,7 +404,7 @@ def solve_spec(spec: Spec, previous: Lock | None, update: Sequence[str]) -> list
     packages: list[LockedPackage] = []
     for platform in spec.platforms:
         packages.extend(conda[platform])
-    if spec.pip:
+    if spec.any_pip:
         from concurrent.futures import ThreadPoolExecutor  # lazy: as in lock_each
 
         from hatch_mlenv.pip import resolve_pip  # lazy: only a solve needs the pip step (uv)
@@ -445,7 +446,7 @@ def render(spec: Spec, packages: Iterable[LockedPackage]) -> str:
 
         needs = host_needs(packages, spec.platforms, spec.system_requirements)
         custom[META_NEEDS] = json.dumps(needs, sort_keys=True, separators=(",", ":"))
-    if spec.pip:  # only a lock with pip packages needs to know which names conda provides
+    if spec.any_pip:  # only a lock with pip packages needs to know which names conda provides
         from hatch_mlenv.pypi_names import renamed
 
         names = renamed((p for p in packages if p.manager == "conda"), spec.pypi_names)

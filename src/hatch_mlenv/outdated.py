@@ -57,8 +57,8 @@ def outdated(env: Any) -> list[Newer]:
 
 
 def _conda(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
-    requested = {rattler.MatchSpec(s, strict=False).name.normalized: rattler.MatchSpec(s, strict=False)
-                 for s in spec.conda_specs}
+    requested = {platform: {rattler.MatchSpec(s, strict=False).name.normalized: rattler.MatchSpec(s, strict=False)
+                            for s in spec.conda_specs_for(platform)} for platform in spec.platforms}
     settle_rattler_at_exit()  # its runtime threads abort the interpreter's exit otherwise
     fetch_urls = spec.channel_fetch_urls()
     access = channel_client(fetch_urls)
@@ -81,7 +81,7 @@ def _conda(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
             newest = _newest(candidates, package.version)
             if newest is None:
                 continue
-            wanted = requested.get(package.name)
+            wanted = requested.get(platform, {}).get(package.name)
             within = _newest([r for r in candidates if wanted is None or wanted.matches(r)], package.version)
             result.append(Newer(platform, "conda", package.name, package.version,
                                 str(within.version) if within is not None else None, str(newest.version)))
@@ -94,13 +94,14 @@ def _newest(records: list[Any], than: str) -> Any:
 
 
 def _pip(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
-    requested: dict[str, Requirement] = {}
-    for text in spec.pip:
-        try:
-            requirement = Requirement(text)
-        except InvalidRequirement:
-            continue  # a path or URL requirement: pinned by what it points to
-        requested[canonical(requirement.name)] = requirement
+    requested: dict[tuple[str, str], Requirement] = {}
+    for platform in spec.platforms:
+        for text in spec.pip_for(platform):
+            try:
+                requirement = Requirement(text)
+            except InvalidRequirement:
+                continue  # a path or URL requirement: pinned by what it points to
+            requested[platform, canonical(requirement.name)] = requirement
     indexes = index_urls(spec)
     versions = {name: _index_versions(indexes, name) for name in sorted({canonical(p.name) for p in packages})}
     result: list[Newer] = []
@@ -113,7 +114,7 @@ def _pip(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
         newer = [v for v in available if v > locked and not v.is_prerelease]
         if not newer:
             continue
-        wanted = requested.get(canonical(package.name))
+        wanted = requested.get((package.platform, canonical(package.name)))
         within = [v for v in newer if wanted is None or wanted.specifier.contains(v)]
         result.append(Newer(package.platform, "pip", package.name, package.version,
                             str(max(within)) if within else None, str(max(newer))))

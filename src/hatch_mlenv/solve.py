@@ -50,10 +50,11 @@ class RattlerSolver:
         access = channel_client(request.channels)
         gateway = rattler.Gateway(client=access.client)
         channels = [rattler.Channel(url) for url in access.urls]
-        specs = [rattler.MatchSpec(s, strict=False) for s in request.specs]
-        results = await asyncio.gather(
-            *(self._solve_one(gateway, channels, specs, plat, request) for plat in request.platforms)
-        )
+        results = await asyncio.gather(*(
+            self._solve_one(gateway, channels, [rattler.MatchSpec(s, strict=False) for s in request.specs_for(plat)],
+                            plat, request)
+            for plat in request.platforms
+        ))
         return dict(zip(request.platforms, results))
 
     async def _solve_one(
@@ -177,7 +178,7 @@ async def _causes(
     explanation: str,
 ) -> str:
     roots = _derivation(explanation)
-    wanted = [_wanted(text) for text in request.specs]
+    wanted = [_wanted(text) for text in request.specs_for(platform)]
     names = {w.name for w in wanted} | {_name(d) for d in _missing_dependencies(roots)}
     context = _Context(
         platform=platform,

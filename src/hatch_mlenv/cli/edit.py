@@ -50,14 +50,18 @@ def _print_edit(edit: editing.Edit, verb: str, as_json: bool) -> None:
 @click.command()
 @click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
 @click.option("--pip", is_flag=True, help="Add to the pip list (default: conda).")
+@click.option("--platform", metavar="PLATFORM", default=None,
+              help="Only for this platform: [tool.mlenv.target.PLATFORM] (one of the environment's platforms).")
 @project_option
 @env_option
 @no_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def add(specs: tuple[str, ...], pip: bool, project: Path, env: str | None, no_lock: bool, as_json: bool) -> None:
+def add(specs: tuple[str, ...], pip: bool, platform: str | None, project: Path, env: str | None, no_lock: bool,
+        as_json: bool) -> None:
     """Add packages to the definition (a package already listed gets the new spec), then lock;
     if the result cannot be locked, pyproject.toml and the lock stay as they were."""
-    _print_edit(editing.add(project, specs, pip=pip, env=env, lock=not no_lock), "added", as_json)
+    _print_edit(editing.add(project, specs, pip=pip, env=env, platform=platform, lock=not no_lock), "added",
+                as_json)
 
 
 @click.command()

@@ -14,7 +14,7 @@ from hatch_mlenv.errors import ConfigError
 # Keys whose values extend the inherited ones (by package name) instead of replacing them.
 _LIST_MERGE_KEYS = ("conda", "pip")
 # Tables merged key by key.
-_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "system-requirements", "docker", "spark", "pypi-names")
+_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "system-requirements", "docker", "spark", "pypi-names", "target")
 
 
 def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -22,8 +22,8 @@ def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
     A key of `override` replaces the inherited one, except: `conda` and `pip`
     extend the inherited lists (a spec for a package already there replaces
-    it, in place), and `variables`, `system-requirements`, `virtual-packages` and `docker` merge key
-    by key (per platform for `virtual-packages`).
+    it, in place), and `variables`, `system-requirements`, `virtual-packages`, `docker` and `target`
+    merge key by key (per platform for `virtual-packages` and `target`).
     """
     merged = dict(base)
     for key, value in override.items():

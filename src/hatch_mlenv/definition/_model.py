@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from hatch_mlenv.credentials import expand, references_only
 from hatch_mlenv.definition._channels import Channel
+from hatch_mlenv.definition._extends import merge_specs
 from hatch_mlenv.errors import ConfigError, did_you_mean, first_line
 from hatch_mlenv.platforms import default_virtual_packages, system_virtual_packages
 
@@ -52,7 +53,10 @@ TOP_KEYS = (
     "spark",
     "solver",
     "system-requirements",
+    "target",
 )
+# `[tool.mlenv.target.PLATFORM]`: what one platform adds to (or pins differently in) the lists.
+TARGET_KEYS = ("conda", "pip")
 # `lock`: what commands do with a stale lock (see `hatch_mlenv.lock.POLICIES`).
 LOCK_POLICIES = ("relock", "locked", "frozen")
 
@@ -121,6 +125,8 @@ class Spec:
     # `lock = "relock" | "locked" | "frozen"`: what commands do with a stale lock (`lock.lock_policy`);
     # None when not set. Not part of the environment: neither in the spec hash nor in the definition.
     lock_policy: str | None = None
+    # `[tool.mlenv.target.PLATFORM]`: platform -> {"conda": specs, "pip": requirements} it adds.
+    targets: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict, hash=False)
 
     @property
     def project_dir(self) -> Path:
@@ -133,6 +139,22 @@ class Spec:
         if self.python is not None:
             specs.insert(0, python_match_spec(self.python))
         return specs
+
+    def conda_specs_for(self, platform: str) -> list[str]:
+        """The match specs of one platform: `conda_specs` with its target's (a package named in
+        both takes the target's spec, in place)."""
+        extra = self.targets.get(platform, {}).get("conda", ())
+        return merge_specs(self.conda_specs, list(extra)) if extra else self.conda_specs
+
+    def pip_for(self, platform: str) -> tuple[str, ...]:
+        """The pip requirements of one platform: `pip` with its target's."""
+        extra = self.targets.get(platform, {}).get("pip", ())
+        return tuple(merge_specs(list(self.pip), list(extra))) if extra else self.pip
+
+    @property
+    def any_pip(self) -> bool:
+        """Whether some platform has pip requirements."""
+        return bool(self.pip) or any(t.get("pip") for t in self.targets.values())
 
     def key_for_conda_spec(self, index: int) -> str:
         """The spec key that produced `conda_specs[index]`, for error messages."""
@@ -178,15 +200,14 @@ class Spec:
         """Parse every conda spec with rattler; raise ConfigError naming the first bad one."""
         from rattler import MatchSpec  # lazy: loading a spec (every command, a no-op lock) must not load rattler
 
-        for index, text in enumerate(self.conda_specs):
+        keyed = [(self.key_for_conda_spec(index), text) for index, text in enumerate(self.conda_specs)]
+        keyed += [(f"tool.mlenv.target.{platform}.conda[{index}]", text)
+                  for platform, lists in self.targets.items() for index, text in enumerate(lists.get("conda", ()))]
+        for key, text in keyed:
             try:
                 MatchSpec(text)
             except Exception as exc:  # rattler raises its own InvalidMatchSpecError
-                raise ConfigError(
-                    self.pyproject,
-                    self.key_for_conda_spec(index),
-                    f"invalid match spec {text!r}: {first_line(exc)}",
-                ) from None
+                raise ConfigError(self.pyproject, key, f"invalid match spec {text!r}: {first_line(exc)}") from None
 
     def read_base_dockerfile(self) -> bytes | None:
         """The content of `[tool.mlenv.docker] base-dockerfile` (None when not set); ConfigError
@@ -251,6 +272,11 @@ class Spec:
             payload["solver"] = self.solver
         if self.system_requirements:
             payload["system-requirements"] = sorted(self.system_requirements.items())
+        if self.targets:
+            payload["target"] = {
+                platform: {key: sorted(_normalize_spec(s) for s in values) for key, values in sorted(lists.items())}
+                for platform, lists in sorted(self.targets.items())
+            }
         if self.docker.base_dockerfile is not None:  # its content, not its path: an edit makes the lock stale
             payload["base-dockerfile"] = self.base_dockerfile_sha256()
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -286,6 +312,8 @@ class Spec:
             "interpreter": self.interpreter,
             "variables": {v.name: {"secret": True} if v.secret else v.value for v in self.variables},
             "system-requirements": dict(self.system_requirements),
+            "target": {platform: {key: list(values) for key, values in lists.items()}
+                       for platform, lists in self.targets.items()},
         }
         table |= {key: value for key, value in optional.items() if value not in (None, [], {})}
         overrides: dict[str, dict[str, Any]] = {}

@@ -15,7 +15,15 @@ from hatch_mlenv.definition._checks import (
 )
 from hatch_mlenv.definition._extends import merge_tables, resolve_extends
 from hatch_mlenv.definition._keys import Reader, printable, type_name
-from hatch_mlenv.definition._model import DEFAULT_LOCKFILE, DEFAULT_SOLVER, LOCK_POLICIES, PYPROJECT, TOP_KEYS, Spec
+from hatch_mlenv.definition._model import (
+    DEFAULT_LOCKFILE,
+    DEFAULT_SOLVER,
+    LOCK_POLICIES,
+    PYPROJECT,
+    TARGET_KEYS,
+    TOP_KEYS,
+    Spec,
+)
 from hatch_mlenv.definition._packages import check_python, check_requirement, match_spec_problem
 from hatch_mlenv.definition._sections import (
     parse_docker,
@@ -156,6 +164,8 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
             check_requirement(pyproject, f"project.dependencies[{i}]", text)
         pip = pip + [d for d in deps if d not in pip]
 
+    targets = parse_targets(reader, table, platforms)
+
     pip_index_url, extra_urls = parse_index_urls(reader, table)
     find_links = parse_find_links(reader, table)
     pypi_names = reader.table(table, "pypi-names")
@@ -220,4 +230,32 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
         pip_only_binary=parse_only_binary(pyproject, table.get("pip-only-binary")),
         pip_build_constraints=tuple(build_constraints),
         lock_policy=lock_policy,
+        targets=targets,
     )
+
+
+def parse_targets(reader: Reader, table: dict[str, Any], platforms: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """`[tool.mlenv.target.PLATFORM]`: conda specs and pip requirements one platform adds (pixi's
+    `[target.PLATFORM]`), each checked as the top-level lists are."""
+    pyproject = reader.path
+    targets: dict[str, dict[str, tuple[str, ...]]] = {}
+    for platform, body in reader.table(table, "target").items():
+        key = f"tool.mlenv.target.{printable(platform)}"
+        if platform not in platforms:
+            raise ConfigError(pyproject, key, f"{platform!r} is not one of the environment's platforms "
+                              f"({', '.join(platforms)}){did_you_mean(platform, platforms)}")
+        if not isinstance(body, dict):
+            raise ConfigError(pyproject, key, f"must be a table with conda and/or pip, not {type_name(body)}")
+        reader.check_keys(body, key, TARGET_KEYS)
+        conda = reader.string_list(body, "conda", [], base=key)
+        for i, text in enumerate(conda):
+            problem = match_spec_problem(text)
+            if problem is not None:
+                raise ConfigError(pyproject, f"{key}.conda[{i}]", f"invalid match spec {text!r}: {problem}")
+        pip = reader.string_list(body, "pip", [], base=key)
+        for i, text in enumerate(pip):
+            check_requirement(pyproject, f"{key}.pip[{i}]", text)
+        lists = {name: tuple(values) for name, values in (("conda", conda), ("pip", pip)) if values}
+        if lists:
+            targets[platform] = lists
+    return dict(sorted(targets.items()))

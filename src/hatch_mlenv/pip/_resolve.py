@@ -75,7 +75,7 @@ def resolve_pip(
     provided = provided_distributions(conda, spec.pypi_names)
     wanted = []
     with_extras: set[str] = set()  # conda-provided names whose extras need their real metadata
-    for text in spec.pip:
+    for text in spec.pip_for(platform):
         requirement = Requirement(text)
         if requirement.marker is not None and not requirement.marker.evaluate(environment):
             continue
