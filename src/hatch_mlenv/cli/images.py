@@ -13,22 +13,14 @@ from hatch_mlenv.cli._common import (
     json_option,
     load_environment,
     print_json,
-    selected_registry,
     step_echo,
 )
+from hatch_mlenv.registry import registered_version
 
 
 @click.group()
 def image() -> None:
     """Docker images of the locked environment: tag, context, build, push."""
-
-
-def _registered_version(env, registry_url: str | None) -> int | None:  # noqa: ANN001
-    """The registered version of this lock (for the `v<N>` tag): known for a version loaded by
-    reference, else looked up in the selected registry."""
-    if env.version is not None:
-        return env.version
-    return selected_registry(registry_url, env.spec.registry).find_digest(env.name, env.digest)
 
 
 @image.command(name="tag")
@@ -37,7 +29,7 @@ def _registered_version(env, registry_url: str | None) -> int | None:  # noqa: A
 def image_tag(reference: str | None, project: Path | None, env: str | None, as_json: bool, registry_url: str | None) -> None:
     """Print the image reference (and the v<N> tag of a registered version)."""
     env = load_environment(reference, project, env, registry_url)
-    plan = images.plan_for(env, _registered_version(env, registry_url))
+    plan = images.plan_for(env, registered_version(env, registry_url))
     if as_json:
         print_json({"reference": plan.reference, "repository": plan.repository, "tags": plan.tags})
         return
@@ -54,7 +46,7 @@ def image_context(reference: str | None, project: Path | None, env: str | None, 
     """Write a Docker build context: `host` (installed prefix + Dockerfile) or `dockerfile` (micromamba)."""
     env = load_environment(reference, project, env, registry_url)
     images.preflight(env, strategy=strategy)  # before the registry is asked for the version
-    plan = images.context(env, output, strategy=strategy, version=_registered_version(env, registry_url))
+    plan = images.context(env, output, strategy=strategy, version=registered_version(env, registry_url))
     click.echo(f"{display(output.resolve())}: {strategy} context for {plan.reference}")
 
 
@@ -73,7 +65,7 @@ def image_build(reference: str | None, project: Path | None, env: str | None, al
     env = load_environment(reference, project, env, registry_url)
     oci = builder == "oci" or output is not None or load
     images.preflight(env, builder="oci" if oci else "docker")
-    version = _registered_version(env, registry_url)  # after the checks: the registry is the first contact
+    version = registered_version(env, registry_url)  # after the checks: the registry is the first contact
     result = images.build(env, builder, output=output, push=also_push, load=load, version=version, echo=step_echo())
     if oci:
         if as_json:
@@ -97,5 +89,5 @@ def image_push(reference: str | None, project: Path | None, env: str | None, reg
     """Push the image to its registry (building it first if needed); reused when the registry has it."""
     env = load_environment(reference, project, env, registry_url)
     images.preflight(env)
-    reference, status = images.push(env, version=_registered_version(env, registry_url), echo=step_echo())
+    reference, status = images.push(env, version=registered_version(env, registry_url), echo=step_echo())
     click.echo(f"{reference} {status}")

@@ -46,7 +46,7 @@ __all__ = [
     "LATEST", "MAX_VERSION", "ENV_REGISTRY", "Backend", "EnvironmentSummary", "Reference", "Registration", "Registry",
     "Version", "check_entry", "check_label", "copy_version", "entry_hash", "git_state", "open_registry",
     "parse_reference",
-    "provenance", "register_environment", "register_lockfile", "select_url", "verify",
+    "provenance", "register_environment", "register_lockfile", "registered_version", "select_url", "verify",
 ]
 
 ENV_REGISTRY = "MLENV_REGISTRY"
@@ -134,6 +134,14 @@ def copy_version(source: Registry, ref: Reference, destination: Registry, *, lab
     moved = tuple(label for label in version.labels if label != LATEST) if labels else ()
     return destination.register(version.name, version.lockfile, version.manifest,
                                 version.provenance | {"copied_from": origin}, labels=moved)
+
+
+def registered_version(env: Any, registry_url: str | None = None) -> int | None:
+    """The version number of `env`'s lock (an image's `v<N>` tag): known for a version loaded by
+    reference, else looked up by digest in the selected registry (None when it is not there)."""
+    if env.version is not None:
+        return env.version
+    return open_registry(select_url(registry_url, env.spec.registry)).find_digest(env.name, env.digest)
 
 
 def register_lockfile(registry: Registry, path: Path, name: str, *, labels: tuple[str, ...] = ()) -> Registration:
