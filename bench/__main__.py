@@ -62,8 +62,8 @@ def update_readme(table: list[list[str]], ran: set[str]) -> None:
         raise SystemExit(f"{README}: no {START} ... {END} region")
     head, _, rest = text.partition(START)
     old, _, tail = rest.partition(END)
-    kept = [line for line in old.splitlines() if line.startswith("| ") and not line.startswith("| benchmark |")
-            and line.split("|")[1].strip() not in ran]
+    kept = [line for line in old.splitlines() if line.startswith("| ")
+            and line.split("|")[1].strip() not in (*ran, "benchmark", "---")]  # not the header, not the rule
     order = {name: index for index, name in enumerate(sorted({*ran, *(k.split("|")[1].strip() for k in kept)}))}
     lines = [*kept, *("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table)]
     lines.sort(key=lambda line: order[line.split("|")[1].strip()])  # stable: a benchmark's rows keep their order
