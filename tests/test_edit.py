@@ -261,3 +261,20 @@ def test_lock_all(tmp_path: Path, channel: Path) -> None:
 
 def locked_file(path: Path) -> dict[str, str]:
     return {p.name: p.version for p in read_lock(path).packages}
+
+
+def test_outdated_skips_releases_for_another_python(tmp_path: Path, channel: Path) -> None:
+    from fixtures.pip_index import Wheel, build_index, serve
+
+    index_root = build_index(tmp_path / "index", [
+        Wheel("mlenv-tiny", "0.1.0"), Wheel("mlenv-tiny", "0.2.0"),
+        Wheel("mlenv-tiny", "0.3.0", requires_python=">=3.12"),  # the environment's python is 3.11
+    ])
+    with serve(index_root) as url:
+        root = project(tmp_path, channel)
+        pyproject = root / "pyproject.toml"
+        pyproject.write_text(pyproject.read_text().replace('python = "3.11"', f'python = "3.11"\npip-index-url = "{url}"'))
+        mlenv("add", "--pip", "mlenv-tiny<0.2", "--project", str(root), check=True)
+        rows = json.loads(mlenv("outdated", "--json", "--project", str(root), check=True).stdout)
+    tiny = next(r for r in rows if r["name"] == "mlenv-tiny")
+    assert tiny["locked"] == "0.1.0" and tiny["latest"] == "0.2.0" and tiny["within_spec"] is None

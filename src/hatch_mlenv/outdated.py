@@ -14,6 +14,7 @@ from urllib.request import Request, urlopen
 
 import rattler
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import InvalidSdistFilename, InvalidWheelFilename, parse_sdist_filename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
@@ -52,7 +53,8 @@ def outdated(env: Any) -> list[Newer]:
     pip = [p for p in lock.packages if p.manager == "pip"]
     if pip:
         with progress.step("reading the package indexes"):
-            found += _pip(spec, pip)
+            pythons = {p.platform: p.version for p in conda if p.name == "python"}  # what pip resolved for
+            found += _pip(spec, pip, pythons)
     return sorted(found, key=lambda n: (n.platform, n.manager, n.name))
 
 
@@ -93,7 +95,7 @@ def _newest(records: list[Any], than: str) -> Any:
     return max(newer, key=lambda r: r.version) if newer else None
 
 
-def _pip(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
+def _pip(spec: Any, packages: list[LockedPackage], pythons: dict[str, str]) -> list[Newer]:
     requested: dict[tuple[str, str], Requirement] = {}
     for platform in spec.platforms:
         for text in spec.pip_for(platform):
@@ -106,7 +108,10 @@ def _pip(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
     versions = {name: _index_versions(indexes, name) for name in sorted({canonical(p.name) for p in packages})}
     result: list[Newer] = []
     for package in packages:
-        available = versions[canonical(package.name)]
+        python = pythons.get(package.platform)
+        # a release whose every file needs another python cannot be locked here: it is not newer for this lock
+        available = {version for version, needs in versions[canonical(package.name)].items()
+                     if python is None or any(need is None or need.contains(python, prereleases=True) for need in needs)}
         try:
             locked = Version(package.version)
         except InvalidVersion:
@@ -122,19 +127,23 @@ def _pip(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
 
 
 class _Links(html.parser.HTMLParser):
+    """The files of a PEP 503 page, each with its `data-requires-python` (PEP 503/345), if any."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.files: list[str] = []
+        self.files: list[tuple[str, str | None]] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        href = dict(attrs).get("href") if tag == "a" else None
-        if href:
-            self.files.append(href.split("#", 1)[0].rsplit("/", 1)[-1])
+        attributes = dict(attrs) if tag == "a" else {}
+        href = attributes.get("href")
+        if href:  # html.parser has already unescaped `&lt;` in the attribute
+            self.files.append((href.split("#", 1)[0].rsplit("/", 1)[-1], attributes.get("data-requires-python")))
 
 
-def _index_versions(indexes: list[str], name: str) -> set[Version]:
-    """Every release of `name` in the indexes (the simple API's HTML page, PEP 503)."""
-    versions: set[Version] = set()
+def _index_versions(indexes: list[str], name: str) -> dict[Version, list[SpecifierSet | None]]:
+    """Every release of `name` in the indexes (the simple API's HTML page, PEP 503), with the
+    Requires-Python of each of its files (None: any python)."""
+    versions: dict[Version, list[SpecifierSet | None]] = {}
     for index in indexes:
         url = f"{index.rstrip('/')}/{name}/"
         request = Request(url, headers={"Accept": "text/html"})
@@ -152,10 +161,11 @@ def _index_versions(indexes: list[str], name: str) -> set[Version]:
             raise SolveError(redact(f"cannot read {url}: {exc}", indexes)) from None
         links = _Links()
         links.feed(page)
-        for file in links.files:
+        for file, requires_python in links.files:
             try:
                 version = (parse_wheel_filename(file)[1] if file.endswith(".whl") else parse_sdist_filename(file)[1])
-            except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+                need = SpecifierSet(requires_python) if requires_python else None
+            except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion, InvalidSpecifier):
                 continue
-            versions.add(version)
+            versions.setdefault(version, []).append(need)
     return versions
