@@ -61,8 +61,7 @@ def init(project: Path, *, channels: Sequence[str] = (), platforms: Sequence[str
         path = Path(source)
         if not path.is_file():
             raise ConfigError(path, None, "file not found (give an environment.yml, a requirements.txt or curated:NAME)")
-        imported = (importing.from_environment_yml(path) if path.suffix in (".yml", ".yaml")
-                    else importing.from_requirements(path))
+        imported = importing.from_file(path)
         for key, value in imported.table().items():
             table[key] = value
         origin, unmapped = str(path), tuple(imported.unmapped)

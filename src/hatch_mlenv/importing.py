@@ -256,6 +256,11 @@ def merge_into_pyproject(pyproject: Path, imported: Imported, env: str | None = 
     return tomlkit.dumps(document)
 
 
+def from_file(path: Path) -> Imported:
+    """An environment.yml (by its suffix) or else a requirements.txt."""
+    return from_environment_yml(path) if path.suffix in (".yml", ".yaml") else from_requirements(path)
+
+
 def import_into_project(
     project: Path, *, file: Path | None = None, prefix: Path | None = None, env: str | None = None,
     registered: Any = None,
@@ -267,10 +272,8 @@ def import_into_project(
         imported = from_registered(registered)
     elif prefix is not None:
         imported = from_prefix(prefix)
-    elif file is not None and file.suffix in (".yml", ".yaml"):
-        imported = from_environment_yml(file)
     elif file is not None:
-        imported = from_requirements(file)
+        imported = from_file(file)
     else:
         raise ValueError("a file or a prefix to import from")
     pyproject = project.resolve() / PYPROJECT
