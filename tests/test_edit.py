@@ -278,3 +278,50 @@ def test_outdated_skips_releases_for_another_python(tmp_path: Path, channel: Pat
         rows = json.loads(mlenv("outdated", "--json", "--project", str(root), check=True).stdout)
     tiny = next(r for r in rows if r["name"] == "mlenv-tiny")
     assert tiny["locked"] == "0.1.0" and tiny["latest"] == "0.2.0" and tiny["within_spec"] is None
+
+
+def test_review_findings_on_edits(tmp_path: Path, channel: Path) -> None:
+    """What a review of these commands found: remove reaches the per-platform lists, a channel
+    prefix names the same package, an edit keeps every environment of the file valid, literal
+    index credentials are not imported, and a `tool` that is not a table is said so."""
+    root = project(tmp_path, channel, '\n[tool.mlenv.target.linux-64]\nconda = ["mlenv-hello ==1.0.0"]\n')
+    pyproject = root / "pyproject.toml"
+    removed = mlenv("remove", "mlenv-hello", "--no-lock", "--project", str(root), check=True)
+    assert removed.stdout.startswith("removed mlenv-hello ==1.0.0 from tool.mlenv.target.linux-64.conda in ")
+    assert "mlenv-hello" not in pyproject.read_text()
+    assert_clean_error(mlenv("remove", "numpy", "--platform", "linux-64", "--project", str(root)), 2,
+                       "tool.mlenv.target.linux-64", "'numpy' is not listed")
+
+    mlenv("add", "pkgs/main::numpy >=1.25", "--no-lock", "--project", str(root), check=True)
+    conda = tomllib.loads(pyproject.read_text())["tool"]["mlenv"]["conda"]
+    assert conda == ["pkgs/main::numpy >=1.25"]  # the channel-qualified spec replaced the plain one
+
+    # an edit that would break another environment of the file is refused, nothing written
+    pyproject.write_text(pyproject.read_text().replace('platforms = ["linux-64"]', 'platforms = ["linux-64", "osx-arm64"]')
+                         + '\n[tool.mlenv.envs.mac]\nplatforms = ["osx-arm64"]\n')
+    mlenv("add", "six", "--platform", "linux-64", "--no-lock", "--project", str(root), check=True)  # mac inherits nothing for it
+    # the mac environment still reads (its own lock is missing, which is all `show` says of it)
+    assert_clean_error(mlenv("show", "--env", "mac", "--project", str(root)), 1, "lockfile not found")
+    files = tree_hashes(root)
+    assert_clean_error(mlenv("add", "six", "--platform", "linux-64", "--env", "mac", "--no-lock", "--project",
+                             str(root)), 2, "tool.mlenv.target.linux-64", "not one of the environment's platforms")
+    assert tree_hashes(root) == files
+
+    other = tmp_path / "creds"
+    other.mkdir()
+    (other / "requirements.txt").write_text("--index-url https://alice:s3cret@pypi.example/simple\nsix\n")
+    result = mlenv("init", "--from", str(other / "requirements.txt"), "--project", str(other), check=True)
+    assert "s3cret" not in (other / "pyproject.toml").read_text()
+    assert "credentials in the index URL" in result.stderr
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "pyproject.toml").write_text('tool = "x"\n')
+    assert_clean_error(mlenv("init", "--project", str(broken)), 2, "pyproject.toml", "tool", "must be a table")
+
+
+def test_lock_all_refuses_a_shared_lockfile(tmp_path: Path, channel: Path) -> None:
+    root = project(tmp_path, channel, '\n[tool.mlenv.envs.same]\nlockfile = "conda-lock.yml"\n')
+    assert_clean_error(mlenv("lock", "--all", "--project", str(root)), 2, "tool.mlenv.envs.same.lockfile",
+                       "also the lockfile of the default environment")
+    assert not (root / "conda-lock.yml").exists()

@@ -134,3 +134,19 @@ def test_bad_targets_name_the_key(tmp_path: Path, channel: Path, pip_index: str)
         (root / "pyproject.toml").write_text(body)
         assert_clean_error(mlenv("lock", "--project", str(root)), 2, "pyproject.toml", key, message)
         assert not (root / "conda-lock.yml").exists()
+
+
+def test_a_named_environment_extends_and_drops_targets(tmp_path: Path, channel: Path, pip_index: str) -> None:
+    from hatch_mlenv.spec import load_spec
+
+    root = project(tmp_path / "p", channel, pip_index,
+                   '\n[tool.mlenv.envs.gpu.target.linux-64]\nconda = ["python-dateutil"]\n'
+                   '\n[tool.mlenv.envs.mac]\nplatforms = ["osx-arm64"]\n')
+    gpu = load_spec(root, "gpu")
+    # the environment's target extends the inherited one, as conda and pip lists do
+    assert [s for s in gpu.conda_specs_for("linux-64") if not s.startswith("python ")] == [
+        "mlenv-hello ==1.0.0", "python-dateutil"]
+    assert gpu.pip_for("linux-64") == ("mlenv-tiny",)
+    # an inherited target of a platform the environment does not have is not its concern
+    mac = load_spec(root, "mac")
+    assert mac.platforms == ("osx-arm64",) and set(mac.targets) == {"osx-arm64"}

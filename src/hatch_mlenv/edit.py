@@ -49,6 +49,8 @@ def init(project: Path, *, channels: Sequence[str] = (), platforms: Sequence[str
     the source that could not be mapped."""
     pyproject = project.resolve() / PYPROJECT
     document = _read(pyproject) if pyproject.exists() else _minimal(project.resolve())
+    if not isinstance(document.get("tool", {}), Table | dict):
+        raise ConfigError(pyproject, "tool", "must be a table")
     if "mlenv" in document.get("tool", {}):
         raise ConfigError(pyproject, "tool.mlenv", "already defined; change it with `mlenv add`/`mlenv remove` "
                                                    "or by hand")
@@ -116,17 +118,24 @@ def add(project: Path, specs: Sequence[str], *, pip: bool = False, env: str | No
 
 
 def remove(project: Path, names: Sequence[str], *, pip: bool | None = None, env: str | None = None,
-           lock: bool = True) -> Edit:
-    """Remove the entries named `names` from the conda list, the pip list or both (pip=None),
-    then lock. A name in neither list is an error and nothing changes."""
+           platform: str | None = None, lock: bool = True) -> Edit:
+    """Remove the entries named `names` from the conda list, the pip list or both (pip=None), and
+    from every `[tool.mlenv.target.PLATFORM]` list (with `platform`: from that one's only), then
+    lock. A name listed nowhere is an error and nothing changes."""
     pyproject, document, table = _table(project, env)
-    keys = ("pip",) if pip else ("conda",) if pip is False else ("conda", "pip")
+    managers = ("pip",) if pip else ("conda",) if pip is False else ("conda", "pip")
+    target = table.get("target") if isinstance(table.get("target"), Table | dict) else {}
+    if platform is not None:
+        lists = [(f"target.{platform}.{m}", target.get(platform, {}).get(m)) for m in managers]
+    else:
+        lists = [(m, table.get(m)) for m in managers]
+        lists += [(f"target.{p}.{m}", body.get(m)) for p, body in target.items() if isinstance(body, Table | dict)
+                  for m in managers]
     removed: list[str] = []
     touched: list[str] = []
     for wanted in names:
         found = False
-        for key in keys:
-            entries = table.get(key)
+        for key, entries in lists:
             if not isinstance(entries, Array):
                 continue
             for index in reversed(range(len(entries))):
@@ -136,7 +145,7 @@ def remove(project: Path, names: Sequence[str], *, pip: bool | None = None, env:
                     found = True
                     touched += [] if _path(env, key) in touched else [_path(env, key)]
         if not found:
-            where = " or ".join(_path(env, k) for k in keys)
+            where = " or ".join(_path(env, key) for key, _ in lists) or _path(env, f"target.{platform}")
             raise ConfigError(pyproject, where, f"{wanted!r} is not listed; nothing was changed")
     return _commit(pyproject, document, env, " and ".join(touched), tuple(removed), lock)
 
@@ -144,10 +153,21 @@ def remove(project: Path, names: Sequence[str], *, pip: bool | None = None, env:
 def _commit(pyproject: Path, document: tomlkit.TOMLDocument, env: str | None, key: str, changed: tuple[str, ...],
             lock: bool) -> Edit:
     text = tomlkit.dumps(document)
-    spec = parse_spec(tomllib.loads(text), pyproject, env)  # a valid definition before anything is written
+    data = tomllib.loads(text)
+    spec = parse_spec(data, pyproject, env)  # a valid definition before anything is written
+    for other in _environment_names(data):  # and every other environment of the file still is one
+        if other != env:
+            parse_spec(data, pyproject, other)
+    if env is not None:
+        parse_spec(data, pyproject, None)
     outcome = locking.lock(spec) if lock else None
     atomic_write(pyproject, text)
     return Edit(pyproject, key, changed, outcome, spec)
+
+
+def _environment_names(data: dict) -> list[str]:
+    envs = data.get("tool", {}).get("mlenv", {}).get("envs", {})
+    return sorted(envs) if isinstance(envs, dict) else []
 
 
 def _table(project: Path, env: str | None) -> tuple[Path, tomlkit.TOMLDocument, Table]:

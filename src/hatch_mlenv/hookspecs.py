@@ -35,6 +35,8 @@ class SolveRequest:
     platform_specs: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def specs_for(self, platform: str) -> tuple[str, ...]:
+        """The specs to solve for `platform`. A solver must read these: `specs` alone misses what
+        `[tool.mlenv.target.PLATFORM]` adds."""
         return self.platform_specs.get(platform, self.specs)
 
 

@@ -18,6 +18,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
 from hatch_mlenv._compat import tomllib
+from hatch_mlenv.credentials import references_only
 from hatch_mlenv.errors import ConfigError
 from hatch_mlenv.lockfile import atomic_write, source_of
 from hatch_mlenv.spec import PYPROJECT, merge_specs, parse_spec
@@ -163,11 +164,16 @@ def _pip_lines(lines: list[Any], result: Imported, key: str | None, path: Path) 
         if line.startswith(("-e", "--editable")) or re.match(r"^(git|hg|svn|bzr)\+", line) or " @ git+" in line:
             raise ConfigError(path, where, f"editable or VCS requirement {line!r} cannot be locked; "
                               "publish it to an index or build a wheel first")
-        if line.startswith(("--index-url", "-i ")):
-            result.pip_index_url = line.split(None, 1)[1].strip() if " " in line else line.split("=", 1)[1]
-            continue
-        if line.startswith("--extra-index-url"):
-            result.pip_extra_index_urls.append(line.split(None, 1)[1].strip() if " " in line else line.split("=", 1)[1])
+        if line.startswith(("--index-url", "-i ", "--extra-index-url")):
+            url = line.split(None, 1)[1].strip() if " " in line else line.split("=", 1)[1]
+            kept = references_only(url)  # pyproject.toml is committed: credentials only as ${VAR}
+            if kept != url:
+                result.unmapped.append(f"{where}: the credentials in the index URL (write them as ${{VAR}} "
+                                       "references or use ~/.netrc)")
+            if line.startswith("--extra-index-url"):
+                result.pip_extra_index_urls.append(kept)
+            else:
+                result.pip_index_url = kept
             continue
         if line.startswith("-"):
             result.unmapped.append(f"{where}: {line} (pip option)")

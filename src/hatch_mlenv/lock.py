@@ -201,14 +201,22 @@ def lock(spec: Spec, *, update: Sequence[str] = (), force: bool = False) -> Lock
 def all_specs(project: Path) -> list[Spec]:
     """The default environment and every named one of `project` (`lock --all`)."""
     pyproject = project.resolve() / PYPROJECT
-    first = load_spec(project)
-    return [first] + [load_spec(project, name) for name in environment_names(pyproject)]
+    specs = [load_spec(project)] + [load_spec(project, name) for name in environment_names(pyproject)]
+    seen: dict[Path, Spec] = {}
+    for spec in specs:
+        other = seen.setdefault(spec.lockfile, spec)
+        if other is not spec:  # the second lock would overwrite the first, and one would always be stale
+            raise ConfigError(pyproject, f"tool.mlenv.envs.{spec.env}.lockfile",
+                              f"{_rel(spec, spec.lockfile)} is also the lockfile of the "
+                              f"{other.env or 'default'} environment; give each environment its own")
+    return specs
 
 
 def lock_each(specs: Sequence[Spec], *, force: bool = False) -> list[LockOutcome | MlenvError]:
     """`lock()` of each spec, in their order; specs with different lockfiles are solved at the same
-    time (threads: the solves wait on rattler, uv and the network), specs sharing one lockfile one
-    after the other. A spec that fails gives its error in its place; the others still lock."""
+    time (threads: the solves wait on rattler, uv and the network), specs sharing one lockfile
+    (`all_specs` refuses that; a caller may not) one after the other. A spec that fails gives its
+    error in its place; the others still lock."""
     groups: dict[Path, list[int]] = {}
     for index, spec in enumerate(specs):
         groups.setdefault(spec.lockfile, []).append(index)

@@ -68,11 +68,14 @@ def add(specs: tuple[str, ...], pip: bool, platform: str | None, project: Path, 
 @click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @click.option("--pip/--conda", "pip", default=None, help="Only from the pip list / only from the conda list "
               "(default: both).")
+@click.option("--platform", metavar="PLATFORM", default=None,
+              help="Only from [tool.mlenv.target.PLATFORM] (default: from the common lists and every target).")
 @project_option
 @env_option
 @no_lock_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def remove(names: tuple[str, ...], pip: bool | None, project: Path, env: str | None, no_lock: bool,
-           as_json: bool) -> None:
+def remove(names: tuple[str, ...], pip: bool | None, platform: str | None, project: Path, env: str | None,
+           no_lock: bool, as_json: bool) -> None:
     """Remove packages from the definition by name, then lock."""
-    _print_edit(editing.remove(project, names, pip=pip, env=env, lock=not no_lock), "removed", as_json)
+    _print_edit(editing.remove(project, names, pip=pip, env=env, platform=platform, lock=not no_lock), "removed",
+                as_json)

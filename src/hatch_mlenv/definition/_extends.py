@@ -14,7 +14,7 @@ from hatch_mlenv.errors import ConfigError
 # Keys whose values extend the inherited ones (by package name) instead of replacing them.
 _LIST_MERGE_KEYS = ("conda", "pip")
 # Tables merged key by key.
-_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "system-requirements", "docker", "spark", "pypi-names", "target")
+_TABLE_MERGE_KEYS = ("variables", "virtual-packages", "system-requirements", "docker", "spark", "pypi-names")
 
 
 def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -22,13 +22,17 @@ def merge_tables(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
     A key of `override` replaces the inherited one, except: `conda` and `pip`
     extend the inherited lists (a spec for a package already there replaces
-    it, in place), and `variables`, `system-requirements`, `virtual-packages`, `docker` and `target`
-    merge key by key (per platform for `virtual-packages` and `target`).
+    it, in place), `variables`, `system-requirements`, `virtual-packages` and `docker` merge key by
+    key (per platform for `virtual-packages`), and `target` merges per platform by these same rules.
     """
     merged = dict(base)
     for key, value in override.items():
         if key in _LIST_MERGE_KEYS and isinstance(value, list) and isinstance(base.get(key), list):
             merged[key] = merge_specs(base[key], value)
+        elif key == "target" and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **{platform: merge_tables(base[key][platform], lists)
+                                           if isinstance(lists, dict) and isinstance(base[key].get(platform), dict)
+                                           else lists for platform, lists in value.items()}}
         elif key in _TABLE_MERGE_KEYS and isinstance(value, dict) and isinstance(base.get(key), dict):
             inner = dict(base[key])
             for k, v in value.items():
@@ -43,7 +47,8 @@ def spec_name(text: Any) -> str:
     """The package name of a conda match spec or a PEP 508 requirement, normalised (`Numpy_X >=1` -> `numpy-x`)."""
     if not isinstance(text, str):
         return repr(text)
-    return re.split(r"[\s<>=!~\[;@(]", text.strip(), maxsplit=1)[0].lower().replace("_", "-")
+    name = re.split(r"[\s<>=!~\[;@(]", text.strip(), maxsplit=1)[0]
+    return name.rsplit("::", 1)[-1].lower().replace("_", "-")  # `conda-forge::numpy` names numpy
 
 
 def merge_specs(base: list[Any], extra: list[Any]) -> list[Any]:

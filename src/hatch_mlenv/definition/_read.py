@@ -164,7 +164,9 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
             check_requirement(pyproject, f"project.dependencies[{i}]", text)
         pip = pip + [d for d in deps if d not in pip]
 
-    targets = parse_targets(reader, table, platforms)
+    # a named environment inherits the targets of the platforms it has; it may declare only those
+    declared = (own if env is not None else table).get("target")
+    targets = parse_targets(reader, table, platforms, set(declared) if isinstance(declared, dict) else set())
 
     pip_index_url, extra_urls = parse_index_urls(reader, table)
     find_links = parse_find_links(reader, table)
@@ -234,13 +236,17 @@ def parse_spec(document: dict[str, Any], pyproject: Path, env: str | None = None
     )
 
 
-def parse_targets(reader: Reader, table: dict[str, Any], platforms: list[str]) -> dict[str, dict[str, tuple[str, ...]]]:
+def parse_targets(reader: Reader, table: dict[str, Any], platforms: list[str],
+                  declared: set[str]) -> dict[str, dict[str, tuple[str, ...]]]:
     """`[tool.mlenv.target.PLATFORM]`: conda specs and pip requirements one platform adds (pixi's
-    `[target.PLATFORM]`), each checked as the top-level lists are."""
+    `[target.PLATFORM]`), each checked as the top-level lists are. A target inherited for a
+    platform the environment does not have is not its concern; one it `declared` must be one of its."""
     pyproject = reader.path
     targets: dict[str, dict[str, tuple[str, ...]]] = {}
     for platform, body in reader.table(table, "target").items():
         key = f"tool.mlenv.target.{printable(platform)}"
+        if platform not in platforms and platform not in declared:
+            continue
         if platform not in platforms:
             raise ConfigError(pyproject, key, f"{platform!r} is not one of the environment's platforms "
                               f"({', '.join(platforms)}){did_you_mean(platform, platforms)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import hatch_mlenv.userconfig as userconfig
+from hatch_mlenv.credentials import public
 from hatch_mlenv.errors import RegistryError, StaleLockError, UsageError
 from hatch_mlenv.lock import staleness, stamped_digest
 from hatch_mlenv.lockfile import read_lock
@@ -130,7 +131,7 @@ def copy_version(source: Registry, ref: Reference, destination: Registry, *, lab
         raise UsageError(f"{ref} is already in {destination.url}: copy to another registry")
     version = source.get(ref)
     origin = version.provenance.get("copied_from") or {
-        "registry": source.url, "version": version.version, "time": version.provenance.get("time")}
+        "registry": public(source.url), "version": version.version, "time": version.provenance.get("time")}
     moved = tuple(label for label in version.labels if label != LATEST) if labels else ()
     return destination.register(version.name, version.lockfile, version.manifest,
                                 version.provenance | {"copied_from": origin}, labels=moved)
