@@ -169,16 +169,20 @@ class Finding:
         host = None if self.host is None else (self.host.build if self.name == "__archspec" else self.host.version)
         return {"name": self.name, "constraint": self.constraint, "by": list(self.by), "host": host, "met": self.met}
 
+    def need(self, environment: str) -> str:
+        """`fraud-train needs __cuda >=12.0 (pytorch 2.3.0 cuda120_0)`."""
+        more = f" and {len(self.by) - 1} more" if len(self.by) > 1 else ""
+        return f"{environment} needs {self.name} {self.constraint} ({self.by[0]}{more})"
+
     def message(self, environment: str, bypass: str = BYPASS_FLAG) -> str:
         """`fraud-train needs __cuda >=12.0 (pytorch 2.3.0 cuda120_0); this machine has no CUDA driver (...)`."""
-        more = f" and {len(self.by) - 1} more" if len(self.by) > 1 else ""
         if self.host is None:
             has = "has no CUDA driver" if self.name == "__cuda" else f"has no {self.name}"
         else:
             has = f"has {self.host.shown()}"
         variable = OVERRIDE_VARIABLES.get(self.name)
         hint = f"set {variable} to override, or {bypass}" if variable else bypass
-        return f"{environment} needs {self.name} {self.constraint} ({self.by[0]}{more}); this machine {has} ({hint})"
+        return f"{self.need(environment)}; this machine {has} ({hint})"
 
 
 def check(needs: Mapping[str, Mapping[str, Any]], host: Mapping[str, HostPackage]) -> list[Finding]:
@@ -264,8 +268,7 @@ def require_host(
     if simple_needs_met(needs):  # the common case, without loading rattler (a no-op install stays fast)
         return ()
     if ignore:  # asked not to check: nothing is detected (a driver's library is not even loaded)
-        return tuple(f"{f.message(env.name, bypass).split('; this machine')[0]}; not checked"
-                     for f in check(needs, {}))
+        return tuple(f"{f.need(env.name)}; not checked" for f in check(needs, {}))
     unmet = [f.message(env.name, bypass) for f in check(needs, detect_host(needs)) if not f.met]
     if unmet:
         raise HostError("\n".join(unmet))
