@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import tomllib
 
 from hatch_mlenv.lockfile import read_lock
@@ -325,3 +326,21 @@ def test_lock_all_refuses_a_shared_lockfile(tmp_path: Path, channel: Path) -> No
     assert_clean_error(mlenv("lock", "--all", "--project", str(root)), 2, "tool.mlenv.envs.same.lockfile",
                        "also the lockfile of the default environment")
     assert not (root / "conda-lock.yml").exists()
+
+
+def test_outdated_reads_an_index_that_needs_credentials(tmp_path: Path, channel: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fixtures.pip_index import make_default_index, serve
+
+    monkeypatch.setenv("INDEX_PASSWORD", "s3cret-index-pw")
+    with serve(make_default_index(tmp_path / "index"), auth=("mlenv-bot", "s3cret-index-pw")) as url:
+        root = project(tmp_path, channel)
+        pyproject = root / "pyproject.toml"
+        with_credentials = url.replace("http://", "http://mlenv-bot:${INDEX_PASSWORD}@")
+        pyproject.write_text(pyproject.read_text().replace(
+            'python = "3.11"', f'python = "3.11"\npip-index-url = "{with_credentials}"'))
+        mlenv("add", "--pip", "mlenv-tiny<0.2", "--project", str(root), check=True)
+        result = mlenv("outdated", "--json", "--project", str(root), check=True)
+    tiny = next(r for r in json.loads(result.stdout) if r["name"] == "mlenv-tiny")
+    assert tiny["locked"] == "0.1.0" and tiny["latest"] == "0.2.0"
+    assert "s3cret-index-pw" not in result.stdout + result.stderr

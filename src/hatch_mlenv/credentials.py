@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.request import Request
 
 from hatch_mlenv.errors import ConfigError
 
@@ -108,6 +109,16 @@ def authorization(url: str, known: Iterable[str] = ()) -> str | None:
     if login is not None:
         return "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
     return None
+
+
+def authorized_request(url: str, known: Iterable[str] = (), headers: dict[str, str] | None = None) -> Request:
+    """A urllib request for `url` as it may be sent: no `user:password@` in it (urllib would take
+    it for the host), the credentials in an `Authorization` header instead (`authorization`)."""
+    request = Request(strip(url), headers=headers or {})
+    header = authorization(url, known)
+    if header:
+        request.add_header("Authorization", header)
+    return request
 
 
 def netrc_file() -> str:

@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from hatch_mlenv.credentials import redact
+from hatch_mlenv.credentials import authorized_request, redact
 from hatch_mlenv.errors import InstallError, missing_tool
 from hatch_mlenv.hashes import file_sha256
 from hatch_mlenv.paths import cache_dir
@@ -96,14 +96,9 @@ def fetch(url: str, sha256: str | None, what: str, indexes: Sequence[str] = ()) 
     target = cache_dir() / "wheels" / sha256 / name
     if target.is_file() and file_sha256(target) == sha256:
         return target
-    from urllib.request import Request, urlopen
+    from urllib.request import urlopen
 
-    from hatch_mlenv.credentials import authorization
-
-    request = Request(url)
-    header = authorization(url, indexes)
-    if header:
-        request.add_header("Authorization", header)
+    request = authorized_request(url, indexes)
     target.parent.mkdir(parents=True, exist_ok=True)
     # one partial file per process and thread: two installs in one process (Ray's agent installing two
     # environments at once) may fetch the same wheel

@@ -10,7 +10,7 @@ import html.parser
 from dataclasses import dataclass
 from typing import Any
 from urllib.error import URLError
-from urllib.request import Request, urlopen
+from urllib.request import urlopen
 
 import rattler
 from packaging.requirements import InvalidRequirement, Requirement
@@ -20,7 +20,7 @@ from packaging.version import InvalidVersion, Version
 
 import hatch_mlenv.progress as progress
 from hatch_mlenv._compat import settle_rattler_at_exit
-from hatch_mlenv.credentials import authorization, channel_client, redact
+from hatch_mlenv.credentials import authorized_request, channel_client, redact
 from hatch_mlenv.errors import SolveError
 from hatch_mlenv.lockfile import LockedPackage
 from hatch_mlenv.pip import index_urls
@@ -146,12 +146,8 @@ def _index_versions(indexes: list[str], name: str) -> dict[Version, list[Specifi
     versions: dict[Version, list[SpecifierSet | None]] = {}
     for index in indexes:
         url = f"{index.rstrip('/')}/{name}/"
-        request = Request(url, headers={"Accept": "text/html"})
-        header = authorization(url, indexes)
-        if header:
-            request.add_header("Authorization", header)
         try:
-            with urlopen(request, timeout=60) as response:
+            with urlopen(authorized_request(url, indexes, {"Accept": "text/html"}), timeout=60) as response:
                 page = response.read().decode("utf-8", "replace")
         except URLError as exc:
             if getattr(exc, "code", None) == 404:
