@@ -150,3 +150,16 @@ def test_a_named_environment_extends_and_drops_targets(tmp_path: Path, channel: 
     # an inherited target of a platform the environment does not have is not its concern
     mac = load_spec(root, "mac")
     assert mac.platforms == ("osx-arm64",) and set(mac.targets) == {"osx-arm64"}
+
+
+def test_outdated_reads_each_platform_with_its_own_specs(tmp_path: Path, channel: Path, pip_index: str) -> None:
+    root = project(tmp_path / "p", channel, pip_index)
+    mlenv("lock", "--project", str(root), check=True)
+    rows = {(r["platform"], r["name"]): r for r in json.loads(mlenv("outdated", "--json", "--project", str(root),
+                                                                     check=True).stdout)}
+    # linux-64 pins mlenv-hello ==1.0.0 in its target, osx-arm64 pins numpy ==1.25.2 in its own
+    assert rows["linux-64", "mlenv-hello"] == {"platform": "linux-64", "manager": "conda", "name": "mlenv-hello",
+                                                   "locked": "1.0.0", "within_spec": None, "latest": "1.1.0"}
+    assert rows["osx-arm64", "numpy"]["locked"] == "1.25.2" and rows["osx-arm64", "numpy"]["within_spec"] is None
+    assert rows["osx-arm64", "numpy"]["latest"] == "1.26.4"
+    assert ("osx-arm64", "mlenv-hello") not in rows  # 1.1.0, the newest, is what osx-arm64 locked

@@ -59,31 +59,37 @@ def outdated(env: Any) -> list[Newer]:
 
 
 def _conda(spec: Any, packages: list[LockedPackage]) -> list[Newer]:
-    requested = {platform: {rattler.MatchSpec(s, strict=False).name.normalized: rattler.MatchSpec(s, strict=False)
-                            for s in spec.conda_specs_for(platform)} for platform in spec.platforms}
     settle_rattler_at_exit()  # its runtime threads abort the interpreter's exit otherwise
     fetch_urls = spec.channel_fetch_urls()
     access = channel_client(fetch_urls)
+    platforms = sorted({p.platform for p in packages})
 
-    async def query(platform: str, names: list[str]) -> list[Any]:
+    async def query_all() -> list[list[Any]]:
+        # one gateway for every platform (noarch is read once), the platforms at the same time, as a solve does
         gateway = rattler.Gateway(client=access.client)
         channels = [rattler.Channel(url) for url in access.urls]
-        batches = await gateway.query(channels, [platform, "noarch"], names, recursive=False)
-        return [record for batch in batches for record in batch]
 
+        async def query(platform: str) -> list[Any]:
+            names = sorted({p.name for p in packages if p.platform == platform})
+            try:
+                batches = await gateway.query(channels, [platform, "noarch"], names, recursive=False)
+            except Exception as exc:  # the gateway's errors: unreachable or unreadable channels
+                raise SolveError(redact(f"cannot read the channels for {platform}: {exc}", fetch_urls)) from None
+            return [record for batch in batches for record in batch]
+
+        return await asyncio.gather(*(query(platform) for platform in platforms))
+
+    found = dict(zip(platforms, asyncio.run(query_all())))
     result: list[Newer] = []
-    for platform in sorted({p.platform for p in packages}):
-        mine = [p for p in packages if p.platform == platform]
-        try:
-            records = asyncio.run(query(platform, sorted({p.name for p in mine})))
-        except Exception as exc:  # the gateway's errors: unreachable or unreadable channels
-            raise SolveError(redact(f"cannot read the channels for {platform}: {exc}", fetch_urls)) from None
-        for package in mine:
+    for platform, records in found.items():
+        requested = {match.name.normalized: match
+                     for match in (rattler.MatchSpec(s, strict=False) for s in spec.conda_specs_for(platform))}
+        for package in (p for p in packages if p.platform == platform):
             candidates = [r for r in records if r.name.normalized == package.name]
             newest = _newest(candidates, package.version)
             if newest is None:
                 continue
-            wanted = requested.get(platform, {}).get(package.name)
+            wanted = requested.get(package.name)
             within = _newest([r for r in candidates if wanted is None or wanted.matches(r)], package.version)
             result.append(Newer(platform, "conda", package.name, package.version,
                                 str(within.version) if within is not None else None, str(newest.version)))
