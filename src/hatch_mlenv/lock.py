@@ -125,7 +125,6 @@ def unsatisfied(spec: Spec, lock: Lock) -> str | None:
     from packaging.requirements import Requirement
 
     from hatch_mlenv.pip import marker_environment  # lazy: only a solve needs the pip step (uv)
-    from hatch_mlenv.pypi_names import canonical
 
     for platform in spec.platforms:
         packages = lock.for_platform(platform)
@@ -213,27 +212,19 @@ def all_specs(project: Path) -> list[Spec]:
 
 
 def lock_each(specs: Sequence[Spec], *, force: bool = False) -> list[LockOutcome | MlenvError]:
-    """`lock()` of each spec, in their order; specs with different lockfiles are solved at the same
-    time (threads: the solves wait on rattler, uv and the network), specs sharing one lockfile
-    (`all_specs` refuses that; a caller may not) one after the other. A spec that fails gives its
-    error in its place; the others still lock."""
-    groups: dict[Path, list[int]] = {}
-    for index, spec in enumerate(specs):
-        groups.setdefault(spec.lockfile, []).append(index)
-    results: list[LockOutcome | MlenvError | None] = [None] * len(specs)
+    """`lock()` of each spec (each with its own lockfile, as `all_specs` makes sure), at the same
+    time: the solves wait on rattler, uv and the network. A spec that fails gives its error in its
+    place; the others still lock."""
     from concurrent.futures import ThreadPoolExecutor  # lazy: the no-op lock has no threads to start
 
-    def run(indexes: list[int]) -> None:
-        for index in indexes:
-            try:
-                results[index] = lock(specs[index], force=force)
-            except MlenvError as exc:
-                results[index] = exc
+    def attempt(spec: Spec) -> LockOutcome | MlenvError:
+        try:
+            return lock(spec, force=force)
+        except MlenvError as exc:
+            return exc
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(groups), os.cpu_count() or 1, 4))) as pool:
-        for future in [pool.submit(run, indexes) for indexes in groups.values()]:
-            future.result()
-    return [r for r in results if r is not None]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(specs), os.cpu_count() or 1, 4))) as pool:
+        return list(pool.map(attempt, specs))
 
 
 # -- the stale-lock policy of every command that uses a project's lock ------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 import hatch_mlenv.edit as editing
-from hatch_mlenv.cli._common import display, env_option, print_json, project_option
+from hatch_mlenv.cli._common import display, env_option, json_option, print_json, project_option
 from hatch_mlenv.cli.lock import print_outcome
 
 no_lock_option = click.option("--no-lock", "no_lock", is_flag=True,
@@ -55,7 +55,7 @@ def _print_edit(edit: editing.Edit, verb: str, as_json: bool) -> None:
 @project_option
 @env_option
 @no_lock_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def add(specs: tuple[str, ...], pip: bool, platform: str | None, project: Path, env: str | None, no_lock: bool,
         as_json: bool) -> None:
     """Add packages to the definition (a package already listed gets the new spec), then lock;
@@ -73,7 +73,7 @@ def add(specs: tuple[str, ...], pip: bool, platform: str | None, project: Path, 
 @project_option
 @env_option
 @no_lock_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def remove(names: tuple[str, ...], pip: bool | None, platform: str | None, project: Path, env: str | None,
            no_lock: bool, as_json: bool) -> None:
     """Remove packages from the definition by name, then lock."""
