@@ -24,7 +24,7 @@ from hatch_mlenv.definition._extends import spec_name
 from hatch_mlenv.errors import ConfigError, UsageError
 from hatch_mlenv.lockfile import atomic_write
 from hatch_mlenv.platforms import current_platform
-from hatch_mlenv.spec import PYPROJECT, Spec, parse_spec
+from hatch_mlenv.spec import PYPROJECT, Spec, environment_names, parse_spec
 
 DEFAULT_CHANNELS = ("conda-forge",)
 
@@ -48,7 +48,7 @@ def init(project: Path, *, channels: Sequence[str] = (), platforms: Sequence[str
     requirements.txt or `curated:NAME`. Returns the file, what it was started from and the lines of
     the source that could not be mapped."""
     pyproject = project.resolve() / PYPROJECT
-    document = _read(pyproject) if pyproject.exists() else _minimal(project.resolve())
+    document = importing.read_document(pyproject) if pyproject.exists() else _minimal(project.resolve())
     if not isinstance(document.get("tool", {}), Table | dict):
         raise ConfigError(pyproject, "tool", "must be a table")
     if "mlenv" in document.get("tool", {}):
@@ -97,10 +97,10 @@ def add(project: Path, specs: Sequence[str], *, pip: bool = False, env: str | No
             target[platform] = tomlkit.table()
         table = target[platform]
         key = f"target.{platform}.{key}"
-    name = key.rsplit(".", 1)[-1]
-    entries = table.get(name)
+    field = key.rsplit(".", 1)[-1]
+    entries = table.get(field)
     if entries is None:
-        entries = table[name] = tomlkit.array()
+        entries = table[field] = tomlkit.array()
         if platform is not None and len(table) == 1:  # a new table: a blank line before what follows it
             table.add(tomlkit.nl())
     elif not isinstance(entries, Array):
@@ -155,26 +155,19 @@ def _commit(pyproject: Path, document: tomlkit.TOMLDocument, env: str | None, ke
     text = tomlkit.dumps(document)
     data = tomllib.loads(text)
     spec = parse_spec(data, pyproject, env)  # a valid definition before anything is written
-    for other in _environment_names(data):  # and every other environment of the file still is one
+    for other in (None, *environment_names(data)):  # and every other environment of the file still is one
         if other != env:
             parse_spec(data, pyproject, other)
-    if env is not None:
-        parse_spec(data, pyproject, None)
     outcome = locking.lock(spec) if lock else None
     atomic_write(pyproject, text)
     return Edit(pyproject, key, changed, outcome, spec)
-
-
-def _environment_names(data: dict) -> list[str]:
-    envs = data.get("tool", {}).get("mlenv", {}).get("envs", {})
-    return sorted(envs) if isinstance(envs, dict) else []
 
 
 def _table(project: Path, env: str | None) -> tuple[Path, tomlkit.TOMLDocument, Table]:
     pyproject = project.resolve() / PYPROJECT
     if not pyproject.is_file():
         raise ConfigError(pyproject, None, "file not found; start one with `mlenv init`")
-    document = _read(pyproject)
+    document = importing.read_document(pyproject)
     table = document.get("tool", {}).get("mlenv")
     if table is None:
         raise ConfigError(pyproject, "tool.mlenv", "missing table; start one with `mlenv init`")
@@ -192,13 +185,6 @@ def _path(env: str | None, key: str) -> str:
     return f"tool.mlenv.envs.{env}.{key}" if env else f"tool.mlenv.{key}"
 
 
-def _read(pyproject: Path) -> tomlkit.TOMLDocument:
-    try:
-        return tomlkit.parse(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(pyproject, None, f"cannot read: {exc}") from None
-    except Exception as exc:  # tomlkit's ParseError and kin
-        raise ConfigError(pyproject, None, f"invalid TOML: {exc}") from None
 
 
 def _minimal(project: Path) -> tomlkit.TOMLDocument:

@@ -225,16 +225,20 @@ def _dist_name(dist_info: Path) -> str:
     return ""
 
 
+def read_document(pyproject: Path) -> tomlkit.TOMLDocument:
+    """pyproject.toml as tomlkit reads it, to be edited and written back with every other byte kept."""
+    try:
+        return tomlkit.parse(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:  # as load_spec says it of the same file
+        raise ConfigError(pyproject, None, f"cannot read: {exc}") from None
+    except Exception as exc:  # tomlkit's ParseError and kin
+        raise ConfigError(pyproject, None, f"invalid TOML: {exc}") from None
+
+
 def merge_into_pyproject(pyproject: Path, imported: Imported, env: str | None = None) -> str:
     """Merge `imported` into `[tool.mlenv]` (or `[tool.mlenv.envs.ENV]`); returns the new text."""
 
-    if pyproject.exists():
-        try:
-            document = tomlkit.parse(pyproject.read_text(encoding="utf-8"))
-        except Exception as exc:  # tomlkit's ParseError
-            raise ConfigError(pyproject, None, f"invalid TOML: {exc}") from None
-    else:
-        document = tomlkit.document()
+    document = read_document(pyproject) if pyproject.exists() else tomlkit.document()
     tool = document.setdefault("tool", tomlkit.table(is_super_table=True))
     table = tool.setdefault("mlenv", tomlkit.table())
     if env is not None:

@@ -53,13 +53,19 @@ def load_spec(project_dir: Path | str, env: str | None = None) -> Spec:
     return parse_spec(document, pyproject, env)
 
 
-def environment_names(pyproject: Path) -> list[str]:
-    """The named environments of a project, for listings and error messages."""
-    try:
-        document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        return []
-    envs = document.get("tool", {}).get("mlenv", {}).get("envs", {})
+def environment_names(pyproject: Path | dict[str, Any]) -> list[str]:
+    """The named environments of a project (its pyproject.toml, or that file already parsed), for
+    listings and error messages; none when the file cannot be read."""
+    if isinstance(pyproject, dict):
+        document = pyproject
+    else:
+        try:
+            document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return []
+    tool = document.get("tool", {})
+    mlenv = tool.get("mlenv", {}) if isinstance(tool, dict) else {}
+    envs = mlenv.get("envs", {}) if isinstance(mlenv, dict) else {}
     return sorted(envs) if isinstance(envs, dict) else []
 
 
