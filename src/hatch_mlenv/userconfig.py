@@ -28,13 +28,9 @@ _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")
 _RESERVED = {"local", "sqlite", "oci", "latest"}
 
 
-def config_path() -> Path:
-    return config_file()
-
-
 def read() -> dict[str, Any]:
     """The settings, checked: {"registry": str | None, "registries": {name: url}}; no file is none."""
-    path = config_path()
+    path = config_file()
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -62,34 +58,35 @@ def read() -> dict[str, Any]:
     return {"registry": default, "registries": dict(registries)}
 
 
-def default_registry() -> str | None:
-    return read()["registry"]
-
-
 def is_registry_name(text: str) -> bool:
     """Whether `text` names a configured registry (`team` in `team:train@prod`)."""
     return bool(_NAME_RE.fullmatch(text)) and text in read()["registries"]
 
 
-def resolve(text: str) -> str:
-    """A registry as given (a URL, or a name in the config file) as its URL."""
+def resolve(text: str | None) -> str:
+    """A registry as given (a URL, or a name in the config file) as its URL; none given: the config
+    file's default, else `local`. The file is read once, and not at all for a URL."""
+    if text is not None and _is_url(text):
+        return text
+    settings = read()
+    text = text or settings["registry"] or "local"
     if _is_url(text):
         return text
-    registries = read()["registries"]
+    registries = settings["registries"]
     if text in registries:
         return registries[text]
     known = ", ".join(sorted(registries)) or "none yet: `mlenv registry add NAME URL`"
     raise UsageError(f"unknown registry {text!r}: use local, sqlite:///PATH, oci://HOST[:PORT]/NAMESPACE or a "
-                     f"registry named in {config_path()} ({known})")
+                     f"registry named in {config_file()} ({known})")
 
 
 def check_url(url: str, source: object = None, key: str | None = None) -> str:
     """A registry URL fit for the config file: one of our schemes and no credentials in it."""
     if not _is_url(url):
-        raise ConfigError(source or config_path(), key, f"{url!r} is not a registry URL (local, sqlite:///PATH or "
+        raise ConfigError(source or config_file(), key, f"{url!r} is not a registry URL (local, sqlite:///PATH or "
                                                          "oci://HOST[:PORT]/NAMESPACE)")
     if "@" in urlsplit(url).netloc:
-        raise ConfigError(source or config_path(), key, "a registry URL here holds no credentials; log in with "
+        raise ConfigError(source or config_file(), key, "a registry URL here holds no credentials; log in with "
                                                          "`docker login HOST` (the Docker config and its "
                                                          "credential helpers are read)")
     return url
@@ -99,7 +96,7 @@ def add_registry(name: str, url: str, *, default: bool = False) -> Path:
     """Name `url` (kept comments and order: tomlkit), and make it the default if asked."""
     import tomlkit  # lazy: only `mlenv registry add/remove` edits the file
 
-    path = config_path()
+    path = config_file()
     if not _NAME_RE.fullmatch(name) or name in _RESERVED:
         raise UsageError(f"invalid registry name {name!r}: a letter, then letters, digits, '.', '_', '-' "
                          "(not local, sqlite, oci or latest)")
@@ -118,7 +115,7 @@ def add_registry(name: str, url: str, *, default: bool = False) -> Path:
 def remove_registry(name: str) -> Path:
     import tomlkit  # lazy: as above
 
-    path = config_path()
+    path = config_file()
     settings = read()
     if name not in settings["registries"]:
         raise UsageError(f"no registry named {name!r} in {path}")

@@ -24,6 +24,7 @@ from hatch_mlenv.cli._common import (
 from hatch_mlenv.errors import UsageError, did_you_mean
 from hatch_mlenv.gc import collect
 from hatch_mlenv.lockfile import atomic_write
+from hatch_mlenv.paths import config_file
 from hatch_mlenv.reference import check_movable_label, check_name, parse_reference
 from hatch_mlenv.registry import copy_version, register_environment, register_lockfile
 
@@ -286,7 +287,7 @@ def registry_list(as_json: bool) -> None:
     """The named registries and the default."""
     settings = userconfig.read()
     if as_json:
-        print_json(settings | {"config": str(userconfig.config_path())})
+        print_json(settings | {"config": str(config_file())})
         return
     rows = [(name, url, "default" if settings["registry"] == name else "")
             for name, url in sorted(settings["registries"].items())]

@@ -56,8 +56,7 @@ ENV_REGISTRY = "MLENV_REGISTRY"
 def select_url(option: str | None, configured: str | None = None) -> str:
     """`--registry URL`, then `MLENV_REGISTRY`, then `registry = ...` in [tool.mlenv], then the
     user config file's default, then `local`; a name from the user config file as its URL."""
-    return userconfig.resolve(option or os.environ.get(ENV_REGISTRY) or configured or userconfig.default_registry()
-                              or "local")
+    return userconfig.resolve(option or os.environ.get(ENV_REGISTRY) or configured)
 
 
 def open_registry(url: str) -> Registry:
