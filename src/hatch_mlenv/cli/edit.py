@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import click
 
@@ -10,8 +11,16 @@ import hatch_mlenv.edit as editing
 from hatch_mlenv.cli._common import display, env_option, json_option, print_json, project_option
 from hatch_mlenv.cli.lock import print_outcome
 
-no_lock_option = click.option("--no-lock", "no_lock", is_flag=True,
-                              help="Only edit pyproject.toml (still checked to be a valid definition); do not lock.")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def edit_options(command: F) -> F:
+    """What `add` and `remove` both take: the project, the environment, --no-lock and --json."""
+    for option in reversed((project_option, env_option, click.option(
+            "--no-lock", "no_lock", is_flag=True,
+            help="Only edit pyproject.toml (still checked to be a valid definition); do not lock."), json_option)):
+        command = option(command)
+    return command
 
 
 @click.command()
@@ -52,10 +61,7 @@ def _print_edit(edit: editing.Edit, verb: str, as_json: bool) -> None:
 @click.option("--pip", is_flag=True, help="Add to the pip list (default: conda).")
 @click.option("--platform", metavar="PLATFORM", default=None,
               help="Only for this platform: [tool.mlenv.target.PLATFORM] (one of the environment's platforms).")
-@project_option
-@env_option
-@no_lock_option
-@json_option
+@edit_options
 def add(specs: tuple[str, ...], pip: bool, platform: str | None, project: Path, env: str | None, no_lock: bool,
         as_json: bool) -> None:
     """Add packages to the definition (a package already listed gets the new spec), then lock;
@@ -70,10 +76,7 @@ def add(specs: tuple[str, ...], pip: bool, platform: str | None, project: Path, 
               "(default: both).")
 @click.option("--platform", metavar="PLATFORM", default=None,
               help="Only from [tool.mlenv.target.PLATFORM] (default: from the common lists and every target).")
-@project_option
-@env_option
-@no_lock_option
-@json_option
+@edit_options
 def remove(names: tuple[str, ...], pip: bool | None, platform: str | None, project: Path, env: str | None,
            no_lock: bool, as_json: bool) -> None:
     """Remove packages from the definition by name, then lock."""
