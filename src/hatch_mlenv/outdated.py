@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import html.parser
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.error import URLError
@@ -111,7 +112,9 @@ def _pip(spec: Any, packages: list[LockedPackage], pythons: dict[str, str]) -> l
                 continue  # a path or URL requirement: pinned by what it points to
             requested[platform, canonical(requirement.name)] = requirement
     indexes = index_urls(spec)
-    versions = {name: _index_versions(indexes, name) for name in sorted({canonical(p.name) for p in packages})}
+    names = sorted({canonical(p.name) for p in packages})
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one page a name: wait on the index for several at once
+        versions = dict(zip(names, pool.map(lambda name: _index_versions(indexes, name), names)))
     result: list[Newer] = []
     for package in packages:
         python = pythons.get(package.platform)
