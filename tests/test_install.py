@@ -267,6 +267,38 @@ def test_a_local_channel_archive_that_does_not_match_the_lock_is_refused(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".env")] == []
 
 
+def test_an_archive_changed_after_an_install_is_refused_even_with_its_size_and_mtime_kept(
+    tmp_path: Path, channel: Path
+) -> None:
+    """An archive is hashed once and then known by its identity (inode, size, mtime, ctime):
+    rewriting it in place with the same size and mtime still changes its ctime, so the next
+    install hashes it again and refuses it."""
+    import shutil
+
+    own = tmp_path / "channel"
+    shutil.copytree(channel, own)
+    root = write_project(tmp_path / "proj", f"""
+        channels = ["{own}"]
+        platforms = ["linux-64"]
+        python = "3.11"
+        conda = ["mlenv-hello ==1.0.0"]
+        """)
+    mlenv("lock", "--project", str(root), check=True)
+    mlenv("install", "--project", str(root), "--prefix", str(tmp_path / "first"), check=True)
+    hello = next(p for p in read_lock(root / "conda-lock.yml").packages if p.name == "mlenv-hello")
+    archive = own / "linux-64" / "mlenv-hello-1.0.0-0.tar.bz2"
+    before = archive.stat()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(archive, "r+b") as handle:  # the same inode, the same size
+        handle.write(data)
+    os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (archive.stat().st_size, archive.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    result = mlenv("install", "--project", str(root), "--prefix", str(tmp_path / "second"))
+    assert_clean_error(result, 1, "mlenv-hello 1.0.0", "sha256 mismatch", hello.sha256)
+    assert not (tmp_path / "second").exists()
+
+
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()

@@ -29,7 +29,7 @@ from hatch_mlenv.hashes import TAG_LENGTH
 from hatch_mlenv.lockfile import atomic_write, lockfile_name, parse_lock, read_lock_text, text_key
 from hatch_mlenv.paths import cache_dir, data_dir
 from hatch_mlenv.registry import open_registry
-from hatch_mlenv.sealed import LOCK_STAMP, read_sealed
+from hatch_mlenv.sealed import ARCHIVE_HASHES, LOCK_STAMP, read_sealed
 from hatch_mlenv.usage import PROJECTS_FILE, REGISTRIES_FILE
 from hatch_mlenv.usage import lines as _lines
 
@@ -130,6 +130,8 @@ def collect(registry: Any, *, dry_run: bool = False, older_than_days: float | No
         consider(path, path.name.removesuffix(".json") in texts)
     for path in _entries(cache / "lock-stamps"):
         consider(path, Path(_stamp_lockfile(path) or "").is_file())  # a stamp is worth keeping while its lock exists
+    for path in _entries(cache / ARCHIVE_HASHES):
+        consider(path, Path(_memo_archive(path) or "").is_file())  # an archive's hashes, while it is there
     if not dry_run:
         for path, _size_ in result.removed:
             _remove(path)
@@ -153,6 +155,15 @@ def _stamp_lockfile(path: Path) -> str | None:
         return str(json.loads(body).get("lockfile")) if body is not None else None
     except (ValueError, AttributeError):
         return None
+
+
+def _memo_archive(path: Path) -> str | None:
+    """The archive whose hashes the sealed memo `path` keeps (install/conda.archive_hashes)."""
+    try:
+        key = json.loads(path.read_bytes())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return key if isinstance(key, str) and read_sealed(path, ARCHIVE_HASHES, key) is not None else None
 
 
 def _rewrite_projects(projects: list[str]) -> None:

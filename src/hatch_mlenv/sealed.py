@@ -30,6 +30,7 @@ SECRET_FILE = "cache-key"
 # The kinds of sealed files: a seal made for one kind is never accepted as another.
 LOCK_DOCUMENT = "lock-document"  # cache/lock-documents/<sha256 of a lock's text>.json (lockfile.py)
 LOCK_STAMP = "lock-stamp"  # cache/lock-stamps/<key of the lockfile's path>.json (lock.py)
+ARCHIVE_HASHES = "archive-hashes"  # cache/archive-hashes/<sha256 of an archive's path>.json (install/conda.py)
 _SECRET_BYTES = 32
 
 # The secret of each data directory this process has used (tests change $MLENV_HOME).

@@ -6,6 +6,9 @@ directory) and prefix placeholders are rewritten for where it will live.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import urllib.parse
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +19,7 @@ from hatch_mlenv.errors import InstallError
 from hatch_mlenv.errors import first_line as _first_line
 from hatch_mlenv.hashes import file_hashes
 from hatch_mlenv.paths import cache_dir
+from hatch_mlenv.sealed import ARCHIVE_HASHES, read_sealed, write_sealed
 
 
 def conda_records(lockfile: Path, platform: str) -> list:  # -> list[rattler.RepoDataRecord]
@@ -105,7 +109,9 @@ def verify_local_archives(records: list) -> None:
 
     rattler checks what it downloads over http(s) against the record's sha256,
     but links a local channel's archive as it finds it: a replaced archive, or a
-    lock whose hashes were edited, would install other content."""
+    lock whose hashes were edited, would install other content. An archive is read
+    once: its hashes are kept (sealed, in the cache) with the file's identity (device,
+    inode, size, mtime and ctime), and read again whenever any of those changed."""
     for record in records:
         url = str(record.url)
         if not url.startswith("file://"):
@@ -117,12 +123,32 @@ def verify_local_archives(records: list) -> None:
         if not any(expected.values()):
             raise InstallError(f"{name}: the lock has no sha256 or md5 for {url}; refusing to install it unchecked")
         try:
-            found = file_hashes(path, [k for k, v in expected.items() if v])
+            found = archive_hashes(path)
         except OSError as exc:
             raise InstallError(f"{name}: cannot read {path}: {exc.strerror or exc}") from None
         for kind, value in found.items():
-            if value != expected[kind]:
+            if expected[kind] and value != expected[kind]:
                 raise InstallError(
                     f"{name}: {kind} mismatch for {path.name} (lock says {expected[kind]}, the archive has {value}); "
                     f"nothing was installed"
                 )
+
+
+def archive_hashes(path: Path) -> dict[str, str]:
+    """The sha256 and md5 of a local archive, from the sealed memo while the file is the one
+    that was hashed (any write changes its ctime, which no user can set back)."""
+    info = os.stat(path)
+    identity = [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+    key = str(path)
+    memo = cache_dir() / ARCHIVE_HASHES / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
+    body = read_sealed(memo, ARCHIVE_HASHES, key)
+    if body is not None:
+        try:
+            known = json.loads(body)
+            if known["identity"] == identity:
+                return {"sha256": known["sha256"], "md5": known["md5"]}
+        except (ValueError, KeyError, TypeError):
+            pass
+    found = file_hashes(path, ["sha256", "md5"])
+    write_sealed(memo, ARCHIVE_HASHES, key, json.dumps({"identity": identity, **found}, sort_keys=True).encode())
+    return found
