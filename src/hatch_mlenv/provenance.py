@@ -9,7 +9,6 @@ import datetime
 import functools
 import getpass
 import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ def provenance(
         commit, dirty = git
     else:
         commit, dirty = git_state(project_dir) if project_dir else (None, None)
+    from importlib import metadata  # lazy: ~3 ms (email's parser); only a new version records it
+
     try:
         rattler_version = metadata.version("py-rattler")
     except metadata.PackageNotFoundError:

@@ -20,16 +20,16 @@ import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 
-from packaging.utils import canonicalize_name
-
 from hatch_mlenv.lockfile import LockedPackage
 
 _PURL_PYPI = re.compile(r"^pkg:pypi/([^@?#]+)")
+_SEPARATORS = re.compile(r"[-_.]+")
 
 
 def canonical(name: str) -> str:
-    """The one normalisation of PyPI names (packaging's): `Msgpack_Python` -> `msgpack-python`."""
-    return str(canonicalize_name(name))
+    """The one normalisation of PyPI names (PEP 503, as packaging's `canonicalize_name`, whose
+    module would import packaging.tags and logging on every start): `Msgpack_Python` -> `msgpack-python`."""
+    return _SEPARATORS.sub("-", name).lower()
 
 
 @functools.lru_cache(maxsize=None)
