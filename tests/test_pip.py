@@ -418,6 +418,21 @@ def test_wheels_without_pep658_metadata_are_read_with_range_requests(
     assert next(p for p in read_lock(proj2 / "conda-lock.yml").packages if p.name == "mlenv-old").dependencies == {}
 
 
+def test_an_index_that_fails_to_serve_metadata_fails_the_lock_instead_of_dropping_dependencies(
+    tmp_path: Path, pip_channel: Path, isolated_registry: Path
+) -> None:
+    """uv resolves (it gets answers); then the index answers hatch-mlenv's metadata reads with 503:
+    the lock fails, naming the package and the URL, and writes nothing, where it used to record
+    the package with no dependencies."""
+    root = build_index(tmp_path / "index", [Wheel("mlenv-a", "1.0", requires=("mlenv-b>=1",)), Wheel("mlenv-b", "1.0")])
+    with serve(root, unavailable_to="python-requests") as url:
+        proj = project(tmp_path / "p", pip_channel, 'python = "3.11"\npip = ["mlenv-a"]\n', url)
+        result = mlenv("lock", "--project", str(proj))
+    assert_clean_error(result, 1, "cannot read the metadata of mlenv-a 1.0", "mlenv_a-1.0-py3-none-any.whl.metadata",
+                       "HTTP 503")
+    assert not (proj / "conda-lock.yml").exists()
+
+
 def test_each_platform_locks_the_wheel_its_installer_would_pick(tmp_path: Path, pip_channel: Path) -> None:
     """A version with several fitting wheels (a pure one and platform builds, as charset-normalizer
     has on PyPI): each platform locks the most specific one for it, never the pure fallback."""

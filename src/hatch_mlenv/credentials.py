@@ -30,8 +30,6 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from hatch_mlenv.errors import ConfigError
 
 if TYPE_CHECKING:
-    from urllib.request import Request
-
     from rattler.networking import Client  # lazy: rattler takes ~0.12 s to import; only a download needs it
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -110,18 +108,6 @@ def authorization(url: str, known: Iterable[str] = ()) -> str | None:
     if login is not None:
         return "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
     return None
-
-
-def authorized_request(url: str, known: Iterable[str] = (), headers: dict[str, str] | None = None) -> Request:
-    """A urllib request for `url` as it may be sent: no `user:password@` in it (urllib would take
-    it for the host), the credentials in an `Authorization` header instead (`authorization`)."""
-    from urllib.request import Request  # lazy: http.client, email and ssl cost ~15 ms; installs from the cache send nothing
-
-    request = Request(strip(url), headers=headers or {})
-    header = authorization(url, known)
-    if header:
-        request.add_header("Authorization", header)
-    return request
 
 
 def netrc_file() -> str:

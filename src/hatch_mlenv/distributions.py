@@ -19,9 +19,10 @@ import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from hatch_mlenv.credentials import authorized_request, redact
+from hatch_mlenv.credentials import redact
 from hatch_mlenv.errors import InstallError, missing_tool
 from hatch_mlenv.hashes import file_sha256
+from hatch_mlenv.httpclient import download
 from hatch_mlenv.paths import cache_dir
 from hatch_mlenv.progress import step
 
@@ -96,16 +97,13 @@ def fetch(url: str, sha256: str | None, what: str, indexes: Sequence[str] = ()) 
     target = cache_dir() / "wheels" / sha256 / name
     if target.is_file() and file_sha256(target) == sha256:
         return target
-    from urllib.request import urlopen
-
-    request = authorized_request(url, indexes)
     target.parent.mkdir(parents=True, exist_ok=True)
     # one partial file per process and thread: two installs in one process (Ray's agent installing two
     # environments at once) may fetch the same wheel
     partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
     try:
-        with urlopen(request, timeout=60) as response, open(partial, "wb") as out:
-            shutil.copyfileobj(response, out)
+        with open(partial, "wb") as out:
+            download(url, out, indexes)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise InstallError(f"cannot download {url}: {exc}") from None

@@ -10,8 +10,6 @@ import html.parser
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.error import URLError
-from urllib.request import urlopen
 
 import rattler
 from packaging.requirements import InvalidRequirement, Requirement
@@ -21,8 +19,9 @@ from packaging.version import InvalidVersion, Version
 
 import hatch_mlenv.progress as progress
 from hatch_mlenv._compat import settle_rattler_at_exit
-from hatch_mlenv.credentials import authorized_request, channel_client, redact
+from hatch_mlenv.credentials import channel_client, redact
 from hatch_mlenv.errors import SolveError
+from hatch_mlenv.httpclient import HTTPFailure, get
 from hatch_mlenv.lockfile import LockedPackage
 from hatch_mlenv.pip import index_urls
 from hatch_mlenv.pypi_names import canonical
@@ -156,13 +155,10 @@ def _index_versions(indexes: list[str], name: str) -> dict[Version, list[Specifi
     for index in indexes:
         url = f"{index.rstrip('/')}/{name}/"
         try:
-            with urlopen(authorized_request(url, indexes, {"Accept": "text/html"}), timeout=60) as response:
-                page = response.read().decode("utf-8", "replace")
-        except URLError as exc:
-            if getattr(exc, "code", None) == 404:
+            page = get(url, indexes, {"Accept": "text/html"}).body.decode("utf-8", "replace")
+        except HTTPFailure as exc:
+            if exc.status == 404:
                 continue  # not on this index
-            raise SolveError(redact(f"cannot read {url}: {exc}", indexes)) from None
-        except OSError as exc:
             raise SolveError(redact(f"cannot read {url}: {exc}", indexes)) from None
         links = _Links()
         links.feed(page)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import email.parser
 import os
-import urllib.error
-import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlsplit
@@ -15,6 +13,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from hatch_mlenv import credentials
 from hatch_mlenv.distributions import fetch, is_sdist, sdist_metadata
+from hatch_mlenv.errors import SolveError
+from hatch_mlenv.httpclient import HTTPFailure, get
 from hatch_mlenv.paths import cache_dir
 from hatch_mlenv.progress import step
 from hatch_mlenv.pypi_names import canonical
@@ -46,7 +46,7 @@ def _requirements(
             text = sdist_metadata(fetch(entry["url"], entry["sha256"], f"{entry['name']} {entry['version']}",
                                         known)) or ""
         else:
-            text = _core_metadata(entry["url"], known)
+            text = _core_metadata(entry, known)
         if text is not None:
             try:
                 cache.mkdir(parents=True, exist_ok=True)
@@ -68,31 +68,34 @@ def _requirements(
     return [_dependencies(text, environment) for text in texts]
 
 
-def _core_metadata(url: str, known: list[str]) -> str | None:
+def _core_metadata(entry: dict[str, str], known: list[str]) -> str | None:
     """A wheel's METADATA: the PEP 658 file beside it, else (indexes serve none for many older
     wheels, as PyPI for aiohttp 3.8.6) read out of the remote wheel with HTTP range requests, as
-    uv and pip do: the zip's end, its central directory, then only the METADATA member."""
+    uv and pip do: the zip's end, its central directory, then only the METADATA member. None when
+    it cannot be had (no ranges served, no METADATA). A server that fails to answer is an error:
+    a lock must not record a package without its dependencies because of a timeout."""
+    url = entry["url"]
     if url.startswith("file://"):
         with zipfile.ZipFile(unquote(urlsplit(url).path)) as wheel:
             return _metadata_member(wheel)
     public = credentials.strip(url)
-    header = credentials.authorization(url, known)
-    request = urllib.request.Request(public + ".metadata")
-    if header:
-        request.add_header("Authorization", header)
+    failed = f"cannot read the metadata of {entry['name']} {entry['version']}"
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        if exc.code != 404:
-            return None
-    except (OSError, urllib.error.URLError):
-        return None
+        return get(public + ".metadata", known).body.decode("utf-8", "replace")
+    except HTTPFailure as exc:
+        if exc.status != 404:
+            raise SolveError(f"{failed} ({public}.metadata): {exc}") from None
     try:
-        with zipfile.ZipFile(_RemoteFile(public, header)) as wheel:
+        with zipfile.ZipFile(_RemoteFile(public, known)) as wheel:
             return _metadata_member(wheel)
-    except (OSError, urllib.error.URLError, zipfile.BadZipFile, StopIteration, ValueError):
+    except HTTPFailure as exc:
+        raise SolveError(f"{failed} ({public}): {exc}") from None
+    except (_NoRanges, zipfile.BadZipFile, StopIteration, ValueError):
         return None  # no metadata to be had: the lock records no dependencies for it
+
+
+class _NoRanges(Exception):
+    """The server answers a `Range` request with something other than the range."""
 
 
 def _metadata_member(wheel) -> str:  # noqa: ANN001 - a zipfile.ZipFile
@@ -106,8 +109,8 @@ class _RemoteFile:
 
     CHUNK = 64 * 1024
 
-    def __init__(self, url: str, authorization: str | None) -> None:
-        self.url, self.authorization = url, authorization
+    def __init__(self, url: str, known: list[str]) -> None:
+        self.url, self.known = url, known
         self.position = 0
         self.chunks: dict[int, bytes] = {}  # start offset -> bytes
         tail = self._get(f"bytes=-{self.CHUNK}")
@@ -115,15 +118,17 @@ class _RemoteFile:
         self.chunks[self.size - len(tail)] = tail
 
     def _get(self, byte_range: str) -> bytes:
-        request = urllib.request.Request(self.url, headers={"Range": byte_range})
-        if self.authorization:
-            request.add_header("Authorization", self.authorization)
-        with urllib.request.urlopen(request, timeout=60) as response:
-            content_range = response.headers.get("Content-Range", "")
-            if response.status != 206 or "/" not in content_range:
-                raise OSError(f"{self.url}: the server does not serve byte ranges")
-            self._total = int(content_range.rsplit("/", 1)[1])
-            return response.read()
+        try:
+            reply = get(self.url, self.known, {"Range": byte_range, "Accept-Encoding": "identity"})
+        except HTTPFailure as exc:
+            if exc.status == 416:  # "range not satisfiable": as good as no ranges
+                raise _NoRanges(self.url) from None
+            raise
+        content_range = reply.headers.get("content-range", "")
+        if reply.status != 206 or "/" not in content_range:
+            raise _NoRanges(self.url)
+        self._total = int(content_range.rsplit("/", 1)[1])
+        return reply.body
 
     def seekable(self) -> bool:
         return True
