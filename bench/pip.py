@@ -15,7 +15,10 @@ Measured, fresh processes, round-robin after a warm-up round:
     reading the spec and lock);
   - both with a cold uv cache (a new one per run) and a warm one;
   - the old resolver (conda-lock 2.5.8's vendored poetry), stopped after 120 s.
-With `--real-pypi`: msgpack-seaborn through `resolve_pip` against pypi.org (network).
+With `--real-pypi`: msgpack-seaborn through `resolve_pip` against pypi.org (network); and a cold
+`mlenv lock` of an 18-requirement ML training list on python 3.7 (107 packages, torch 1.13.1,
+transformers 4.30.2: PyPI's metadata for each, two sdists) vs `uv pip compile` of the same
+requirements, each with a new uv cache, a new MLENV_HOME and no earlier output (target <= 1.2x).
 Targets (ml-20): the `resolve_pip` call <= 1.3x uv alone with a warm cache, <= 1.5x cold (a
 fresh process also pays python start-up and reading the spec and lock, as `mlenv lock` has by
 then); peak memory of python + uv <= 300 MB.
@@ -37,8 +40,9 @@ from typing import Any, Mapping, Sequence
 
 import uv
 
-from bench._harness import (DEFAULTS_2018, MLENV, PYTHON, RESULTS_DIR, CommandFailed, Figure, Options, bench_env, benchmark,
-                            child_env, measure, print_table, progress, scratch_dir, write_project)
+from bench._harness import (DEFAULTS_2018, MLENV, PYTHON, RESULTS_DIR, Command, CommandFailed, Figure, Options, bench_env,
+                            benchmark, child_env, measure, print_samples, print_table, progress, round_robin, scratch_dir,
+                            versus, write_project)
 from fixtures.pip_index import Wheel, build_index, serve
 from hatch_mlenv.lockfile import LockedPackage, read_lock
 from hatch_mlenv.pip import resolve_pip
@@ -243,6 +247,38 @@ def print_results(request: Request, results: dict[str, list[Run]]) -> None:
                  "x uv alone"], rows)
 
 
+ML_LIST = ("torch==1.13.1", "transformers==4.30.2", "datasets", "scikit-learn", "pandas", "numpy", "scipy", "matplotlib",
+           "tensorboard", "tqdm", "requests", "pyyaml", "pillow", "sentencepiece", "tokenizers", "accelerate", "mlflow",
+           "boto3")
+
+
+def real_ml_list(runs: int) -> list[Figure]:
+    """Cold `mlenv lock` of ML_LIST from pypi.org vs cold `uv pip compile` of it (network)."""
+    work = scratch_dir("pip-real-ml")
+    project = write_project(work / "project", DEFAULTS_2018, ["pip"], python="3.7", mlenv=(
+        f'pip = {json.dumps(list(ML_LIST))}\npip-index-url = "https://pypi.org/simple"\n'))
+    (work / "requirements.in").write_text("".join(f"{r}\n" for r in ML_LIST), encoding="utf-8")
+
+    def fresh(n: int) -> dict[str, str]:
+        return bench_env(MLENV_HOME=str(work / f"home-{n}"), UV_CACHE_DIR=str(work / f"uv-mlenv-{n}"))
+
+    commands = {
+        "mlenv lock, cold": Command([MLENV, "lock", "--project", str(project)], fresh,
+                                    before=lambda: (project / "conda-lock.yml").unlink(missing_ok=True)),
+        "uv pip compile alone, cold": Command(
+            lambda n: [uv.find_uv_bin(), "pip", "compile", str(work / "requirements.in"), "--python", PYTHON,
+                       "--python-version", "3.7.0", "--python-platform", "x86_64-manylinux_2_28",
+                       "--cache-dir", str(work / f"uv-alone-{n}"), "-o", str(work / f"out-{n}.txt"), "--quiet"],
+            bench_env(UV_INDEX_URL="https://pypi.org/simple")),
+    }
+    samples = round_robin(runs, commands, warmup=0)  # every run is cold: nothing to warm up
+    print_samples("ML list on pypi.org, cold", samples, "uv pip compile alone, cold")
+    packages = len(read_lock(project / "conda-lock.yml").packages)
+    shutil.rmtree(work, ignore_errors=True)
+    return [versus(f"cold `mlenv lock` of an ML list on pypi.org ({packages} packages) vs `uv pip compile` cold",
+                   samples["mlenv lock, cold"], samples["uv pip compile alone, cold"], 1.2)]
+
+
 def real_pypi(runs: int) -> list[Figure]:
     """msgpack-seaborn through resolve_pip against pypi.org, cold and warm uv cache (network)."""
     request, work = REQUESTS[0], scratch_dir("pip-real")
@@ -291,5 +327,5 @@ def pip(options: Options) -> list[Figure]:
                    for label, runs in results.items() if "resolve_pip" in label for r in runs)
         figures.append(Figure("pip step (ml-20): peak memory of python + uv", peak, "MB", 300.0))
     if options.real_pypi:
-        figures += real_pypi(options.n(3, quick=1))
+        figures += real_pypi(options.n(3, quick=1)) + real_ml_list(options.n(3, quick=1))
     return figures
