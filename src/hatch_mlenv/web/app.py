@@ -347,7 +347,9 @@ def serve(url: str, host: str, port: int, *, say: Callable[[str], None], warn: C
     def stop(signum: int, frame: Any) -> None:
         raise _Stop()
 
-    previous = signal.signal(signal.SIGTERM, stop) if main else None
+    # Ctrl-C too: a process started in the background of a script inherits SIGINT ignored, and
+    # uvicorn only takes SIGINT over once it runs: a Ctrl-C just after the address was said was lost
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:  # from here on Ctrl-C or SIGTERM, whenever it comes, stops it cleanly
         allowed = [host.strip("[]"), "localhost", "127.0.0.1", shown_host] if loopback else None
         app = create_app(source, allowed_hosts=allowed)
@@ -363,7 +365,7 @@ def serve(url: str, host: str, port: int, *, say: Callable[[str], None], warn: C
     except (KeyboardInterrupt, _Stop):
         pass
     finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         listener.close()
         source.close()
