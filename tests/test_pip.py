@@ -387,6 +387,25 @@ def test_wheel_metadata_is_cached_by_sha256(tmp_path: Path, pip_channel: Path, i
     assert a.dependencies == {"mlenv-b": ">=1"}
 
 
+def test_a_forged_wheel_metadata_cache_entry_is_not_believed(
+    tmp_path: Path, pip_channel: Path, isolated_registry: Path
+) -> None:
+    """Whoever can write the cache cannot put other dependencies into a lock: a cache entry is
+    believed only under this user's seal. Replaced by plain METADATA naming another dependency,
+    it is a miss: the relock reads the index again and records the wheel's real dependencies."""
+    root = build_index(tmp_path / "index", [Wheel("mlenv-a", "1.0", requires=("mlenv-b>=1",)), Wheel("mlenv-b", "1.0")])
+    with serve(root) as url:
+        proj = project(tmp_path / "p", pip_channel, 'python = "3.11"\npip = ["mlenv-a"]\n', url)
+        mlenv("lock", "--project", str(proj), check=True)
+        a = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-a")
+        entry = isolated_registry / "cache" / "wheel-metadata" / f"{a.sha256}.METADATA"
+        assert "mlenv-b" in entry.read_text()
+        entry.write_text("Metadata-Version: 2.1\nName: mlenv-a\nVersion: 1.0\nRequires-Dist: mlenv-evil\n")
+        mlenv("lock", "--force", "--project", str(proj), check=True)
+    a = next(p for p in read_lock(proj / "conda-lock.yml").packages if p.name == "mlenv-a")
+    assert a.dependencies == {"mlenv-b": ">=1"}
+
+
 def test_wheels_without_pep658_metadata_are_read_with_range_requests(
     tmp_path: Path, pip_channel: Path, isolated_registry: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

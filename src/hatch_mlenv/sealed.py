@@ -1,8 +1,9 @@
 """Sealed cache files: what a cache file says is only believed when this user's hatch-mlenv wrote it.
 
-A cache (parsed lock documents, lock stamps) saves work by being believed without
-re-deriving it, so whoever can write the cache directory could otherwise change what
-`show`, `lock --check` or `register` conclude. A plain hash stored beside the content
+A cache (parsed lock documents, lock stamps, wheel metadata, archive hashes) saves work
+by being believed without re-deriving it, so whoever can write the cache directory could
+otherwise change what `show`, `lock --check`, `register`, a lock's dependencies or an
+install's archive check conclude. A plain hash stored beside the content
 does not help: anyone who edits the content recomputes it. So each cache file carries
 an HMAC-SHA256, keyed by a random secret kept in the data directory (`cache-key`, mode
 0600, created on first use), over its kind, its key and its body. The cache directory
@@ -22,6 +23,7 @@ import hmac
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 from hatch_mlenv.paths import data_dir
@@ -30,11 +32,13 @@ SECRET_FILE = "cache-key"
 # The kinds of sealed files: a seal made for one kind is never accepted as another.
 LOCK_DOCUMENT = "lock-document"  # cache/lock-documents/<sha256 of a lock's text>.json (lockfile.py)
 LOCK_STAMP = "lock-stamp"  # cache/lock-stamps/<key of the lockfile's path>.json (lock.py)
+WHEEL_METADATA = "wheel-metadata"  # cache/wheel-metadata/<sha256 of a wheel or sdist>.METADATA (pip/_metadata.py)
 ARCHIVE_HASHES = "archive-hashes"  # cache/archive-hashes/<sha256 of an archive's path>.json (install/conda.py)
 _SECRET_BYTES = 32
 
 # The secret of each data directory this process has used (tests change $MLENV_HOME).
 _SECRETS: dict[Path, bytes | None] = {}
+_SECRET_LOCK = threading.Lock()
 _WRITES = True
 
 
@@ -86,7 +90,7 @@ def write_sealed(path: Path, kind: str, key: str, body: bytes) -> None:
     data = seal(kind, key, body)
     if data is None:
         return
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(data)
@@ -108,15 +112,16 @@ def _mac(secret: bytes, kind: str, key: str, body: bytes) -> str:
 
 def _secret(*, create: bool) -> bytes | None:
     path = data_dir() / SECRET_FILE
-    if path in _SECRETS:
-        return _SECRETS[path]
-    secret = _read_secret(path)
-    if secret is None and create and not os.path.lexists(path):
-        _create_secret(path)
-        secret = _read_secret(path)  # whichever process created it first: one secret for all
-    if secret is not None or create:
-        _SECRETS[path] = secret
-    return secret
+    with _SECRET_LOCK:  # threads of one process share the partial file's name: one creates it
+        if path in _SECRETS:
+            return _SECRETS[path]
+        secret = _read_secret(path)
+        if secret is None and create and not os.path.lexists(path):
+            _create_secret(path)
+            secret = _read_secret(path)  # whichever process created it first: one secret for all
+        if secret is not None or create:
+            _SECRETS[path] = secret
+        return secret
 
 
 def _read_secret(path: Path) -> bytes | None:

@@ -4,7 +4,7 @@ read from the index's PEP 658 metadata, the wheel itself, or a source release's 
 from __future__ import annotations
 
 import email.parser
-import os
+import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote, urlsplit
@@ -18,6 +18,7 @@ from hatch_mlenv.httpclient import HTTPFailure, get
 from hatch_mlenv.paths import cache_dir
 from hatch_mlenv.progress import step
 from hatch_mlenv.pypi_names import canonical
+from hatch_mlenv.sealed import WHEEL_METADATA, read_sealed, write_sealed
 
 
 def _requirements(
@@ -29,7 +30,9 @@ def _requirements(
     from the wheel itself for a local file, or from a source release's archive
     (downloaded into the cache the install takes it from); fetched in parallel,
     and kept in the user cache by the file's sha256 (its metadata never changes),
-    so a relock or another platform with the same files asks the index nothing.
+    so a relock or another platform with the same files asks the index nothing;
+    sealed (`hatch_mlenv.sealed`): whoever can write the cache cannot put other
+    dependencies into a lock.
     """
     if not entries:
         return []
@@ -37,24 +40,22 @@ def _requirements(
 
     def metadata(entry: dict[str, str]) -> str | None:
         cached = cache / f"{entry['sha256']}.METADATA"
-        try:
-            return cached.read_text(encoding="utf-8")
-        except OSError:
-            pass
+        body = read_sealed(cached, WHEEL_METADATA, entry["sha256"])  # believed only under our seal
+        if body is not None:
+            try:
+                known_text = json.loads(body)
+                if isinstance(known_text, str):
+                    return known_text
+            except ValueError:
+                pass
         if is_sdist(entry["url"]):
             # "" when the archive declares nothing (termcolor 1.1.0): cached too, never read again
             text = sdist_metadata(fetch(entry["url"], entry["sha256"], f"{entry['name']} {entry['version']}",
                                         known)) or ""
         else:
             text = _core_metadata(entry, known)
-        if text is not None:
-            try:
-                cache.mkdir(parents=True, exist_ok=True)
-                partial = cached.with_suffix(f".{os.getpid()}.part")
-                partial.write_text(text, encoding="utf-8")
-                os.replace(partial, cached)
-            except OSError:  # a cache: never worth failing a lock for
-                pass
+        if text is not None:  # a cache: writing it never fails a lock
+            write_sealed(cached, WHEEL_METADATA, entry["sha256"], json.dumps(text).encode())
         return text
 
     sources = [e for e in entries if is_sdist(e["url"]) and not (cache / f"{e['sha256']}.METADATA").is_file()]
