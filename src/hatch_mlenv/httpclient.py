@@ -54,12 +54,12 @@ def get(url: str, known: Iterable[str] = (), headers: dict[str, str] | None = No
 
 def download(url: str, out: IO[bytes], known: Iterable[str] = ()) -> None:
     """GET `url` into `out`, in pieces (a `file://` URL is copied); raises HTTPFailure."""
-    import requests  # lazy: as in _session
-
     if url.startswith("file:"):
         with _local(url) as handle:
             shutil.copyfileobj(handle, out, 1 << 20)
         return
+    import requests  # lazy: as in _session
+
     response = _send(url, known, None, stream=True)
     try:
         for piece in response.iter_content(1 << 20):
