@@ -226,12 +226,9 @@ def _edit_conda_hash(lockfile: Path, name: str, kind: str, value: str) -> None:
     lockfile.write_text(yaml.safe_dump(document))
 
 
-@pytest.mark.tampers_lockfiles
-@pytest.mark.parametrize("tampering", ["sha256-in-lock", "md5-in-lock", "archive-replaced"])
-def test_a_local_channel_archive_that_does_not_match_the_lock_is_refused(
-    tmp_path: Path, channel: Path, tampering: str
-) -> None:
-    """file:// channels are not checked by rattler: hatch-mlenv checks sha256 and md5 itself."""
+def _locked_on_own_channel(tmp_path: Path, channel: Path) -> tuple[Path, Path]:
+    """A project locking mlenv-hello 1.0.0 from a copy of the test channel that a test may tamper
+    with: (the project, the channel copy)."""
     import shutil
 
     own = tmp_path / "channel"
@@ -243,6 +240,18 @@ def test_a_local_channel_archive_that_does_not_match_the_lock_is_refused(
         conda = ["mlenv-hello ==1.0.0"]
         """)
     mlenv("lock", "--project", str(root), check=True)
+    return root, own
+
+
+@pytest.mark.tampers_lockfiles
+@pytest.mark.parametrize("tampering", ["sha256-in-lock", "md5-in-lock", "archive-replaced"])
+def test_a_local_channel_archive_that_does_not_match_the_lock_is_refused(
+    tmp_path: Path, channel: Path, tampering: str
+) -> None:
+    """file:// channels are not checked by rattler: hatch-mlenv checks sha256 and md5 itself."""
+    import shutil
+
+    root, own = _locked_on_own_channel(tmp_path, channel)
     lockfile = root / "conda-lock.yml"
     hello = next(p for p in read_lock(lockfile).packages if p.name == "mlenv-hello")
     archive = own / "linux-64" / "mlenv-hello-1.0.0-0.tar.bz2"
@@ -273,17 +282,7 @@ def test_an_archive_changed_after_an_install_is_refused_even_with_its_size_and_m
     """An archive is hashed once and then known by its identity (inode, size, mtime, ctime):
     rewriting it in place with the same size and mtime still changes its ctime, so the next
     install hashes it again and refuses it."""
-    import shutil
-
-    own = tmp_path / "channel"
-    shutil.copytree(channel, own)
-    root = write_project(tmp_path / "proj", f"""
-        channels = ["{own}"]
-        platforms = ["linux-64"]
-        python = "3.11"
-        conda = ["mlenv-hello ==1.0.0"]
-        """)
-    mlenv("lock", "--project", str(root), check=True)
+    root, own = _locked_on_own_channel(tmp_path, channel)
     mlenv("install", "--project", str(root), "--prefix", str(tmp_path / "first"), check=True)
     hello = next(p for p in read_lock(root / "conda-lock.yml").packages if p.name == "mlenv-hello")
     archive = own / "linux-64" / "mlenv-hello-1.0.0-0.tar.bz2"
