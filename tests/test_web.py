@@ -206,7 +206,8 @@ def test_a_host_that_is_not_loopback_is_said_on_stderr(home: Home) -> None:
 def test_ctrl_c_right_after_the_address_stops_it_even_when_started_with_sigint_ignored(home: Home) -> None:
     """A process started in the background of a script inherits SIGINT ignored; uvicorn takes SIGINT
     over only once it runs, so a Ctrl-C just after the address was said used to be lost (8 hangs in
-    10 here). Each run: the address, Ctrl-C at once, exit 0 within 30 s."""
+    10 here), and one raised as an exception inside the event loop was swallowed (a hang in CI). Each
+    run: the address, Ctrl-C at once, exit 0 within 30 s, nothing on stderr."""
     import signal
 
     for _ in range(5):
@@ -219,9 +220,8 @@ def test_ctrl_c_right_after_the_address_stops_it_even_when_started_with_sigint_i
             _, stderr = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
-            raise AssertionError("mlenv serve did not stop on Ctrl-C") from None
-        assert process.returncode == 0, stderr
+            raise AssertionError(f"mlenv serve did not stop on Ctrl-C: {process.communicate()[1]}") from None
+        assert (process.returncode, stderr) == (0, "")  # nothing swallowed and logged on the way out
 
 
 def test_refusals_before_listening(home: Home) -> None:

@@ -311,15 +311,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Stop(Exception):
-    """SIGTERM: stop serving as Ctrl-C does."""
-
-
 def serve(url: str, host: str, port: int, *, say: Callable[[str], None], warn: Callable[[str], None]) -> None:
     """Serve the registry `url` on `host`:`port` (0: any free port) until Ctrl-C or SIGTERM.
     `say` gets the address once listening; `warn` the warning for a host that is not loopback."""
-
-
     if urlsplit(url).password or urlsplit(url).username:
         raise UsageError("the registry URL holds credentials; give them in MLENV_REGISTRY_USERNAME and "
                          "MLENV_REGISTRY_PASSWORD (or the Docker config) instead, so that no page shows them")
@@ -344,8 +338,17 @@ def serve(url: str, host: str, port: int, *, say: Callable[[str], None], warn: C
     shown_host = f"[{host.strip('[]')}]" if ":" in host else host
     main = threading.current_thread() is threading.main_thread()
 
+    server: uvicorn.Server | None = None
+    stopping = False
+
     def stop(signum: int, frame: Any) -> None:
-        raise _Stop()
+        # a flag, never an exception: one raised while asyncio runs a callback (the main task's first
+        # step, before uvicorn takes the signals over) is logged and swallowed by the loop, and the
+        # server went on serving: a Ctrl-C lost (once in CI)
+        nonlocal stopping
+        stopping = True
+        if server is not None:
+            server.should_exit = True  # before uvicorn takes the signals over: it starts, then stops
 
     # Ctrl-C too: a process started in the background of a script inherits SIGINT ignored, and
     # uvicorn only takes SIGINT over once it runs: a Ctrl-C just after the address was said was lost
@@ -357,12 +360,14 @@ def serve(url: str, host: str, port: int, *, say: Callable[[str], None], warn: C
                                 server_header=False, proxy_headers=False, timeout_keep_alive=5,
                                 limit_concurrency=64, h11_max_incomplete_event_size=16 * 1024)
         server = uvicorn.Server(config)
+        server.should_exit = stopping
         if not loopback:
             warn(f"serving on {host}, which is not a loopback address: anyone who can reach port {bound} of "
                  "this machine can read the registry (the page has no login)")
         say(f"serving {source.shown_url} read-only on http://{shown_host}:{bound}/ (Ctrl-C stops it)")
-        server.run(sockets=[listener])
-    except (KeyboardInterrupt, _Stop):
+        if not stopping:
+            server.run(sockets=[listener])
+    except KeyboardInterrupt:
         pass
     finally:
         for sig, handler in previous.items():
