@@ -1,4 +1,5 @@
-"""Commands that use an environment on this machine: install, run, doctor, verify, pack, spark-conf."""
+"""Commands that use an environment on this machine: install, run, doctor, verify, pack, spark-conf.
+The Spark stage is imported by the commands that use it: `mlenv install` and `run` must not pay for it."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ from hatch_mlenv.cli._common import (
 from hatch_mlenv.errors import EXIT_FAILURE, MlenvError
 from hatch_mlenv.install import install_environment
 from hatch_mlenv.install.activation import activation, resolve_command
-from hatch_mlenv.spark import PLATFORM, default_archive, render, settings, verify_pack
-from hatch_mlenv.spark import pack as pack_environment
 from hatch_mlenv.system import doctor as examine
 from hatch_mlenv.verify import verify_environment
 
@@ -187,6 +186,9 @@ def verify(reference: str | None, project: Path | None, env: str | None, prefix:
 @ignore_system_option
 def pack(reference: str | None, project: Path | None, env: str | None, output: Path | None, prefix: Path | None, ignore_system: bool, registry_url: str | None) -> None:
     """Pack the installed linux-64 environment into a relocatable .tar.gz for Spark (conda-pack)."""
+    from hatch_mlenv.spark import PLATFORM
+    from hatch_mlenv.spark import pack as pack_environment
+
     environment = load_environment(reference, project, env, registry_url)
     check_host(environment, ignore_system, PLATFORM)
     with progress.step(f"packing {environment.name} with conda-pack"):
@@ -196,6 +198,7 @@ def pack(reference: str | None, project: Path | None, env: str | None, output: P
 
 
 def _verify_pack(environment, archive: Path, prefix: Path | None, as_json: bool) -> None:  # noqa: ANN001
+    from hatch_mlenv.spark import PLATFORM, verify_pack
 
     check_host(environment, False, PLATFORM)
     with progress.step(f"packing {environment.name} again to compare"):
@@ -220,5 +223,7 @@ def _verify_pack(environment, archive: Path, prefix: Path | None, as_json: bool)
 @click.option("--format", "fmt", type=click.Choice(["properties", "json", "submit"]), default="properties", show_default=True)
 def spark_conf(reference: str | None, project: Path | None, env: str | None, archive: str | None, fmt: str, registry_url: str | None) -> None:
     """Spark settings that run Python work in the packed environment (spark-defaults, JSON or spark-submit args)."""
+    from hatch_mlenv.spark import default_archive, render, settings
+
     environment = load_environment(reference, project, env, registry_url)
     click.echo(render(settings(environment, archive or default_archive(environment)), fmt), nl=False)
