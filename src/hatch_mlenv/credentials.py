@@ -18,7 +18,6 @@ credentials travel in memory, in the middleware of its HTTP client
 from __future__ import annotations
 
 import base64
-import netrc
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -120,6 +119,8 @@ def netrc_login(host: str) -> tuple[str, str, str] | None:
     path = os.path.expanduser(netrc_file())
     if not host or not os.path.isfile(path):
         return None
+    import netrc  # here: only a user with a netrc file pays for the module
+
     try:
         entry = netrc.netrc(path).authenticators(host)
     except (OSError, netrc.NetrcParseError):

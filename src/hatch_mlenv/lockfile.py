@@ -8,7 +8,6 @@ byte what conda-lock's writer makes of them (tests/test_lockfile.py compares).
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import json
@@ -538,6 +537,8 @@ def exchange(a: Path, b: Path) -> bool:
     system cannot, so the caller falls back to two renames."""
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # here: lockfile is read by every command, few of them swap directories
+
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if renameat2 is None:
         return False

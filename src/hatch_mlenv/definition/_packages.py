@@ -6,9 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, Specifier
-
 from hatch_mlenv.definition._checks import control_problem
 from hatch_mlenv.errors import ConfigError, first_line
 
@@ -44,6 +41,8 @@ _MARKER_COMPARISON_RE = re.compile(
 def _marker_problem(marker: str) -> str | None:
     """A comparison that packaging would not evaluate as written: a version marker against a non-version
     (evaluated as text, so silently false), or `~=` against something that is no version (an error later)."""
+    from packaging.specifiers import InvalidSpecifier, Specifier
+
     for found in _MARKER_COMPARISON_RE.finditer(marker):
         variable = found.group("variable") or found.group("variable2")
         op = found.group("op") or found.group("op2")
@@ -58,6 +57,9 @@ def _marker_problem(marker: str) -> str | None:
 
 
 def check_requirement(pyproject: Path, key: str, text: str) -> None:
+    # packaging (~15 ms to import: its parser compiles its grammar) only for a spec that has pip requirements
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         requirement = Requirement(text)
     except InvalidRequirement as exc:
