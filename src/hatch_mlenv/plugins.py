@@ -12,12 +12,24 @@ import hatch_mlenv.hookspecs as hookspecs
 DEFAULT_PLUGINS = ("hatch_mlenv.solve", "hatch_mlenv.registry.local", "hatch_mlenv.registry.oci")
 
 
+class _LocalRegistry:
+    """The built-in `local` / `sqlite://` registry as a plugin. `open_registry` opens it without
+    the plugin manager, so its hook lives here and registry/local.py does not import pluggy."""
+
+    @hookspecs.hookimpl
+    def mlenv_register_registries(self) -> list:
+        from hatch_mlenv.registry.local import LocalBackend
+
+        return [LocalBackend()]
+
+
 @functools.lru_cache(maxsize=None)
 def plugin_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager("mlenv")
     manager.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
-        manager.register(importlib.import_module(name), name)
+        manager.register(_LocalRegistry() if name == "hatch_mlenv.registry.local" else importlib.import_module(name),
+                         name)
     manager.load_setuptools_entrypoints("mlenv")
     return manager
 

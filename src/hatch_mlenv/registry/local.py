@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hatch_mlenv.errors import NotFoundError, RegistryError
-from hatch_mlenv.hookspecs import hookimpl
 from hatch_mlenv.lockfile import parse_lock, remove_dead_leftovers
 from hatch_mlenv.paths import data_dir
 from hatch_mlenv.reference import LATEST, Reference, check_movable_label
@@ -487,8 +486,3 @@ class LocalBackend:
 def database_path(url: str) -> Path:
     """The SQLite file of `local` or `sqlite:///PATH`."""
     return default_path() if url == "local" else Path(url[len("sqlite://"):]).expanduser()
-
-
-@hookimpl
-def mlenv_register_registries() -> list[LocalBackend]:
-    return [LocalBackend()]
