@@ -9,18 +9,9 @@ import pluggy
 
 import hatch_mlenv.hookspecs as hookspecs
 
-DEFAULT_PLUGINS = ("hatch_mlenv.solve", "hatch_mlenv.registry.local", "hatch_mlenv.registry.oci")
-
-
-class _LocalRegistry:
-    """The built-in `local` / `sqlite://` registry as a plugin. `open_registry` opens it without
-    the plugin manager, so its hook lives here and registry/local.py does not import pluggy."""
-
-    @hookspecs.hookimpl
-    def mlenv_register_registries(self) -> list:
-        from hatch_mlenv.registry.local import LocalBackend
-
-        return [LocalBackend()]
+# the local registry's hook is apart from its backend (registry/local_plugin.py): opened without the
+# plugin manager, the backend does not import pluggy
+DEFAULT_PLUGINS = ("hatch_mlenv.solve", "hatch_mlenv.registry.local_plugin", "hatch_mlenv.registry.oci")
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,8 +19,7 @@ def plugin_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager("mlenv")
     manager.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
-        manager.register(_LocalRegistry() if name == "hatch_mlenv.registry.local" else importlib.import_module(name),
-                         name)
+        manager.register(importlib.import_module(name), name)
     manager.load_setuptools_entrypoints("mlenv")
     return manager
 
