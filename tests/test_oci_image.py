@@ -56,6 +56,19 @@ def _reference(project: Path) -> str:
     return mlenv("image", "tag", "--project", str(project), check=True).stdout.split()[0]
 
 
+ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+def _decompress(media_type: str, data: bytes) -> bytes:
+    if media_type == ZSTD_LAYER:
+        import zstandard
+
+        assert data[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+        return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    assert media_type.endswith("+gzip"), media_type
+    return gzip.decompress(data)
+
+
 class Layout:
     """An OCI image layout directory as a test reads it."""
 
@@ -73,7 +86,7 @@ class Layout:
 
     def layers(self) -> list[bytes]:
         """Uncompressed layer tars, base first."""
-        return [gzip.decompress(self.blob(layer["digest"])) for layer in self.manifest["layers"]]
+        return [_decompress(layer["mediaType"], self.blob(layer["digest"])) for layer in self.manifest["layers"]]
 
     def extract(self, target: Path, *, skip_base: int = 1) -> None:
         for data in self.layers()[skip_base:]:
@@ -127,6 +140,56 @@ def test_same_bytes_from_two_homes_and_caches(oci_project: Path, tmp_path: Path,
     assert later.config["created"] == "2023-11-14T22:13:20Z" and later.manifest_digest != first.manifest_digest
     with tarfile.open(fileobj=io.BytesIO(later.layers()[1])) as tar:
         assert {m.mtime for m in tar.getmembers()} == {1700000000}
+
+
+def test_zstd_layers_are_the_same_image_under_their_own_tag(oci_project: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--layer-compression zstd`: the same config (so the same image ID and diff_ids) with zstd layers, the
+    same bytes from a cold cache, under the tag `<digest12>-zstd` (other bytes, another tag); the base's own
+    layers are kept as they are."""
+    plain_out, first_out, second_out = tmp_path / "gzip", tmp_path / "zstd-1", tmp_path / "zstd-2.tar"
+    build(oci_project, "-o", str(plain_out))
+    reference = f"{_reference(oci_project)}-zstd"
+    built = build(oci_project, "-o", str(first_out), "--layer-compression", "zstd")
+    assert built.stdout.splitlines()[0].startswith(f"{reference} built (sha256:"), built.stdout
+    monkeypatch.setenv("MLENV_HOME", str(tmp_path / "other-home"))  # cold package, wheel and layer caches
+    build(oci_project, "-o", str(second_out), "--layer-compression", "zstd")
+    plain, first = Layout(plain_out), Layout(first_out)
+    with tarfile.open(second_out) as tar:
+        assert json.loads(tar.extractfile("index.json").read())["manifests"][0]["digest"] == first.manifest_digest
+    assert first.manifest["config"] == plain.manifest["config"]
+    assert first.manifest_digest != plain.manifest_digest
+    assert first.index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == reference.rsplit(":")[1]
+    assert first.manifest["layers"][0] == plain.manifest["layers"][0]  # the base's layer, untouched
+    own = first.manifest["layers"][1:]
+    assert len(own) == len(plain.manifest["layers"]) - 1 and {layer["mediaType"] for layer in own} == {ZSTD_LAYER}
+    tars = first.layers()[1:]
+    diff_ids = first.config["rootfs"]["diff_ids"][1:]
+    assert ["sha256:" + hashlib.sha256(data).hexdigest() for data in tars] == diff_ids
+    assert tars == plain.layers()[1:]
+    assert build(oci_project, "-o", str(first_out), "--layer-compression", "zstd").stdout.strip() == \
+        f"{reference} reused in {first_out}"
+    assert build(oci_project, "-o", str(plain_out)).stdout.strip() == f"{_reference(oci_project)} reused in {plain_out}"
+
+
+def test_zstd_layers_are_not_loaded_into_an_engine_that_cannot_read_them(oci_project: Path, tmp_path: Path,
+                                                                         docker_client) -> None:  # noqa: ANN001
+    """Docker reads zstd layers from 23.0 on; an older engine is refused before anything is built."""
+    import docker
+
+    version = docker_client.version()["Version"]
+    reference = f"{_reference(oci_project)}-zstd"
+    loaded = build(oci_project, "--load", "--layer-compression", "zstd", check=False)
+    if tuple(int(n) for n in re.findall(r"\d+", version)[:2]) >= (23, 0):  # not this machine's Debian engine
+        assert loaded.returncode == 0, loaded.stderr
+        out = docker_client.containers.run(reference, ["mlenv-hello"], remove=True)
+        assert out.decode().strip() == "hello from /opt/env"
+        docker_client.images.remove(reference, force=True)
+        return
+    assert_clean_error(loaded, 1, f"this Docker engine ({version}) cannot read zstd layers", "Docker 23.0 or later")
+    assert "writing" not in loaded.stderr  # refused before the build
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(reference)
 
 
 def test_no_host_paths_in_the_layers(oci_project: Path, tmp_path: Path, isolated_registry: Path) -> None:
@@ -290,6 +353,18 @@ def test_base_from_a_registry_push_with_referrers_and_pull(oci_project: Path, tm
     sent, total = (int(n.replace(",", "")) for n in re.match(r".* pushed: ([\d,]+) of ([\d,]+) bytes sent", second).groups())
     assert 0 < sent < total / 2, second
 
+    # zstd layers go under their own tag, beside the gzip image of the same lock, which stays as it was
+    manifest_type = ("application/vnd.oci.image.manifest.v1+json",)
+    plain_tag = _reference(oci_project).rsplit(":", 1)[1]
+    plain_before = registry.fetch_manifest(repo, plain_tag, manifest_type)[0]
+    zstd = build(oci_project, "--push", "--layer-compression", "zstd").stdout.splitlines()
+    assert zstd[0].startswith(f"{repository}:{plain_tag}-zstd built") and \
+        zstd[1].startswith(f"{repository}:{plain_tag}-zstd pushed: "), zstd
+    remote = json.loads(registry.fetch_manifest(repo, f"{plain_tag}-zstd", manifest_type)[0])
+    assert {layer["mediaType"] for layer in remote["layers"][1:]} == {ZSTD_LAYER}
+    assert remote["config"] == json.loads(plain_before)["config"]
+    assert registry.fetch_manifest(repo, plain_tag, manifest_type)[0] == plain_before
+
     # the engine pulls the pushed image by digest and runs it
     auth = {"username": oci_registry.user, "password": oci_registry.password}
     repository = reference.rsplit(":", 1)[0]
@@ -387,6 +462,10 @@ def test_options_that_need_the_oci_builder(oci_project: Path, tmp_path: Path,
     assert_clean_error(build(oci_project, check=False), 2, "needs somewhere to put the image")
     docker_with_output = mlenv("image", "build", "--project", str(oci_project), "-o", str(tmp_path / "x"))
     assert_clean_error(docker_with_output, 2, "options of --builder oci")
+    docker_with_zstd = mlenv("image", "build", "--project", str(oci_project), "--layer-compression", "zstd")
+    assert_clean_error(docker_with_zstd, 2, "zstd layers are written by the oci builder")
+    assert_clean_error(build(oci_project, "-o", str(tmp_path / "x"), "--layer-compression", "lz4", check=False), 2,
+                       "--layer-compression")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     assert_clean_error(build(oci_project, "-o", str(tmp_path / "x"), check=False), 2, "SOURCE_DATE_EPOCH")
     assert not (tmp_path / "x").exists()
@@ -425,3 +504,17 @@ type = "system"
     pyproject.write_text(pyproject.read_text().replace('image-builder = "oci"', 'image-builder = "kaniko"'))
     bad = hatch_build()
     assert bad.returncode != 0 and "tool.hatch.build.hooks.mlenv.image-builder: must be one of" in bad.stderr
+
+    # zstd layers: the manifest names the image by its own tag
+    pyproject.write_text(pyproject.read_text().replace('image-builder = "kaniko"',
+                                                       'image-builder = "oci"\nimage-layer-compression = "zstd"'))
+    built = hatch_build()
+    assert built.returncode == 0, built.stderr
+    layout = Layout(oci_project / "build" / "mlenv-image.oci")
+    manifest = json.loads(next((oci_project / "dist").glob("*.mlenv.json")).read_text())
+    assert (manifest["image"], manifest["image_digest"]) == (f"{_reference(oci_project)}-zstd", layout.manifest_digest)
+    assert {layer["mediaType"] for layer in layout.manifest["layers"][1:]} == {ZSTD_LAYER}
+    pyproject.write_text(pyproject.read_text().replace('image-layer-compression = "zstd"',
+                                                       'image-layer-compression = "lz4"'))
+    bad = hatch_build()
+    assert bad.returncode != 0 and "tool.hatch.build.hooks.mlenv.image-layer-compression: must be one of" in bad.stderr

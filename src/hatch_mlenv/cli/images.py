@@ -58,15 +58,19 @@ def image_context(reference: str | None, project: Path | None, env: str | None, 
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="oci builder: write an OCI image layout directory (or a tar: PATH.tar).")
 @click.option("--load", is_flag=True, help="oci builder: load the image into the Docker engine.")
+@click.option("--layer-compression", "compression", type=click.Choice(["gzip", "zstd"]), default="gzip",
+              show_default=True, help="oci builder: gzip (every engine) or zstd (several times faster to write and "
+              "read; Docker 23+, containerd, podman; tags end in -zstd).")
 @json_option
 def image_build(reference: str | None, project: Path | None, env: str | None, also_push: bool, builder: str,
-                output: Path | None, load: bool, as_json: bool, registry_url: str | None) -> None:
+                output: Path | None, load: bool, compression: str, as_json: bool, registry_url: str | None) -> None:
     """Build the image (host strategy), or reuse it when its tag exists; prints the reference and built/reused."""
     env = load_environment(reference, project, env, registry_url)
     oci = builder == "oci" or output is not None or load
-    images.preflight(env, builder="oci" if oci else "docker")
+    images.preflight(env, builder="oci" if oci else "docker", compression=compression)
     version = registered_version(env, registry_url)  # after the checks: the registry is the first contact
-    result = images.build(env, builder, output=output, push=also_push, load=load, version=version, echo=step_echo())
+    result = images.build(env, builder, output=output, push=also_push, load=load, version=version,
+                          compression=compression, echo=step_echo())
     if oci:
         if as_json:
             print_json({"builder": "oci", "reference": result.reference, "status": result.status,

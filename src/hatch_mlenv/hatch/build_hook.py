@@ -49,6 +49,9 @@ class MlenvBuildHook(BuildHookInterface):
       engine) or `"oci"` (no daemon, the same bytes on any machine): `"build"`
       writes the OCI image layout to `build/mlenv-image.oci` under the project,
       `"push"` pushes it; the manifest records the image's digest.
+    - `image-layer-compression`: the oci builder's layers, `"gzip"` (default;
+      every engine reads them) or `"zstd"` (several times faster to write and
+      to read, for Docker 23+, containerd and podman; tags end in `-zstd`).
 
     The wheel gets `conda-lock.yml` and `mlenv.json` in
     `.dist-info/extra_metadata/`; the sdist gets the lockfile at its project
@@ -142,13 +145,16 @@ class MlenvBuildHook(BuildHookInterface):
             return
         import hatch_mlenv.image as images  # lazy: as every stage here (see the module's top)
 
+        compression = self._option("image-layer-compression", tuple(images.LAYER_COMPRESSIONS))
+
         version = self._registration.version if self._registration is not None else None
         output = Path(self.root) / OCI_OUTPUT if builder == "oci" and mode != "push" else None
         result = images.build(self._environment, builder, output=output, push=mode == "push", version=version,
-                              echo=self.app.display_info)
+                              compression=compression, echo=self.app.display_info)
         if builder == "oci":
             for line in result.lines:
                 self.app.display_info(f"mlenv: image {line}")
+            self._image = result.reference  # zstd layers: its own tag
             self._image_digest = result.digest
             return
         self.app.display_info(f"mlenv: image {result.reference} {result.status}")
@@ -161,7 +167,7 @@ class MlenvBuildHook(BuildHookInterface):
         if version is not None:
             manifest |= {"version": version.version, "registry_ref": version.ref, "registry": self._registry_url}
         if getattr(self, "_image_digest", None):
-            manifest["image_digest"] = self._image_digest
+            manifest["image"], manifest["image_digest"] = self._image, self._image_digest
         return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
     def _output_is_project_dist(self) -> bool:

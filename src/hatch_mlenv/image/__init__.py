@@ -19,11 +19,19 @@ from hatch_mlenv.image.docker import BuildResult, build_base, build_host, push_t
 from hatch_mlenv.image.dockerfile import write_context
 from hatch_mlenv.image.engine import docker_client, image_exists, remote_has
 from hatch_mlenv.image.oci import OciBuildResult, build_oci, plan_outputs
-from hatch_mlenv.image.plan import ImagePlan, artifacts, base_dockerfile_content, plan_for, preflight, staging_for
+from hatch_mlenv.image.plan import (
+    LAYER_COMPRESSIONS,
+    ImagePlan,
+    artifacts,
+    base_dockerfile_content,
+    plan_for,
+    preflight,
+    staging_for,
+)
 from hatch_mlenv.progress import echo as progress_echo
 from hatch_mlenv.reference import require_registry
 
-__all__ = ["ImagePlan", "build", "context", "plan_for", "preflight", "push"]
+__all__ = ["LAYER_COMPRESSIONS", "ImagePlan", "build", "context", "plan_for", "preflight", "push"]
 
 
 def build(
@@ -34,23 +42,25 @@ def build(
     push: bool = False,
     load: bool = False,
     version: int | None = None,
+    compression: str = "gzip",
     echo: Callable[[str], None] = progress_echo,
 ) -> BuildResult | OciBuildResult:
     """Build (or reuse) the image of `env`. `builder` "docker": the host strategy in the Docker
     engine (`push`: then push it to its registry); "oci": without a daemon, written to `output`
-    (a layout directory, or a tar when the name ends in .tar), pushed and/or loaded into Docker."""
+    (a layout directory, or a tar when the name ends in .tar), pushed and/or loaded into Docker,
+    its layers compressed with `compression` ("gzip", or "zstd": tags ending in `-zstd`)."""
     if builder == "oci" or output is not None or load:
         if builder != "oci":
             raise UsageError("-o/--output and --load are options of --builder oci")
         if output is None and not push and not load:
             raise UsageError("--builder oci needs somewhere to put the image: -o PATH, --push or --load")
-        return _build_oci(env, output, push, load, version, echo)
-    return _build_docker(env, push, version, echo)
+        return _build_oci(env, output, push, load, version, compression, echo)
+    return _build_docker(env, push, version, compression, echo)
 
 
-def _build_oci(env: Any, output: Path | None, push: bool, load: bool, version: int | None,
+def _build_oci(env: Any, output: Path | None, push: bool, load: bool, version: int | None, compression: str,
                echo: Callable[[str], None]) -> OciBuildResult:
-    plan = preflight(env, builder="oci", version=version)
+    plan = preflight(env, builder="oci", version=version, compression=compression)
     if push:  # as for the docker builder: a missing registry setting is found before anything else
         require_registry(plan.repository)
     job = plan_outputs(plan, output=output, push=push, load=load)
@@ -61,8 +71,9 @@ def _build_oci(env: Any, output: Path | None, push: bool, load: bool, version: i
     return build_oci(job, staging, referrers, echo)
 
 
-def _build_docker(env: Any, push: bool, version: int | None, echo: Callable[[str], None]) -> BuildResult:
-    plan = preflight(env, version=version)  # before the engine is asked anything
+def _build_docker(env: Any, push: bool, version: int | None, compression: str,
+                  echo: Callable[[str], None]) -> BuildResult:
+    plan = preflight(env, version=version, compression=compression)  # before the engine is asked anything
     if push:  # a missing registry setting is found before anything is built
         require_registry(plan.repository)
     client = docker_client()

@@ -28,6 +28,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -36,7 +37,8 @@ SBOM_TYPE = "application/vnd.cyclonedx+json"
 LOCK_TYPE = "application/vnd.mlenv.lockfile.v1+yaml"
 _MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 # The base's layers keep their bytes; Docker's media types become their OCI equivalents.
-_LAYER_TYPES = {DOCKER_LAYER_GZIP: LAYER_GZIP, DOCKER_LAYER_TAR: LAYER_TAR, LAYER_GZIP: LAYER_GZIP, LAYER_TAR: LAYER_TAR}
+_LAYER_TYPES = {DOCKER_LAYER_GZIP: LAYER_GZIP, DOCKER_LAYER_TAR: LAYER_TAR, LAYER_GZIP: LAYER_GZIP, LAYER_TAR: LAYER_TAR,
+                LAYER_ZSTD: LAYER_ZSTD}
 
 
 # -- descriptors and the base image -------------------------------------------------------

@@ -11,7 +11,8 @@
   the last, small layer of files no package owns), not the whole environment.
 - Reproducible to the byte: entries sorted, mtime `SOURCE_DATE_EPOCH` (else 0), uid/gid 0 and
   no user names, modes normalised (0755/0644, links 0777), GNU tar headers (no pax records),
-  gzip with mtime 0, no file name and a fixed level; the config's `created` is the same epoch.
+  gzip with mtime 0, no file name and a fixed level (or zstd at a fixed level, in zstd's
+  multithreaded format, when asked: tags end in `-zstd`); the config's `created` is the same epoch.
   What the installer leaves that names this host (the package cache's path in conda-meta) is
   taken out. Compressed layers are kept in the user cache by their uncompressed digest: a
   rebuild compresses only what changed (the bytes are the same either way).
@@ -31,6 +32,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -107,6 +109,8 @@ def plan_outputs(plan: ImagePlan, *, output: Path | None = None, push: bool = Fa
     client = None
     if load:
         client = docker_client()
+        if plan.compression == "zstd":
+            _check_engine_reads_zstd(client, plan.reference)
         if image_exists(client, plan.reference):
             result.lines.append(f"{plan.reference} reused in the Docker engine")
             load = False
@@ -216,7 +220,7 @@ def assemble(plan: ImagePlan, staging: Staging | None, layout: Path, *,
             echo(f"mlenv: writing {len(own)} layers")
             workers = max(1, min(len(own), os.cpu_count() or 1, 4))
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                written = list(pool.map(lambda layer: write_layer(root, layer, blobs, seconds), own))
+                written = list(pool.map(lambda layer: write_layer(root, layer, blobs, seconds, plan.compression), own))
     config = _config(base, plan, [d for _, d in written], own, entrypoint, seconds)
     config_bytes = canonical(config)
     config_descriptor = Descriptor(OCI_CONFIG, "sha256:" + hashlib.sha256(config_bytes).hexdigest(), len(config_bytes))
@@ -293,6 +297,23 @@ def _replace(source: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(source, output)
+
+
+ZSTD_ENGINE = (23, 0)  # Docker Engine 23.0 is the first to read zstd layers (moby/moby#41759)
+
+
+def _check_engine_reads_zstd(client: Any, reference: str) -> None:
+    """Refuse, before anything is built, to load zstd layers into an engine that cannot read them."""
+    try:
+        version = str(client.version().get("Version") or "")
+    except Exception as exc:  # docker's APIError, connection errors
+        raise ImageError(f"loading {reference}: cannot ask the Docker engine its version: {_first_line(exc)}") from None
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if len(numbers) < 2 or numbers < ZSTD_ENGINE:
+        raise ImageError(f"loading {reference}: this Docker engine ({version or 'version unknown'}) cannot read zstd "
+                         f"layers (Docker {ZSTD_ENGINE[0]}.{ZSTD_ENGINE[1]} or later can); build it with gzip layers "
+                         "(the default) to load it here, or write it with -o / --push for a newer engine, "
+                         "containerd or podman")
 
 
 def _load(client: Any, tar_path: Path, reference: str) -> None:

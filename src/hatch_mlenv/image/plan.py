@@ -2,7 +2,8 @@
 handed to a builder as values.
 
 - The tag is `[registry/]repository:<first 12 hex of the digest>`, computable from the lock
-  alone; a registered version also gets `v<N>`.
+  alone; a registered version also gets `v<N>`. An oci build with zstd layers is other bytes
+  for the same environment: its tags end in `-zstd`, so that a tag names one image.
 - What the lock needs from the host (`hatch_mlenv.system`) becomes labels,
   `io.mlenv.requires.cuda=">=12.0"` etc.; an image that needs `__cuda` also gets the NVIDIA
   container runtime's variables (`NVIDIA_VISIBLE_DEVICES`, `NVIDIA_DRIVER_CAPABILITIES`, and
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from hatch_mlenv._version import __version__
-from hatch_mlenv.errors import ConfigError, ImageError
+from hatch_mlenv.errors import ConfigError, ImageError, UsageError
 from hatch_mlenv.hashes import TAG_LENGTH
+from hatch_mlenv.image.layers import COMPRESSIONS as LAYER_COMPRESSIONS
 from hatch_mlenv.install.conda import check_lock_integrity
 from hatch_mlenv.install.wheels import wheel_indexes
 from hatch_mlenv.lockfile import Lock, LockedPackage
@@ -84,6 +86,7 @@ class ImagePlan:
     # Where the image is pushed: the registry host and the repository's path there.
     registry_host: str = ""
     registry_path: str = ""
+    compression: str = "gzip"  # the oci builder's layers: "gzip" or "zstd"
 
     def runtime_variables(self) -> dict[str, str]:
         """The NVIDIA container runtime's variables for an environment that needs CUDA (the lock's own win)."""
@@ -98,13 +101,14 @@ class ImagePlan:
 
     @property
     def reference(self) -> str:
-        return f"{self.repository}:{self.digest[:TAG_LENGTH]}"
+        return f"{self.repository}:{self.tags[0]}"
 
     @property
     def tags(self) -> list[str]:
-        tags = [self.digest[:TAG_LENGTH]]
+        suffix = "" if self.compression == "gzip" else f"-{self.compression}"
+        tags = [self.digest[:TAG_LENGTH] + suffix]
         if self.version is not None:
-            tags.append(f"v{self.version}")
+            tags.append(f"v{self.version}{suffix}")
         return tags
 
     def labels(self) -> dict[str, str]:
@@ -142,7 +146,7 @@ class Staging:
     build_constraints: tuple[str, ...] = ()
 
 
-def plan_for(env: Any, version: int | None = None) -> ImagePlan:
+def plan_for(env: Any, version: int | None = None, compression: str = "gzip") -> ImagePlan:
     """The plan of an `Environment`: base image and variables come from the lock (the digest covers them).
 
     What the plan takes from the spec and the lock is checked again here, against the grammar of
@@ -195,6 +199,7 @@ def plan_for(env: Any, version: int | None = None) -> ImagePlan:
         base_reference=base_reference,
         registry_host=registry_host,
         registry_path=registry_path,
+        compression=compression,
     )
 
 
@@ -206,15 +211,21 @@ def require_linux(lock: Lock, lockfile: Path | str) -> None:
         )
 
 
-def preflight(env: Any, *, builder: str = "docker", strategy: str = "host", version: int | None = None) -> ImagePlan:
+def preflight(env: Any, *, builder: str = "docker", strategy: str = "host", version: int | None = None,
+              compression: str = "gzip") -> ImagePlan:
     """What an image context or build can know is wrong before it contacts anything (a Docker
     engine, a registry): a lock without linux-64 packages, values a Dockerfile cannot take, and a
     base the builder cannot start from. `build` and `context` call it first, and the CLI before it
-    asks a registry for the version; returns the plan."""
+    asks a registry for the version; returns the plan. `compression`: the oci builder's layers."""
     if strategy not in STRATEGIES:
         raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
+    if compression not in LAYER_COMPRESSIONS:
+        raise UsageError(f"unknown layer compression {compression!r}: use {' or '.join(LAYER_COMPRESSIONS)}")
+    if compression != "gzip" and builder != "oci":
+        raise UsageError(f"{compression} layers are written by the oci builder (--builder oci); the docker builder's "
+                         "layers are the engine's")
     require_linux(env.lock, env.reference if getattr(env, "is_registered", False) else env.spec.lockfile)
-    plan = plan_for(env, version)
+    plan = plan_for(env, version, compression)
     if builder == "oci" and (plan.base_dockerfile or env.spec.docker.base_dockerfile is not None):
         raise ConfigError(env.spec.pyproject, BASE_DOCKERFILE_KEY, "the oci builder builds no Dockerfile; it takes "
                           "a base already in a registry or an OCI layout: build the base with `mlenv image build` "
