@@ -8,6 +8,8 @@ MLENV_HOME, no image or layout; change: the 1.1 lock with the caches warm from 1
 same command again. Baseline of the cold oci build also: `mlenv install` of the same lock into
 an empty prefix with a fresh MLENV_HOME. Then `--push` of 1.0 into an empty loopback registry,
 and of 1.1. Targets: oci cold <= 0.5x docker cold, <= 1.3x the install alone; oci reuse <= 0.3 s.
+The cold oci build with zstd layers (`--layer-compression zstd`, not the default) is measured
+beside it against the same baselines, with its image's bytes against the gzip image's.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ def oci_image(options: Options) -> list[Figure]:
     def docker(tweak: str) -> list[str]:
         return [MLENV, "image", "build", "--project", str(projects["docker", tweak])]
 
-    def oci(tweak: str, out: Path) -> list[str]:
-        return [MLENV, "image", "build", "--builder", "oci", "-o", str(out), "--project", str(projects["oci", tweak])]
+    def oci(tweak: str, out: Path, *extra: str) -> list[str]:
+        return [MLENV, "image", "build", "--builder", "oci", "-o", str(out), "--project", str(projects["oci", tweak]),
+                *extra]
 
     measure(docker("1.0"), env=warm)
     measure(oci("1.0", out_a), env=warm)
@@ -70,6 +73,9 @@ def oci_image(options: Options) -> list[Figure]:
                                         check=expect("built")),
         "oci builder: cold": Command(oci("1.0", root / "out-cold"), cold, before=rmtree(cold_home, root / "out-cold"),
                                      check=expect("built")),
+        "oci builder, zstd layers: cold": Command(oci("1.0", root / "out-cold-zstd", "--layer-compression", "zstd"),
+                                                  cold, before=rmtree(cold_home, root / "out-cold-zstd"),
+                                                  check=expect("built")),
         "mlenv install into an empty prefix: cold": Command(
             [MLENV, "install", "--project", str(projects["oci", "1.0"]), "--prefix", str(empty)], cold,
             before=rmtree(cold_home, empty)),
@@ -94,10 +100,17 @@ def oci_image(options: Options) -> list[Figure]:
                 raise CommandFailed(f"no push report in: {pushed.stdout}")
             sent.append([f"mlenv-tweak {tweak}", *(int(n.replace(",", "")) for n in match.groups()), pushed.seconds])
     print_table("push to a registry on loopback (oci builder)", ["image", "bytes sent", "image bytes", "wall s"], sent)
+    sizes = {name: sum(p.stat().st_size for p in (root / name / "blobs" / "sha256").iterdir())
+             for name in ("out-cold", "out-cold-zstd")}
     return [versus("oci builder cold vs docker builder cold", got["oci builder: cold"], got["docker builder: cold"], 0.5),
             versus("oci builder cold vs `mlenv install` into an empty prefix", got["oci builder: cold"],
                    got["mlenv install into an empty prefix: cold"], 1.3),
             versus("one-package change: oci vs docker builder", got["oci builder: one-package change"],
                    got["docker builder: one-package change"]),
+            versus("oci builder cold, zstd layers, vs docker builder cold", got["oci builder, zstd layers: cold"],
+                   got["docker builder: cold"]),
+            versus("oci builder cold, zstd layers, vs `mlenv install` into an empty prefix",
+                   got["oci builder, zstd layers: cold"], got["mlenv install into an empty prefix: cold"], 1.3),
+            Figure("image bytes, zstd layers, of the gzip image's", 100 * sizes["out-cold-zstd"] / sizes["out-cold"], "%"),
             Figure("oci builder reuse", median_seconds(again["oci builder: reuse (-o layout holds it)"]), "s", 0.3),
             Figure("bytes pushed after a one-package change, of the image", 100 * sent[1][1] / sent[1][2], "%")]
