@@ -518,3 +518,8 @@ type = "system"
                                                        'image-layer-compression = "lz4"'))
     bad = hatch_build()
     assert bad.returncode != 0 and "tool.hatch.build.hooks.mlenv.image-layer-compression: must be one of" in bad.stderr
+    pyproject.write_text(pyproject.read_text().replace('image-layer-compression = "lz4"', 'image-layer-compression = '
+                                                       '"zstd"').replace('image-builder = "oci"', 'image-builder = "docker"'))
+    bad = hatch_build()
+    assert bad.returncode != 0 and "tool.hatch.build.hooks.mlenv.image-layer-compression: zstd layers are written " \
+        "by the oci builder" in bad.stderr, bad.stderr

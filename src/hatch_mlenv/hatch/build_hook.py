@@ -146,6 +146,10 @@ class MlenvBuildHook(BuildHookInterface):
         import hatch_mlenv.image as images  # lazy: as every stage here (see the module's top)
 
         compression = self._option("image-layer-compression", tuple(images.LAYER_COMPRESSIONS))
+        if compression != "gzip" and builder != "oci":
+            raise ConfigError(Path(self.root) / "pyproject.toml", "tool.hatch.build.hooks.mlenv.image-layer-compression",
+                              f"{compression} layers are written by the oci builder: set image-builder = \"oci\" "
+                              "(the docker builder's layers are the engine's)")
 
         version = self._registration.version if self._registration is not None else None
         output = Path(self.root) / OCI_OUTPUT if builder == "oci" and mode != "push" else None
