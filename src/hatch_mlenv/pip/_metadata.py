@@ -38,16 +38,16 @@ def _requirements(
         return []
     cache = cache_dir() / "wheel-metadata"
 
+    def cached(entry: dict[str, str]) -> str | None:
+        body = read_sealed(cache / f"{entry['sha256']}.METADATA", WHEEL_METADATA, entry["sha256"])  # under our seal
+        try:
+            known_text = json.loads(body) if body is not None else None
+        except ValueError:
+            return None
+        return known_text if isinstance(known_text, str) else None
+
     def metadata(entry: dict[str, str]) -> str | None:
-        cached = cache / f"{entry['sha256']}.METADATA"
-        body = read_sealed(cached, WHEEL_METADATA, entry["sha256"])  # believed only under our seal
-        if body is not None:
-            try:
-                known_text = json.loads(body)
-                if isinstance(known_text, str):
-                    return known_text
-            except ValueError:
-                pass
+        cached_path = cache / f"{entry['sha256']}.METADATA"
         if is_sdist(entry["url"]):
             # "" when the archive declares nothing (termcolor 1.1.0): cached too, never read again
             text = sdist_metadata(fetch(entry["url"], entry["sha256"], f"{entry['name']} {entry['version']}",
@@ -55,18 +55,23 @@ def _requirements(
         else:
             text = _core_metadata(entry, known)
         if text is not None:  # a cache: writing it never fails a lock
-            write_sealed(cached, WHEEL_METADATA, entry["sha256"], json.dumps(text).encode())
+            write_sealed(cached_path, WHEEL_METADATA, entry["sha256"], json.dumps(text).encode())
         return text
 
-    sources = [e for e in entries if is_sdist(e["url"]) and not (cache / f"{e['sha256']}.METADATA").is_file()]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        if sources:  # a source release has no metadata beside it: the archive itself is read
-            names = ", ".join(f"{e['name']} {e['version']}" for e in sources)
-            with step(f"reading the metadata of {len(sources)} source release{'s' if len(sources) != 1 else ''} ({names})"):
-                texts = list(pool.map(metadata, entries))
-        else:
-            texts = list(pool.map(metadata, entries))
-    return [_dependencies(text, environment) for text in texts]
+    # what the cache holds is read here; threads only for what must be fetched (a warm relock starts none)
+    texts = {i: cached(entry) for i, entry in enumerate(entries)}
+    missing = [i for i, text in texts.items() if text is None]
+    if missing:
+        sources = [entries[i] for i in missing if is_sdist(entries[i]["url"])]
+        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+            if sources:  # a source release has no metadata beside it: the archive itself is read
+                names = ", ".join(f"{e['name']} {e['version']}" for e in sources)
+                with step(f"reading the metadata of {len(sources)} source release{'s' if len(sources) != 1 else ''} "
+                          f"({names})"):
+                    texts.update(zip(missing, pool.map(metadata, [entries[i] for i in missing])))
+            else:
+                texts.update(zip(missing, pool.map(metadata, [entries[i] for i in missing])))
+    return [_dependencies(texts[i], environment) for i in range(len(entries))]
 
 
 def _core_metadata(entry: dict[str, str], known: list[str]) -> str | None:
