@@ -192,6 +192,17 @@ def test_zstd_layers_are_not_loaded_into_an_engine_that_cannot_read_them(oci_pro
         docker_client.images.get(reference)
 
 
+def test_which_engines_read_zstd_layers() -> None:
+    """What `--load` asks of the engine's /version answer (this machine's engine is 20.10: the others
+    are answers other engines give)."""
+    from hatch_mlenv.image.oci import engine_reads_zstd
+
+    assert not engine_reads_zstd({"Version": "20.10.24+dfsg1"})
+    assert not engine_reads_zstd({"Version": "22.06.0-beta.0"}) and not engine_reads_zstd({})
+    assert engine_reads_zstd({"Version": "23.0.0"}) and engine_reads_zstd({"Version": "27.3.1"})
+    assert engine_reads_zstd({"Version": "4.9.3", "Components": [{"Name": "Podman Engine", "Version": "4.9.3"}]})
+
+
 def test_no_host_paths_in_the_layers(oci_project: Path, tmp_path: Path, isolated_registry: Path) -> None:
     out = tmp_path / "img"
     build(oci_project, "-o", str(out))

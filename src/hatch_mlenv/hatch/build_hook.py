@@ -141,15 +141,10 @@ class MlenvBuildHook(BuildHookInterface):
     def _image(self) -> None:
         mode = self._option("image", IMAGE_MODES)
         builder = self._option("image-builder", IMAGE_BUILDERS)
+        compression = self._layer_compression(builder)  # checked with image = "none" too, as the others
         if mode == "none":
             return
         import hatch_mlenv.image as images  # lazy: as every stage here (see the module's top)
-
-        compression = self._option("image-layer-compression", tuple(images.LAYER_COMPRESSIONS))
-        if compression != "gzip" and builder != "oci":
-            raise ConfigError(Path(self.root) / "pyproject.toml", "tool.hatch.build.hooks.mlenv.image-layer-compression",
-                              f"{compression} layers are written by the oci builder: set image-builder = \"oci\" "
-                              "(the docker builder's layers are the engine's)")
 
         version = self._registration.version if self._registration is not None else None
         output = Path(self.root) / OCI_OUTPUT if builder == "oci" and mode != "push" else None
@@ -158,12 +153,24 @@ class MlenvBuildHook(BuildHookInterface):
         if builder == "oci":
             for line in result.lines:
                 self.app.display_info(f"mlenv: image {line}")
-            self._image = result.reference  # zstd layers: its own tag
+            self._image_reference = result.reference  # zstd layers: its own tag
             self._image_digest = result.digest
             return
         self.app.display_info(f"mlenv: image {result.reference} {result.status}")
         if result.pushed is not None:
             self.app.display_info(f"mlenv: image {result.reference} {result.pushed}")
+
+    def _layer_compression(self, builder: str) -> str:
+        if "image-layer-compression" not in self.config:
+            return "gzip"
+        from hatch_mlenv.image.layers import COMPRESSIONS  # only a project that sets the option pays for it
+
+        compression = self._option("image-layer-compression", tuple(COMPRESSIONS))
+        if compression != "gzip" and builder != "oci":
+            raise ConfigError(Path(self.root) / "pyproject.toml", "tool.hatch.build.hooks.mlenv.image-layer-compression",
+                              f"{compression} layers are written by the oci builder: set image-builder = \"oci\" "
+                              "(the docker builder's layers are the engine's)")
+        return compression
 
     def _manifest_text(self) -> str:
         manifest = self._environment.manifest()
@@ -171,7 +178,7 @@ class MlenvBuildHook(BuildHookInterface):
         if version is not None:
             manifest |= {"version": version.version, "registry_ref": version.ref, "registry": self._registry_url}
         if getattr(self, "_image_digest", None):
-            manifest["image"], manifest["image_digest"] = self._image, self._image_digest
+            manifest["image"], manifest["image_digest"] = self._image_reference, self._image_digest
         return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
 
     def _output_is_project_dist(self) -> bool:

@@ -179,6 +179,8 @@ def write_layer(source_root: Path, layer: LayerPlan, blobs: Path, mtime: int,
     The uncompressed tar is hashed first (cheap); its compressed form is taken from the
     user cache when an earlier build made the same tar, else compressed and cached."""
     media_type, variant = COMPRESSIONS[compression]
+    if compression == "zstd":  # zstd's bytes are those of one libzstd: the cache keeps each version's apart
+        variant += "-" + ".".join(map(str, _zstandard().ZSTD_VERSION))
     plain = _Hashing()
     with open_tar(plain) as tar:
         tar_entries(tar, source_root, layer.paths, mtime)
@@ -213,12 +215,20 @@ def write_layer(source_root: Path, layer: LayerPlan, blobs: Path, mtime: int,
 def _compressing(compression: str, sink: Any) -> Any:
     """A stream that compresses what it is given into `sink`, as a context manager that ends the stream."""
     if compression == "zstd":
-        import zstandard  # only a zstd build pays for it
-
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=1, write_checksum=True,
+        compressor = _zstandard().ZstdCompressor(level=ZSTD_LEVEL, threads=1, write_checksum=True,
                                               write_content_size=False)
         return compressor.stream_writer(sink, closefd=False)
     return gzip.GzipFile(filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=sink, mtime=0)
+
+
+def _zstandard() -> Any:
+    """The zstandard module (only a zstd build imports it)."""
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise ImageError(f"zstd layers need the zstandard package, which cannot be imported here: {exc}; "
+                         "reinstall hatch-mlenv, or build with gzip layers (the default)") from None
+    return zstandard
 
 
 def normalise_records(prefix: Path) -> None:

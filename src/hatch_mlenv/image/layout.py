@@ -37,8 +37,9 @@ SBOM_TYPE = "application/vnd.cyclonedx+json"
 LOCK_TYPE = "application/vnd.mlenv.lockfile.v1+yaml"
 _MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 # The base's layers keep their bytes; Docker's media types become their OCI equivalents.
-_LAYER_TYPES = {DOCKER_LAYER_GZIP: LAYER_GZIP, DOCKER_LAYER_TAR: LAYER_TAR, LAYER_GZIP: LAYER_GZIP, LAYER_TAR: LAYER_TAR,
-                LAYER_ZSTD: LAYER_ZSTD}
+# A base with zstd layers is refused: a gzip image built on it would carry them into an engine that
+# cannot read them, under the tag that promises gzip.
+_LAYER_TYPES = {DOCKER_LAYER_GZIP: LAYER_GZIP, DOCKER_LAYER_TAR: LAYER_TAR, LAYER_GZIP: LAYER_GZIP, LAYER_TAR: LAYER_TAR}
 
 
 # -- descriptors and the base image -------------------------------------------------------

@@ -302,14 +302,24 @@ def _replace(source: Path, output: Path) -> None:
 ZSTD_ENGINE = (23, 0)  # Docker Engine 23.0 is the first to read zstd layers (moby/moby#41759)
 
 
+def engine_reads_zstd(version: dict[str, Any]) -> bool:
+    """Whether the engine that answered `version` (the Engine API's /version) reads zstd layers:
+    Docker from 23.0; Podman's Docker-compatible API (which gives Podman's own version) always."""
+    components = version.get("Components") or []
+    if any("podman" in str(c.get("Name", "")).lower() for c in components if isinstance(c, dict)):
+        return True
+    numbers = tuple(int(part) for part in re.findall(r"\d+", str(version.get("Version") or ""))[:2])
+    return len(numbers) == 2 and numbers >= ZSTD_ENGINE
+
+
 def _check_engine_reads_zstd(client: Any, reference: str) -> None:
     """Refuse, before anything is built, to load zstd layers into an engine that cannot read them."""
     try:
-        version = str(client.version().get("Version") or "")
+        answer = client.version()
     except Exception as exc:  # docker's APIError, connection errors
         raise ImageError(f"loading {reference}: cannot ask the Docker engine its version: {_first_line(exc)}") from None
-    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-    if len(numbers) < 2 or numbers < ZSTD_ENGINE:
+    if not engine_reads_zstd(answer):
+        version = str(answer.get("Version") or "")
         raise ImageError(f"loading {reference}: this Docker engine ({version or 'version unknown'}) cannot read zstd "
                          f"layers (Docker {ZSTD_ENGINE[0]}.{ZSTD_ENGINE[1]} or later can); build it with gzip layers "
                          "(the default) to load it here, or write it with -o / --push for a newer engine, "

@@ -153,6 +153,8 @@ def plan_for(env: Any, version: int | None = None, compression: str = "gzip") ->
     the Dockerfile words, paths and environment entries it becomes (as `parse_spec` checked the
     spec): a lockfile edited by hand or a version registered elsewhere is written into no image
     unchecked. A ConfigError names the key and where the environment came from."""
+    if compression not in LAYER_COMPRESSIONS:
+        raise UsageError(f"unknown layer compression {compression!r}: use {' or '.join(LAYER_COMPRESSIONS)}")
     spec, lock = env.spec, env.lock
     source = getattr(env, "source", spec.pyproject)
     docker = spec.docker
@@ -219,8 +221,6 @@ def preflight(env: Any, *, builder: str = "docker", strategy: str = "host", vers
     asks a registry for the version; returns the plan. `compression`: the oci builder's layers."""
     if strategy not in STRATEGIES:
         raise ImageError(f"unknown strategy {strategy!r}: use {' or '.join(STRATEGIES)}")
-    if compression not in LAYER_COMPRESSIONS:
-        raise UsageError(f"unknown layer compression {compression!r}: use {' or '.join(LAYER_COMPRESSIONS)}")
     if compression != "gzip" and builder != "oci":
         raise UsageError(f"{compression} layers are written by the oci builder (--builder oci); the docker builder's "
                          "layers are the engine's")
