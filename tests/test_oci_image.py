@@ -149,7 +149,9 @@ def test_zstd_layers_are_the_same_image_under_their_own_tag(oci_project: Path, t
     layers are kept as they are."""
     plain_out, first_out, second_out = tmp_path / "gzip", tmp_path / "zstd-1", tmp_path / "zstd-2.tar"
     build(oci_project, "-o", str(plain_out))
-    reference = f"{_reference(oci_project)}-zstd"
+    reference = mlenv("image", "tag", "--project", str(oci_project), "--layer-compression", "zstd",
+                      check=True).stdout.split()[0]
+    assert reference == f"{_reference(oci_project)}-zstd"
     built = build(oci_project, "-o", str(first_out), "--layer-compression", "zstd")
     assert built.stdout.splitlines()[0].startswith(f"{reference} built (sha256:"), built.stdout
     monkeypatch.setenv("MLENV_HOME", str(tmp_path / "other-home"))  # cold package, wheel and layer caches

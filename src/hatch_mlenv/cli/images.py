@@ -18,6 +18,12 @@ from hatch_mlenv.cli._common import (
 from hatch_mlenv.registry import registered_version
 
 
+layer_compression_option = click.option(
+    "--layer-compression", "compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
+    help="oci builder: gzip (every engine) or zstd (several times faster to write and read; Docker 23+, containerd, "
+         "podman; tags end in -zstd).")
+
+
 @click.group()
 def image() -> None:
     """Docker images of the locked environment: tag, context, build, push."""
@@ -25,11 +31,13 @@ def image() -> None:
 
 @image.command(name="tag")
 @environment_arguments
+@layer_compression_option
 @json_option
-def image_tag(reference: str | None, project: Path | None, env: str | None, as_json: bool, registry_url: str | None) -> None:
+def image_tag(reference: str | None, project: Path | None, env: str | None, compression: str, as_json: bool,
+              registry_url: str | None) -> None:
     """Print the image reference (and the v<N> tag of a registered version)."""
     env = load_environment(reference, project, env, registry_url)
-    plan = images.plan_for(env, registered_version(env, registry_url))
+    plan = images.plan_for(env, registered_version(env, registry_url), compression)
     if as_json:
         print_json({"reference": plan.reference, "repository": plan.repository, "tags": plan.tags})
         return
@@ -58,9 +66,7 @@ def image_context(reference: str | None, project: Path | None, env: str | None, 
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="oci builder: write an OCI image layout directory (or a tar: PATH.tar).")
 @click.option("--load", is_flag=True, help="oci builder: load the image into the Docker engine.")
-@click.option("--layer-compression", "compression", type=click.Choice(["gzip", "zstd"]), default="gzip",
-              show_default=True, help="oci builder: gzip (every engine) or zstd (several times faster to write and "
-              "read; Docker 23+, containerd, podman; tags end in -zstd).")
+@layer_compression_option
 @json_option
 def image_build(reference: str | None, project: Path | None, env: str | None, also_push: bool, builder: str,
                 output: Path | None, load: bool, compression: str, as_json: bool, registry_url: str | None) -> None:
