@@ -19,7 +19,8 @@ from hatch_mlenv.registry import registered_version
 
 
 layer_compression_option = click.option(
-    "--layer-compression", "compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True,
+    "--layer-compression", "compression", type=click.Choice(list(images.LAYER_COMPRESSIONS)), default="gzip",
+    show_default=True,
     help="oci builder: gzip (every engine) or zstd (several times faster to write and read; Docker 23+, containerd, "
          "podman; tags end in -zstd).")
 
