@@ -3,6 +3,7 @@ read from the index's PEP 658 metadata, the wheel itself, or a source release's 
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import json
 import zipfile
@@ -59,19 +60,18 @@ def _requirements(
         return text
 
     # what the cache holds is read here; threads only for what must be fetched (a warm relock starts none)
-    texts = {i: cached(entry) for i, entry in enumerate(entries)}
-    missing = [i for i, text in texts.items() if text is None]
+    texts = [cached(entry) for entry in entries]
+    missing = [i for i, text in enumerate(texts) if text is None]
     if missing:
         sources = [entries[i] for i in missing if is_sdist(entries[i]["url"])]
-        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
-            if sources:  # a source release has no metadata beside it: the archive itself is read
-                names = ", ".join(f"{e['name']} {e['version']}" for e in sources)
-                with step(f"reading the metadata of {len(sources)} source release{'s' if len(sources) != 1 else ''} "
-                          f"({names})"):
-                    texts.update(zip(missing, pool.map(metadata, [entries[i] for i in missing])))
-            else:
-                texts.update(zip(missing, pool.map(metadata, [entries[i] for i in missing])))
-    return [_dependencies(texts[i], environment) for i in range(len(entries))]
+        # a source release has no metadata beside it: the archive itself is read, which takes a while
+        names = ", ".join(f"{e['name']} {e['version']}" for e in sources)
+        reading = step(f"reading the metadata of {len(sources)} source release{'s' if len(sources) != 1 else ''} "
+                       f"({names})") if sources else contextlib.nullcontext()
+        with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool, reading:
+            for i, text in zip(missing, pool.map(metadata, [entries[i] for i in missing])):
+                texts[i] = text
+    return [_dependencies(text, environment) for text in texts]
 
 
 def _core_metadata(entry: dict[str, str], known: list[str]) -> str | None:
